@@ -1,0 +1,5 @@
+import sys
+
+from mmrope.cli import main
+
+sys.exit(main())

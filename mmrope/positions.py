@@ -1,0 +1,161 @@
+"""Who gets which position: (t, h, w) ids for the joint sequence, (row, col) ids for encoder patches.
+
+Positions are data: they are computed here, once, from the token layout, and passed down to the rotary modules.
+
+Joint sequence (decoder side, Qwen2-VL semantics). A media block of decoder grid (T, H, W) that starts at id s gives
+its token (t, i, j) the ids (s + t, s + i, s + j), tokens in t-major raster order; the text after it continues at the
+block's largest id + 1; text tokens get t = h = w. Example, merge 2, image grid [1, 4, 6] (decoder grid 1 x 2 x 3):
+
+    tokens  x  x  x  vs  img img img img img img  ve  x  x
+    t       0  1  2  3   4   4   4   4   4   4    7   8  9
+    h       0  1  2  3   4   4   4   5   5   5    7   8  9
+    w       0  1  2  3   4   5   6   4   5   6    7   8  9        rope_delta = 9 + 1 - 13 = -3
+
+Encoder side. The patch merger fuses each m x m window of patches into one decoder token, so the encoder keeps the
+patches of a window contiguous (Qwen2-VL's order): windows in raster order, patches within a window in raster order.
+:func:`grid_positions` and :func:`raster_positions` return ids in exactly that order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PAD_POSITION = 1  # filler id for padded slots (Qwen2-VL uses 1); attention masks them anyway
+
+
+def grid_positions(h: int, w: int, merge: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
+    """(row, col) of each patch of an h x w grid, in merge-window order -> (h * w, 2) long."""
+    if h % merge or w % merge:
+        raise ValueError(f"patch grid {h}x{w} is not divisible by spatial_merge_size={merge}")
+    rows = torch.arange(h, device=device).view(h // merge, merge, 1, 1).expand(-1, -1, w // merge, merge)
+    cols = torch.arange(w, device=device).view(1, 1, w // merge, merge).expand(h // merge, merge, -1, -1)
+    # (h/m, m, w/m, m) -> (h/m, w/m, m, m): window-major, then raster inside the window
+    rows, cols = (t.permute(0, 2, 1, 3).reshape(-1) for t in (rows, cols))
+    return torch.stack((rows, cols), dim=-1)
+
+
+def raster_positions(h: int, w: int, merge: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
+    """Raster index row * w + col of each patch, in the same (merge-window) order as :func:`grid_positions` -> (h*w,).
+
+    This is the flattened 1D arm: vertical neighbours sit w apart, and w changes with the image size.
+    """
+    pos = grid_positions(h, w, merge, device)
+    return pos[:, 0] * w + pos[:, 1]
+
+
+def _real_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    if attention_mask is None:
+        return torch.ones_like(input_ids, dtype=torch.bool)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}: expected {tuple(input_ids.shape)} "
+                         "like input_ids")
+    return attention_mask.bool()
+
+
+def _media_ids(is_media: torch.Tensor, grid_thw: torch.Tensor | None, merge: int,
+               time_scale: torch.Tensor | None, kind: str):
+    """For the media tokens of one kind: (t, i, j) inside their block, their offset in it, and per token the block's
+    token count, its largest (t, i, j) id and the token's flat index. Blocks are matched to grids in order of appearance over the batch."""
+    flat = is_media.reshape(-1)
+    n_tokens = int(flat.sum())
+    if grid_thw is None or len(grid_thw) == 0:
+        if n_tokens:
+            raise ValueError(f"input_ids hold {n_tokens} {kind} tokens but no {kind}_grid_thw was given")
+        return None
+    grid = torch.as_tensor(grid_thw, device=is_media.device).long().reshape(-1, 3)
+    if ((grid[:, 1:] % merge) != 0).any() or (grid <= 0).any():
+        raise ValueError(f"{kind}_grid_thw {grid.tolist()} must hold positive (T, H, W) with H and W divisible by "
+                         f"spatial_merge_size={merge}")
+    t, h, w = grid[:, 0], grid[:, 1] // merge, grid[:, 2] // merge  # decoder grid
+    counts = t * h * w
+    if n_tokens != int(counts.sum()):
+        raise ValueError(f"input_ids hold {n_tokens} {kind} tokens but {kind}_grid_thw {grid.tolist()} with "
+                         f"spatial_merge_size={merge} needs {int(counts.sum())} ({counts.tolist()} per {kind})")
+    ends = counts.cumsum(0)
+    ordinal = torch.arange(n_tokens, device=flat.device)
+    block = torch.searchsorted(ends, ordinal, right=True)  # which grid each media token belongs to
+    offset = ordinal - (ends - counts)[block]
+    hw = (h * w)[block]
+    ti, ii, ji = offset // hw, (offset % hw) // w[block], offset % w[block]
+    t_max = t - 1
+    if time_scale is not None:  # Qwen2.5-VL absolute time: t * seconds_per_grid * tokens_per_second, floored
+        scale = torch.as_tensor(time_scale, dtype=torch.float64, device=flat.device).reshape(-1)
+        ti = (ti.double() * scale[block]).floor().long()
+        t_max = ((t - 1).double() * scale).floor().long()
+    # Each block must be one contiguous run of tokens within one row.
+    where = flat.nonzero().squeeze(1)  # flat position of each media token
+    block_first = torch.zeros_like(counts)
+    block_first[block[offset == 0]] = where[offset == 0]
+    first, row_len = block_first[block], is_media.shape[1]
+    if (where != first + offset).any() or (where // row_len != first // row_len).any():
+        raise ValueError(f"{kind} tokens do not form one contiguous run per {kind} of the sizes "
+                         f"{kind}_grid_thw gives ({counts.tolist()} tokens)")
+    extent = torch.stack((t_max, h - 1, w - 1), dim=-1).amax(dim=-1)  # largest id offset in each block
+    return torch.stack((ti, ii, ji)), offset, counts[block], extent[block], where
+
+
+def get_rope_index(input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None = None,
+                   video_grid_thw: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
+                   image_token_id: int, video_token_id: int | None = None, spatial_merge_size: int = 2,
+                   second_per_grid_t: torch.Tensor | None = None, tokens_per_second: float | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """M-RoPE ids of a batch -> (position_ids (3, b, n), rope_deltas (b, 1)), vectorised over tokens and images.
+
+    ``image_grid_thw`` / ``video_grid_thw``: (num_media, 3) encoder-patch grids, in order of appearance over the
+    batch. Padded slots (``attention_mask`` 0, left or right) get :data:`PAD_POSITION`; real tokens get exactly the
+    ids they would get unpadded. ``rope_deltas = max_id + 1 - n`` so that the token decoded at cache index c takes
+    id c + delta on all three rows. ``second_per_grid_t`` (per video) with ``tokens_per_second`` turns on
+    Qwen2.5-VL's absolute-time scaling of video t ids.
+    """
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}: expected (batch, seq)")
+    real = _real_token_mask(input_ids, attention_mask)
+    b, n = input_ids.shape
+    compact = real.long().cumsum(1) - 1  # running index over real tokens
+    thw = torch.zeros(3, b, n, dtype=torch.long, device=input_ids.device)  # (t, i, j) inside a block; 0 for text
+    offset = torch.zeros(b, n, dtype=torch.long, device=input_ids.device)  # index inside a block; 0 for text
+    shift_at_end = torch.zeros(b * n, dtype=torch.long, device=input_ids.device)
+
+    kinds = [("image", image_token_id, image_grid_thw, None)]
+    if video_token_id is not None:
+        scale = None
+        if second_per_grid_t is not None and tokens_per_second is not None:
+            scale = torch.as_tensor(second_per_grid_t, dtype=torch.float64) * tokens_per_second
+        kinds.append(("video", video_token_id, video_grid_thw, scale))
+    for kind, token_id, grid, scale in kinds:
+        is_media = (input_ids == token_id) & real
+        found = _media_ids(is_media, grid, spatial_merge_size, scale, kind)
+        if found is None:
+            continue
+        ids, media_offset, count, extent, where = found
+        thw.view(3, -1)[:, where] = ids
+        offset.view(-1)[where] = media_offset
+        # A block of `count` tokens advances the text ids by extent + 1: the shift lands on its last token.
+        last = media_offset == count - 1
+        shift_at_end[where[last]] = (extent + 1 - count)[last]
+
+    shift_at_end = shift_at_end.view(b, n)
+    shift_before = shift_at_end.cumsum(1) - shift_at_end  # exclusive: blocks that ended strictly before
+    start = compact - offset + shift_before  # text: its own id; media: the id its block starts at
+    position_ids = (start.unsqueeze(0) + thw).masked_fill_(~real, PAD_POSITION)
+    # ids only ever grow by one past the previous maximum, so the largest is (real tokens - 1) + all shifts
+    rope_deltas = (real.sum(1) + shift_at_end.sum(1) - n).unsqueeze(1)
+    return position_ids, rope_deltas
+
+
+def flat_position_ids(input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None = None,
+                      video_grid_thw: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                      **_: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat arm: every real token, image tokens in raster order, gets its running index on all three rows, so
+    M-RoPE degenerates to 1D RoPE over the flattened sequence. Same inputs and outputs as :func:`get_rope_index`."""
+    real = _real_token_mask(input_ids, attention_mask)
+    compact = (real.long().cumsum(1) - 1).masked_fill(~real, PAD_POSITION)
+    position_ids = compact.unsqueeze(0).expand(3, -1, -1).clone()
+    rope_deltas = (real.sum(1, keepdim=True) - input_ids.shape[1]).long()
+    return position_ids, rope_deltas
+
+
+def decode_position_ids(cache_index: int | torch.Tensor, rope_deltas: torch.Tensor, length: int = 1) -> torch.Tensor:
+    """Ids (3, b, length) of the next ``length`` tokens decoded at ``cache_index``: cache_index + delta, all rows."""
+    steps = torch.arange(length, device=rope_deltas.device) + cache_index
+    return (steps.unsqueeze(0) + rope_deltas).unsqueeze(0).expand(3, -1, -1)
