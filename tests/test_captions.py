@@ -1,0 +1,142 @@
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mmrope.data.captions import (
+    CaptionDataset,
+    CaptionRecord,
+    load_caption_records,
+    load_coco,
+    load_csv,
+    load_imagefolder,
+)
+from mmrope.data.collate import CaptionCollator
+from mmrope.data.images import ImageError, ImageTransform
+from mmrope.tokenizer import ByteTokenizer
+
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
+NAMES = ["shapes_l1.png", "shapes_l2.png", "shapes_l3.png", "wide.png", "tall.jpg", "grey.png"]
+
+
+def by_name(records):
+    return {r.image.name: r for r in records}
+
+
+def test_every_loader_reads_the_samples_and_they_agree():
+    folder = by_name(load_imagefolder(SAMPLES))
+    csv = by_name(load_csv(SAMPLES / "captions.csv"))
+    coco = by_name(load_coco(SAMPLES / "captions_coco.json", SAMPLES))
+    assert sorted(folder) == sorted(csv) == sorted(coco) == sorted(NAMES)
+    for name in NAMES:
+        assert folder[name].captions == csv[name].captions == coco[name].captions
+        assert folder[name].image.is_file() and folder[name].image == csv[name].image == coco[name].image
+    assert len(folder["tall.jpg"].captions) == 3
+    assert folder["shapes_l2.png"].scene["level"] == 2 and csv["shapes_l2.png"].scene is None
+
+
+def test_auto_detect_by_path():
+    for path in (SAMPLES, SAMPLES / "metadata.jsonl", SAMPLES / "captions.csv", SAMPLES / "captions_coco.json"):
+        assert sorted(by_name(load_caption_records(path))) == sorted(NAMES), path
+    with pytest.raises(ValueError, match="expected a folder with metadata.jsonl"):
+        load_caption_records(SAMPLES / "tall.jpg")
+
+
+def test_karpathy_split():
+    def names(split):
+        return sorted(by_name(load_coco(SAMPLES / "captions_coco.json", SAMPLES, SAMPLES / "dataset_coco.json", split)))
+
+    assert names("train") == sorted(["shapes_l1.png", "shapes_l2.png", "shapes_l3.png", "wide.png"])  # + restval
+    assert names("val") == ["tall.jpg"] and names("test") == ["grey.png"]
+    with pytest.raises(ValueError, match="needs a karpathy_split file"):
+        load_coco(SAMPLES / "captions_coco.json", SAMPLES, split="val")
+
+
+def test_every_sample_image_goes_through_the_dataset():
+    ds = CaptionDataset(load_imagefolder(SAMPLES), ImageTransform("native", patch_size=8, merge_size=2), train=False)
+    for i in range(len(ds)):
+        s = ds[i]
+        _, h, w = s["image"].shape
+        assert h % 16 == 0 and w % 16 == 0
+        assert s["caption"] == s["references"][0]
+    assert ds.num_skipped == 0
+
+
+def test_training_caption_is_deterministic_per_seed_epoch_index():
+    records = load_csv(SAMPLES / "captions.csv")
+    tall = next(i for i, r in enumerate(records) if r.image.name == "tall.jpg")
+
+    def captions(seed, epochs=12):
+        ds = CaptionDataset(records, seed=seed)
+        out = []
+        for e in range(epochs):
+            ds.set_epoch(e)
+            out.append(ds[tall]["caption"])
+        return out
+
+    assert captions(0) == captions(0)
+    assert len(set(captions(0))) == 3  # every reference gets its turn
+    assert captions(0) != captions(1)
+    assert CaptionDataset(records)[tall]["references"] == records[tall].captions
+
+
+def bad_records(tmp_path):
+    good = CaptionRecord(SAMPLES / "wide.png", ["a house"], "wide")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    return [good, CaptionRecord(text, ["nothing"], "notes")]
+
+
+def test_bad_image_is_warned_once_skipped_and_counted(tmp_path, caplog):
+    ds = CaptionDataset(bad_records(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="mmrope.data.captions"):
+        assert ds[1] is None and ds[1] is None
+        batch = CaptionCollator(ByteTokenizer())([ds[0], ds[1]])
+    assert ds.num_skipped == 3
+    assert len(caplog.records) == 1
+    msg = caplog.records[0].getMessage()
+    assert "\n" not in msg and "notes.jpg" in msg and "not an image" in msg
+    assert batch["num_skipped"] == 1 and batch["ids"] == ["wide"]
+
+
+def test_bad_image_can_fail_fast(tmp_path):
+    ds = CaptionDataset(bad_records(tmp_path), on_bad_image="raise")
+    with pytest.raises(ImageError, match="notes.jpg: not an image"):
+        ds[1]
+
+
+def test_bad_images_through_a_dataloader_with_a_worker(tmp_path):
+    ds = CaptionDataset(bad_records(tmp_path) * 2)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, collate_fn=CaptionCollator(ByteTokenizer()))
+    (batch,) = list(loader)
+    assert batch["num_skipped"] == 2 and len(batch["images"]) == 2
+
+
+def test_format_errors_name_the_file_and_line(tmp_path):
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "ok"}\n{"file_name": "b.png", "text": \n')
+    with pytest.raises(ValueError, match="metadata.jsonl line 2: invalid JSON"):
+        load_imagefolder(tmp_path)
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.png", "text": []}\n')
+    with pytest.raises(ValueError, match="line 1: 'text' must be a non-empty string or list"):
+        load_imagefolder(tmp_path)
+    (tmp_path / "c.csv").write_text("image,caption\na.png,hi\n")
+    with pytest.raises(ValueError, match=r"c.csv: missing column\(s\) \['file_name', 'text'\]"):
+        load_csv(tmp_path / "c.csv")
+    with pytest.raises(ValueError, match="no metadata.jsonl"):
+        load_imagefolder(tmp_path / "nowhere")
+    (tmp_path / "coco.json").write_text('{"images": []')
+    with pytest.raises(ValueError, match="coco.json: invalid JSON"):
+        load_coco(tmp_path / "coco.json", tmp_path)
+
+
+def test_odd_modes_in_a_folder(tmp_path):
+    Image.new("LA", (30, 20), (0, 0)).save(tmp_path / "la.png")
+    Image.new("CMYK", (20, 30), (0, 0, 0, 255)).save(tmp_path / "k.jpg")
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "la.png", "text": "white"}\n'
+                                             '{"file_name": "k.jpg", "text": ["black", "dark"]}\n')
+    ds = CaptionDataset(load_imagefolder(tmp_path), train=False)
+    white, black = ds[0]["image"], ds[1]["image"]
+    assert white.shape[0] == black.shape[0] == 3
+    assert white.mean() > 1.5 and black.mean() < -1.5  # normalised white and black
