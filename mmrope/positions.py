@@ -54,8 +54,9 @@ def _real_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | Non
 
 def _media_ids(is_media: torch.Tensor, grid_thw: torch.Tensor | None, merge: int,
                time_scale: torch.Tensor | None, kind: str):
-    """For the media tokens of one kind: (t, i, j) inside their block, their offset in it, and per token the block's
-    token count, its largest (t, i, j) id and the token's flat index. Blocks are matched to grids in order of appearance over the batch."""
+    """For the media tokens of one kind: (t, i, j) inside their block, their offset in it, and per token the
+    block's token count, its largest (t, i, j) id and the token's flat index. Blocks are matched to grids in order
+    of appearance over the batch."""
     flat = is_media.reshape(-1)
     n_tokens = int(flat.sum())
     if grid_thw is None or len(grid_thw) == 0:

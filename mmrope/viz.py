@@ -58,3 +58,29 @@ def plot_similarity_maps(maps: dict[str, torch.Tensor], path: str | Path, title:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_captioned_images(images: list[torch.Tensor], captions: list[str], path: str | Path,
+                          references: list[str] | None = None, columns: int = 4) -> Path:
+    """A grid of (normalised) images with their generated captions, and the reference beneath when given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mmrope.data.images import denormalize
+
+    rows = (len(images) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, image) in enumerate(zip(axes.flat, images)):
+        ax.imshow(denormalize(image.detach().float().cpu()).permute(1, 2, 0).numpy())
+        title = captions[i] if references is None else f"{captions[i]}\n({references[i]})"
+        ax.set_title(title, fontsize=8, wrap=True)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

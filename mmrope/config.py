@@ -1,0 +1,177 @@
+"""Model configuration: three dataclasses that map 1:1 to the YAML (``model.config.vision.dim: 128`` and so on).
+
+``CaptionerConfig()`` is a small model that trains on a CPU. ``__post_init__`` fills in the derived fields (left as
+``None`` until then, so a default never freezes at class-definition time) and rejects a bad value with one line that
+names the field, the value and what is allowed. String choices are ``Literal`` so that configs stay plain data for
+jsonargparse; :meth:`CaptionerConfig.to_dict` / :meth:`CaptionerConfig.from_dict` give the config.json of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from mmrope.rope import default_mrope_section, mrope_axis_of_pair
+from mmrope.special_tokens import NUM_SPECIAL
+
+PosEncoding = Literal["rope2d", "rope2d_mixed", "rope1d_flat", "sincos2d", "learned", "none"]
+PositionScheme = Literal["mrope", "mrope_interleaved", "flat"]
+
+# How many channels each head must have for each encoder position encoding, and why.
+_HEAD_DIM_MULTIPLE = {
+    "rope2d": (4, "half of the rotary pairs per axis"),
+    "rope2d_mixed": (4, "rotary pairs initialised in axis-aligned couples"),
+    "rope1d_flat": (2, "channels rotate in pairs"),
+}
+
+
+def _check_choice(name: str, value: Any, literal: Any) -> None:
+    allowed = get_args(literal)
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is unknown: expected one of {', '.join(repr(a) for a in allowed)}")
+
+
+def _check_positive(prefix: str, obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not value > 0:
+            raise ValueError(f"{prefix}.{name}={value} must be positive")
+
+
+def _check_divisible(prefix: str, obj: Any, name: str, by: str) -> None:
+    value, divisor = getattr(obj, name), getattr(obj, by)
+    if value % divisor:
+        raise ValueError(f"{prefix}.{name}={value} is not divisible by {prefix}.{by}={divisor}: "
+                         f"expected {name} % {by} == 0")
+
+
+@dataclass
+class VisionConfig:
+    """The ViT encoder. Images may have any size whose sides are multiples of patch_size * spatial_merge_size."""
+
+    patch_size: int = 8
+    image_size: int = 64  # training size: the default resize and the grid of the `learned` table
+    dim: int = 128
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    pos_encoding: PosEncoding = "rope2d"  # the ablation switch; see README "Model"
+    # RoPE-ViT's image base (an 8x8 grid never needs Llama's slow frequencies), for rope2d and rope1d_flat alike;
+    # rope2d_mixed learns its frequencies from the paper's init (theta 10)
+    rope_theta: float = 100.0
+    spatial_merge_size: int = 2  # 2: each 2x2 window of patches becomes one decoder token (Qwen2-VL)
+    in_channels: int = 3
+
+    def __post_init__(self):
+        _check_positive("vision", self, "patch_size", "image_size", "dim", "depth", "num_heads", "mlp_ratio",
+                        "rope_theta", "in_channels")
+        _check_choice("vision.pos_encoding", self.pos_encoding, PosEncoding)
+        if self.spatial_merge_size not in (1, 2):
+            raise ValueError(f"vision.spatial_merge_size={self.spatial_merge_size} is not supported: expected 1 or 2")
+        window = self.patch_size * self.spatial_merge_size
+        if self.image_size % window:
+            raise ValueError(f"vision.image_size={self.image_size} gives a patch grid that "
+                             f"vision.spatial_merge_size={self.spatial_merge_size} does not divide: expected a "
+                             f"multiple of patch_size * spatial_merge_size = {window}")
+        _check_divisible("vision", self, "dim", "num_heads")
+        if self.pos_encoding in _HEAD_DIM_MULTIPLE:
+            multiple, why = _HEAD_DIM_MULTIPLE[self.pos_encoding]
+            if self.head_dim % multiple:
+                raise ValueError(f"vision.head_dim={self.head_dim} (dim / num_heads) cannot be split for "
+                                 f"vision.pos_encoding={self.pos_encoding!r}: expected a multiple of {multiple} "
+                                 f"({why})")
+        if self.pos_encoding == "sincos2d" and self.dim % 4:
+            raise ValueError(f"vision.dim={self.dim} cannot hold a 2D sin-cos embedding: expected a multiple of 4 "
+                             "(sin and cos of the row and of the column)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+@dataclass
+class TextConfig:
+    """The Llama-style decoder. ``vocab_size`` is overwritten from the tokenizer by the training code."""
+
+    vocab_size: int = 64
+    dim: int = 128
+    depth: int = 3
+    num_heads: int = 4
+    num_kv_heads: int = 2  # grouped-query attention: each K/V head serves num_heads / num_kv_heads query heads
+    mlp_ratio: float = 4.0
+    hidden_dim: int | None = None  # None: 2/3 * mlp_ratio * dim rounded up to 32, so SwiGLU costs a 4x GELU MLP
+    rope_theta: float = 10000.0
+    mrope_section: list[int] | None = None  # rotary pairs for (t, h, w); None: derived by CaptionerConfig
+    norm_eps: float = 1e-5
+    max_seq_len: int = 512  # longest joint sequence generate() will allocate a KV cache for
+
+    def __post_init__(self):
+        _check_positive("text", self, "dim", "depth", "num_heads", "num_kv_heads", "mlp_ratio", "rope_theta",
+                        "norm_eps", "max_seq_len")
+        if self.vocab_size <= NUM_SPECIAL:
+            raise ValueError(f"text.vocab_size={self.vocab_size} leaves no room for text: expected more than the "
+                             f"{NUM_SPECIAL} reserved special ids")
+        _check_divisible("text", self, "dim", "num_heads")
+        _check_divisible("text", self, "num_heads", "num_kv_heads")
+        if self.head_dim % 2:
+            raise ValueError(f"text.head_dim={self.head_dim} (dim / num_heads) cannot be split for M-RoPE: expected "
+                             "a multiple of 2 (channels rotate in pairs)")
+        if self.hidden_dim is None:
+            self.hidden_dim = 32 * math.ceil(2 / 3 * self.mlp_ratio * self.dim / 32)
+        _check_positive("text", self, "hidden_dim")
+        if self.mrope_section is not None:
+            section = list(self.mrope_section)
+            if len(section) != 3 or any(s < 0 for s in section) or sum(section) != self.head_dim // 2:
+                raise ValueError(f"text.mrope_section={section} does not split the rotary pairs: expected three "
+                                 f"non-negative counts (t, h, w) summing to head_dim / 2 = {self.head_dim // 2}")
+            self.mrope_section = section
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+@dataclass
+class CaptionerConfig:
+    """Encoder + decoder + the scheme that gives the joint sequence its positions."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    position_scheme: PositionScheme = "mrope"  # mrope | mrope_interleaved | flat (1D RoPE over the joint sequence)
+
+    def __post_init__(self):
+        _check_choice("position_scheme", self.position_scheme, PositionScheme)
+        interleaved = self.position_scheme == "mrope_interleaved"
+        pairs = self.text.head_dim // 2
+        if self.text.mrope_section is None:  # derived here: the default depends on the scheme
+            self.text = dataclasses.replace(self.text, mrope_section=default_mrope_section(pairs, interleaved))
+        elif interleaved:
+            try:
+                mrope_axis_of_pair(pairs, self.text.mrope_section, interleaved=True)
+            except ValueError as err:
+                raise ValueError(f"text.mrope_section={self.text.mrope_section} does not fit "
+                                 f"position_scheme='mrope_interleaved': {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (derived fields included), the content of a checkpoint's config.json."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CaptionerConfig:
+        """Inverse of :meth:`to_dict`; missing keys take their defaults, an unknown key raises."""
+        return _from_dict(cls, d, prefix="")
+
+
+def _from_dict(cls: type, d: Any, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"config key {prefix.rstrip('.') or '<root>'!r} holds {d!r}: expected a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in d.items():
+        if key not in fields:
+            raise ValueError(f"unknown config key {prefix + key!r}: expected one of {', '.join(fields)}")
+        nested = {"vision": VisionConfig, "text": TextConfig}.get(key) if cls is CaptionerConfig else None
+        kwargs[key] = _from_dict(nested, value, f"{prefix}{key}.") if nested else value
+    return cls(**kwargs)

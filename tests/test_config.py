@@ -1,0 +1,81 @@
+"""Config: defaults are valid, derived fields are derived, bad values fail with one line naming the field."""
+
+import dataclasses
+
+import pytest
+
+from mmrope.config import CaptionerConfig, TextConfig, VisionConfig
+from mmrope.rope import default_mrope_section
+
+
+def test_defaults_are_valid_and_derive_fields():
+    config = CaptionerConfig()
+    assert config.vision.head_dim == 32 and config.text.head_dim == 32
+    assert config.text.hidden_dim % 32 == 0 and config.text.hidden_dim >= 2 / 3 * 4 * config.text.dim
+    assert config.text.mrope_section == default_mrope_section(16) == [4, 6, 6]
+
+
+def test_mrope_section_default_follows_the_scheme():
+    interleaved = CaptionerConfig(position_scheme="mrope_interleaved")
+    assert interleaved.text.mrope_section == default_mrope_section(16, interleaved=True)
+    shared = TextConfig()  # deriving must not write into a TextConfig another config shares
+    CaptionerConfig(text=shared, position_scheme="mrope_interleaved")
+    assert shared.mrope_section is None
+
+
+def test_dict_round_trip():
+    config = CaptionerConfig(VisionConfig(pos_encoding="learned", depth=2), TextConfig(vocab_size=100),
+                             position_scheme="flat")
+    d = config.to_dict()
+    assert d["vision"]["pos_encoding"] == "learned" and d["text"]["mrope_section"] == [4, 6, 6]
+    assert CaptionerConfig.from_dict(d) == config
+    assert CaptionerConfig.from_dict({"vision": {"dim": 64}}).vision.dim == 64  # missing keys take defaults
+
+
+@pytest.mark.parametrize("d, key", [({"vison": {}}, "'vison'"), ({"vision": {"patchsize": 4}}, "'vision.patchsize'"),
+                                    ({"text": {"heads": 2}}, "'text.heads'")])
+def test_unknown_key_names_its_path(d, key):
+    with pytest.raises(ValueError, match=key) as err:
+        CaptionerConfig.from_dict(d)
+    assert "expected one of" in str(err.value)
+
+
+BAD = [
+    (lambda: VisionConfig(dim=130), "vision.dim=130 is not divisible by vision.num_heads=4"),
+    (lambda: VisionConfig(dim=120), "vision.head_dim=30"),  # 30 channels cannot split into row and column pairs
+    (lambda: VisionConfig(dim=120, pos_encoding="rope2d_mixed"), "vision.head_dim=30"),
+    (lambda: VisionConfig(pos_encoding="rope3d"), "vision.pos_encoding='rope3d'"),
+    (lambda: VisionConfig(spatial_merge_size=3), "vision.spatial_merge_size=3"),
+    (lambda: VisionConfig(image_size=72), "vision.image_size=72"),  # a 9x9 grid has no 2x2 windows
+    (lambda: VisionConfig(image_size=60), "vision.image_size=60"),
+    (lambda: VisionConfig(depth=0), "vision.depth=0"),
+    (lambda: TextConfig(dim=130), "text.dim=130 is not divisible by text.num_heads=4"),
+    (lambda: TextConfig(num_kv_heads=3), "text.num_heads=4 is not divisible by text.num_kv_heads=3"),
+    (lambda: TextConfig(dim=12, num_heads=4), "text.head_dim=3"),
+    (lambda: TextConfig(mrope_section=[4, 4, 4]), r"text.mrope_section=\[4, 4, 4\]"),
+    (lambda: TextConfig(vocab_size=5), "text.vocab_size=5"),
+    (lambda: CaptionerConfig(position_scheme="rope"), "position_scheme='rope'"),
+    (lambda: CaptionerConfig(text=TextConfig(mrope_section=[4, 6, 6]), position_scheme="mrope_interleaved"),
+     r"text.mrope_section=\[4, 6, 6\]"),
+]
+
+
+@pytest.mark.parametrize("build, message", BAD, ids=[m.split("=")[0].split()[0] + str(i) for i, (_, m) in
+                                                     enumerate(BAD)])
+def test_bad_config_raises_one_line(build, message):
+    with pytest.raises(ValueError, match=message) as err:
+        build()
+    assert "\n" not in str(err.value) and ("expected" in str(err.value) or "must" in str(err.value))
+
+
+def test_jsonargparse_reads_the_dataclasses():
+    """LightningCLI builds these from YAML; Literal choices are checked while parsing."""
+    jsonargparse = pytest.importorskip("jsonargparse")
+    parser = jsonargparse.ArgumentParser()
+    parser.add_argument("--config", type=CaptionerConfig)
+    yaml = "config:\n  vision: {pos_encoding: rope1d_flat, dim: 64}\n  position_scheme: flat\n"
+    config = parser.instantiate_classes(parser.parse_string(yaml)).config
+    assert config == CaptionerConfig(VisionConfig(pos_encoding="rope1d_flat", dim=64), position_scheme="flat")
+    assert dataclasses.is_dataclass(config)
+    with pytest.raises(SystemExit):
+        parser.parse_string("config:\n  vision: {pos_encoding: rope3d}\n")
