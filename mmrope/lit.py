@@ -346,13 +346,15 @@ class CaptionDataModule(L.LightningDataModule):
     ``val@96/relation`` and so on. ``patch_size`` and ``merge_size`` are linked from the model's config.
     """
 
-    def __init__(self, dataset: Literal["shapes", "captions"] = "shapes", shapes: ShapesConfig = ShapesConfig(),  # noqa: B008
+    def __init__(self, dataset: Literal["shapes", "captions"] = "shapes",
+                 shapes: ShapesConfig = ShapesConfig(),  # noqa: B008
                  train: str | None = None, val: str | None = None, test: str | None = None,
-                 image_dir: str | None = None, image_size: int = 64, resize: Literal["fixed", "native"] = "fixed",
+                 image_dir: str | None = None, karpathy_split: str | None = None,
+                 image_size: int = 64, resize: Literal["fixed", "native"] = "fixed",
                  min_pixels: int = 32 * 32, max_pixels: int = 512 * 512, augment: bool = False,
                  tokenizer: Literal["word", "byte"] | str = "word", batch_size: int = 64, num_workers: int = 0,
-                 eval_sizes: list[int] | None = None,
-                 eval_batch_size: int | None = None, max_caption_tokens: int = 32, seed: int = 0,
+                 eval_sizes: list[int] | None = None, eval_batch_size: int | None = None,
+                 max_caption_tokens: int = 32, seed: int = 0,
                  on_bad_image: Literal["skip", "raise"] = "skip", patch_size: int = 8, merge_size: int = 2):
         super().__init__()
         if dataset not in ("shapes", "captions"):
@@ -362,7 +364,8 @@ class CaptionDataModule(L.LightningDataModule):
                              "with metadata.jsonl, or a CSV file)")
         self.dataset, self.shapes = dataset, copy.deepcopy(_as(ShapesConfig, shapes))
         self.paths = {"train": train, "val": val, "test": test}
-        self.image_dir, self.image_size, self.resize = image_dir, image_size, resize
+        self.image_dir, self.karpathy_split = image_dir, karpathy_split
+        self.image_size, self.resize = image_size, resize
         self.min_pixels, self.max_pixels, self.augment = min_pixels, max_pixels, augment
         self.batch_size, self.num_workers = batch_size, num_workers
         self.eval_batch_size = eval_batch_size or batch_size
@@ -396,10 +399,17 @@ class CaptionDataModule(L.LightningDataModule):
             from mmrope.data.shapes import vocabulary_captions
 
             return vocabulary_captions()
+        return [c for r in self._records("train") for c in r.captions]
+
+    def _records(self, split: str):
+        """Caption records of a split: its own file, or with a Karpathy split file, the train file's share."""
         from mmrope.data.captions import load_caption_records
 
-        records = load_caption_records(self.paths["train"], self.image_dir, split="train")
-        return [c for r in records for c in r.captions]
+        path = self.paths[split] or (self.paths["train"] if self.karpathy_split else None)
+        if path is None:
+            raise ValueError(f"data.{split} is not set: give a caption file for it (or data.karpathy_split)")
+        coco = {"karpathy_split": self.karpathy_split, "split": split} if self.karpathy_split else {}
+        return load_caption_records(path, self.image_dir, **coco)
 
     def _transform(self, train: bool, size: int | None = None):
         from mmrope.data.images import ImageTransform
@@ -419,11 +429,9 @@ class CaptionDataModule(L.LightningDataModule):
             return ShapesDataset(n, split=name, seed=self.seed, level=c.level, canvas=c.canvas, size=size,
                                  background=c.background, transform=transform,
                                  fresh_each_epoch=c.fresh_each_epoch and split == "train")
-        from mmrope.data.captions import CaptionDataset, load_caption_records
+        from mmrope.data.captions import CaptionDataset
 
-        path = self.paths[split] or self.paths["val"] or self.paths["train"]
-        records = load_caption_records(path, self.image_dir, split=split)
-        return CaptionDataset(records, self._transform(split == "train", size), train=split == "train",
+        return CaptionDataset(self._records(split), self._transform(split == "train", size), train=split == "train",
                               seed=self.seed, on_bad_image=self.on_bad_image, max_pixels=self.max_pixels)
 
     def setup(self, stage: str | None = None) -> None:

@@ -1,0 +1,277 @@
+"""Captioning images with a trained model: load a checkpoint or an exported folder, preprocess, generate, export.
+
+    pipeline = mmrope.load("runs/shapes_small/checkpoints/last.ckpt")   # or an exported folder
+    pipeline.caption(["photo.jpg", Image.open("other.png")])            # -> ["red circle left of ...", ...]
+    pipeline.export("exported/")                                        # config.json, model.safetensors, tokenizer.json
+
+Nothing here imports Lightning: a checkpoint is read with ``torch.load(weights_only=True)`` and the model keys lose
+their ``model.`` prefix. Every way a checkpoint can be wrong (unreadable, not mmrope's, weights of another
+architecture) is a one-line ``ValueError`` naming the file, as a bad image is an ``ImageError``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps
+
+from mmrope.config import CaptionerConfig
+from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, ImageTransform, load_image, to_rgb
+from mmrope.model import Captioner
+from mmrope.tokenizer import Tokenizer, load_tokenizer
+
+EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+ImageInput = str | Path | Image.Image
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given and usable, else the fastest there is: cuda, then mps, then cpu."""
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is unknown: expected cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device}: MPS is not available on this machine")
+    return device
+
+
+def load(ckpt_or_dir: str | Path, device: str | torch.device | None = None) -> CaptionPipeline:
+    """A ready captioner from a Lightning checkpoint (``last.ckpt``, ``best-*.ckpt``) or a folder ``export`` wrote."""
+    path = Path(ckpt_or_dir)
+    if path.is_dir():
+        config, tokenizer, state = read_exported(path)
+    elif path.is_file():
+        config, tokenizer, state = read_checkpoint(path)
+    else:
+        raise ValueError(f"{path}: no such checkpoint file or exported folder")
+    model = Captioner(config)
+    load_weights(model, state, path)
+    return CaptionPipeline(model, tokenizer, device=device)
+
+
+def read_checkpoint(path: Path) -> tuple[CaptionerConfig, Tokenizer, dict[str, torch.Tensor]]:
+    """Config, tokenizer and model weights of a checkpoint written by ``train.py``."""
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - a torn zip, a text file, a pickle with objects: each raises its own
+        raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint ({_first_line(e)})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("mmrope"), dict):
+        raise ValueError(f"{path}: no 'mmrope' entry: not a checkpoint written by mmrope's train.py")
+    meta = checkpoint["mmrope"]
+    config = _config(meta.get("config"), path)
+    if meta.get("tokenizer") is None:
+        raise ValueError(f"{path}: the checkpoint holds no tokenizer")
+    tokenizer = _tokenizer(meta["tokenizer"], path)
+    state = {k.removeprefix("model."): v for k, v in (checkpoint.get("state_dict") or {}).items()
+             if k.startswith("model.")}
+    if not state:
+        raise ValueError(f"{path}: no model weights (expected 'state_dict' entries starting with 'model.')")
+    _check_vocab(config, tokenizer, path)
+    return config, tokenizer, state
+
+
+def read_exported(directory: Path) -> tuple[CaptionerConfig, Tokenizer, dict[str, torch.Tensor]]:
+    """Config, tokenizer and weights of a folder written by :meth:`CaptionPipeline.export`."""
+    from safetensors.torch import load_file
+
+    for name in EXPORT_FILES:
+        if not (directory / name).is_file():
+            raise ValueError(f"{directory / name}: missing; an exported model folder holds "
+                             f"{', '.join(EXPORT_FILES)}")
+    config_path = directory / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{config_path}: cannot read the model config ({_first_line(e)})") from None
+    config = _config(config, config_path)
+    tokenizer = load_tokenizer(directory / "tokenizer.json")
+    weights = directory / "model.safetensors"
+    try:
+        state = load_file(weights)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(f"{weights}: cannot be read as safetensors ({_first_line(e)})") from None
+    _check_vocab(config, tokenizer, directory)
+    return config, tokenizer, state
+
+
+def load_weights(model: Captioner, state: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Copy ``state`` into ``model`` after checking that it is this architecture's: the same names and shapes.
+
+    A name tied to another (the output head shares the embedding) may be absent when its twin is there, as
+    safetensors stores shared tensors once.
+    """
+    expected = model.state_dict()
+    twins: dict[str, list[str]] = {}  # names that share storage in the model
+    for name, tensor in expected.items():
+        twins.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(name)
+    tied = {name: names for names in twins.values() if len(names) > 1 for name in names}
+    missing = [k for k in expected if k not in state and not any(t in state for t in tied.get(k, ()))]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = [f"{label} {names[0]}" + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+                 for label, names in (("missing", missing), ("unexpected", unexpected)) if names]
+        raise ValueError(f"{where}: the weights do not fit the config (another architecture?): {'; '.join(parts)}")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise ValueError(f"{where}: {name} has shape {tuple(tensor.shape)}, the config expects "
+                             f"{tuple(expected[name].shape)}")
+    model.load_state_dict(state, strict=False)  # strict would count a tied twin stored once as missing
+
+
+def _config(d, where: Path) -> CaptionerConfig:
+    try:
+        return CaptionerConfig.from_dict(d)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: bad model config: {_first_line(e)}") from None
+
+
+def _tokenizer(d, where: Path) -> Tokenizer:
+    try:
+        return load_tokenizer(d)
+    except ValueError as e:
+        raise ValueError(f"{where}: bad tokenizer: {_first_line(e)}") from None
+
+
+def _check_vocab(config: CaptionerConfig, tokenizer: Tokenizer, where: Path) -> None:
+    if config.text.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the config says "
+                         f"text.vocab_size={config.text.vocab_size}")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:200]
+
+
+class CaptionPipeline:
+    """A captioner with its tokenizer, on a device, with the preprocessing its training used.
+
+    ``size=None`` means the training resolution (``config.vision.image_size``). ``resize="fixed"`` stretches every
+    image to ``size x size``, as training on shapes did; ``resize="native"`` keeps the aspect ratio (Qwen2-VL's
+    ``smart_resize``, at most ``size * size`` pixels, padded to whole merged patches), better for real photos.
+    """
+
+    def __init__(self, model: Captioner, tokenizer: Tokenizer, config: CaptionerConfig | None = None,
+                 device: str | torch.device | None = None):
+        self.config = config or model.config
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+
+    @property
+    def factor(self) -> int:
+        """Image sides must be multiples of this: one merged patch."""
+        return self.config.vision.patch_size * self.config.vision.spatial_merge_size
+
+    def transform(self, size: int | None = None, resize: str = "fixed") -> ImageTransform:
+        """The PIL -> tensor transform for ``size`` (default: the training size) and ``resize``."""
+        size = self.config.vision.image_size if size is None else size
+        if resize not in ("fixed", "native"):
+            raise ValueError(f"resize={resize!r} is unknown: expected 'fixed' or 'native'")
+        f = self.factor
+        if size <= 0 or size % f:
+            lower = max(f, size // f * f)
+            raise ValueError(f"size {size} is not a multiple of patch_size * spatial_merge_size = {f}: "
+                             f"try {lower} or {lower + f}")
+        v = self.config.vision
+        if resize == "fixed":
+            return ImageTransform("fixed", size, v.patch_size, v.spatial_merge_size)
+        # between a quarter of and all of size^2 pixels: no image shrinks to a few tokens or outgrows the budget
+        return ImageTransform("native", None, v.patch_size, v.spatial_merge_size, min_pixels=(size // 2) ** 2,
+                              max_pixels=size * size)
+
+    def preprocess(self, image: ImageInput, size: int | None = None, resize: str = "fixed",
+                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+        """One image (a path or a PIL image) -> the normalised (3, H, W) tensor the model reads."""
+        return self.transform(size, resize)(self._open(image, max_pixels))
+
+    @staticmethod
+    def _open(image: ImageInput, max_pixels: int) -> Image.Image:
+        if isinstance(image, Image.Image):
+            return to_rgb(ImageOps.exif_transpose(image))  # upright, as load_image makes files
+        if isinstance(image, str | Path):
+            return load_image(image, max_pixels)
+        raise TypeError(f"cannot caption a {type(image).__name__}: expected a path or a PIL image")
+
+    def caption(self, images: ImageInput | Sequence[ImageInput], size: int | None = None, resize: str = "fixed",
+                batch_size: int = 16, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, seed: int | None = 0,
+                **generate_kwargs) -> list[str]:
+        """One caption per image (paths or PIL images, any sizes); a bad file raises its ``ImageError``.
+
+        ``generate_kwargs`` go to :meth:`Captioner.generate`: ``max_new_tokens`` (32), ``strategy`` ("greedy",
+        "beam" or "sample"), ``num_beams``, ``length_penalty``, ``temperature``, ``top_p``. ``seed`` makes sampling
+        repeatable (None: torch's global generator).
+        """
+        captions = []
+        for result in self.caption_each(images, size, resize, batch_size, max_pixels, seed, **generate_kwargs):
+            if isinstance(result, ImageError):
+                raise result
+            captions.append(result)
+        return captions
+
+    def caption_each(self, images: ImageInput | Sequence[ImageInput], size: int | None = None,
+                     resize: str = "fixed", batch_size: int = 16, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                     seed: int | None = 0, **generate_kwargs) -> Iterator[str | ImageError]:
+        """As :meth:`caption`, but lazily, a batch at a time, and a bad file gives its ``ImageError`` in its place
+        instead of stopping the others. Only one batch of images is in memory at once; a bad ``size``, ``resize``
+        or ``batch_size`` raises here, before any image is read."""
+        if isinstance(images, str | Path | Image.Image):
+            images = [images]
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: expected at least 1")
+        transform = self.transform(size, resize)
+        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        return self._caption_batches(list(images), transform, batch_size, max_pixels, generator, generate_kwargs)
+
+    def _caption_batches(self, images: list[ImageInput], transform: ImageTransform, batch_size: int,
+                         max_pixels: int, generator: torch.Generator | None,
+                         generate_kwargs: dict) -> Iterator[str | ImageError]:
+        for start in range(0, len(images), batch_size):
+            tensors, errors = [], []
+            for image in images[start:start + batch_size]:
+                try:
+                    tensors.append(transform(self._open(image, max_pixels)))
+                    errors.append(None)
+                except ImageError as e:
+                    errors.append(e)
+            with torch.inference_mode():
+                ids = self.model.generate(tensors, generator=generator, **generate_kwargs) if tensors else []
+            captions = iter([self.tokenizer.decode(t.tolist()) for t in ids])
+            for error in errors:
+                yield next(captions) if error is None else error
+
+    def export(self, directory: str | Path) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and ``tokenizer.json`` to ``directory`` (created if missing).
+
+        ``save_model`` stores the tied head / embedding once (``save_file`` refuses shared tensors);
+        :func:`load_weights` re-ties them.
+        """
+        from safetensors.torch import save_model
+
+        from mmrope import __version__
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = json.dumps(self.config.to_dict(), indent=1, sort_keys=True)
+        (directory / "config.json").write_text(config + "\n", encoding="utf-8")
+        save_model(self.model, str(directory / "model.safetensors"),
+                   metadata={"format": "pt", "mmrope_version": __version__})
+        self.tokenizer.save(directory / "tokenizer.json")
+        return directory
+
+    def __repr__(self) -> str:
+        v = self.config.vision
+        return (f"CaptionPipeline(image_size={v.image_size}, pos_encoding={v.pos_encoding!r}, "
+                f"position_scheme={self.config.position_scheme!r}, tokenizer={self.tokenizer!r}, "
+                f"device={str(self.device)!r})")
