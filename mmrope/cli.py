@@ -14,7 +14,7 @@ import sys
 
 from mmrope import __version__
 
-COMMAND_MODULES = ("mmrope.demo", "mmrope.data.export", "mmrope.commands")
+COMMAND_MODULES = ("mmrope.demo", "mmrope.data.export", "mmrope.commands", "mmrope.ablation_commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,210 @@
+"""The ablation runner: a tiny grid writes every output, a finished run is not touched again, an interrupted run
+resumes where it stopped, signals reach the training run, and the confidence interval is Student's t."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from PIL import Image
+
+from mmrope import ablation, cli
+from mmrope.ablation import load_plan, mean_ci, summarize, t_quantile_975, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_ARMS = ("rope2d-mrope", "rope1d_flat-flat")
+
+
+def tiny_grid(tmp_path: Path) -> Path:
+    """Two arms of the debug model, 4 steps, one seed, 8 scenes per split at 0.5x and 1x (16 and 32 px)."""
+    path = tmp_path / "grid.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        encoders: [rope2d, rope1d_flat]
+        schemes: [mrope, flat]
+        seeds: 1
+        eval: {{splits: [test, compositional], factors: [0.5, 1], n: 8, batch_size: 8, max_new_tokens: 6}}
+        presets:
+          tiny:
+            base: {ROOT / "configs/debug.yaml"}
+            arms: [{", ".join(TINY_ARMS)}]
+            max_steps: 4
+            train:
+              data.batch_size: 8
+              data.shapes.n_val: 8
+              trainer.limit_val_batches: 0
+              trainer.log_every_n_steps: 1
+              trainer.enable_model_summary: false
+        """))
+    return path
+
+
+def logged_steps(run_dir: Path) -> list[list[int]]:
+    """The steps with a training loss, per CSV log version."""
+    versions = []
+    for path in sorted(run_dir.glob("logs/version_*/metrics.csv")):
+        with open(path) as f:
+            versions.append(sorted(int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")))
+    return versions
+
+
+def assert_png(path: Path, max_kb: int = 100) -> None:
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 100
+    assert path.stat().st_size < max_kb * 1024
+
+
+def test_tiny_ablation_writes_everything_skips_finished_runs_and_resumes(tmp_path, capsys):
+    """Two runs left as a crash would leave them, trained here in-process (a subprocess costs Lightning's import):
+    the first stopped after 2 of its 4 steps, the second trained but never scored. The runner resumes the first in
+    a train.py subprocess and only scores the second."""
+    import train
+
+    grid, out = tiny_grid(tmp_path), tmp_path / "out"
+    interrupted, unscored = (out / arm / "seed0" for arm in TINY_ARMS)
+    with mock.patch.object(sys, "argv", sys.argv[:1]):  # LightningCLI would also read pytest's arguments
+        assert train.main(ablation.train_args(load_plan(grid, "tiny", max_steps=2), "rope2d", "mrope", 0,
+                                              interrupted)) == 0
+        assert train.main(ablation.train_args(load_plan(grid, "tiny"), "rope1d_flat", "flat", 0, unscored)) == 0
+    unscored_ckpt = (unscored / "checkpoints/last.ckpt").stat().st_mtime_ns
+
+    args = ["ablate", "--config", str(grid), "--preset", "tiny", "--out", str(out)]
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    assert "rope2d-mrope seed 0: resuming at step 2 to 4 steps" in captured.err
+    assert "| rope1d_flat-flat |" in captured.out
+
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 1 * 2 * 2  # arms x seeds x splits x factors
+    assert list(rows[0]) == list(ablation.CSV_COLUMNS)
+    assert {(r["encoder"], r["scheme"], r["split"], r["size"]) for r in rows} == {
+        (e, s, split, size) for e, s in (("rope2d", "mrope"), ("rope1d_flat", "flat"))
+        for split in ("test", "compositional") for size in ("16", "32")}
+    assert all(r["n"] == "8" and 0 <= float(r["relation"]) <= 1 for r in rows)
+    table = (out / "results.md").read_text()
+    assert "## compositional: relation accuracy" in table and "32 px (1x) train" in table
+    for split in ("test", "compositional"):
+        assert_png(out / f"relation_vs_resolution_{split}.png")
+        assert_png(out / f"relation_bars_{split}.png")
+
+    # resumed, not restarted: steps 0-1 in the first log, 2-3 in the second; both runs got the same budget
+    assert logged_steps(interrupted) == [[0, 1], [2, 3]]
+    assert all(ablation.checkpoint_step(d / "checkpoints/last.ckpt") == 4 for d in (interrupted, unscored))
+    assert (unscored / "checkpoints/last.ckpt").stat().st_mtime_ns == unscored_ckpt
+    assert not (unscored / "train.log").exists()  # scored without starting train.py
+
+    # a rerun touches nothing
+    files = [d / name for d in (interrupted, unscored) for name in ("checkpoints/last.ckpt", "eval.json")]
+    stamps = [p.stat().st_mtime_ns for p in files]
+    assert cli.main(args) == 0
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+    assert capsys.readouterr().err.count("done before") == 2
+
+    # another budget in the same folder is refused, never mixed with the old one
+    assert cli.main(args + ["--max-steps", "5"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("mmrope ablate: error: ") and "(max_steps 4 -> 5)" in error
+
+
+def test_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    plan = load_plan(tiny_grid(tmp_path), "tiny")
+    monkeypatch.setattr(ablation, "train_command",
+                        lambda *a, **k: [sys.executable, "-c", "print('train.py: error: loss is nan'); exit(1)"])
+    rows, failures = ablation.run_ablation(plan, tmp_path / "out")
+    assert rows == [] and len(failures) == 2
+    assert "status 1: train.py: error: loss is nan" in failures[0]
+    assert cli.main(["ablate", "--config", str(tmp_path / "grid.yaml"), "--preset", "tiny",
+                     "--out", str(tmp_path / "out")]) == 1
+    assert "2 of 2 runs failed" in capsys.readouterr().err
+
+    killed = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"  # as the out-of-memory killer would
+    monkeypatch.setattr(ablation, "train_command", lambda *a, **k: [sys.executable, "-c", killed])
+    _, failures = ablation.run_ablation(plan, tmp_path / "out")
+    assert len(failures) == 2 and "killed by SIGKILL" in failures[0]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_the_runner_reaches_the_training_run_once(tmp_path, signum):
+    """The child runs in its own session; the runner passes Ctrl-C / SIGTERM on and waits for its clean exit."""
+    child = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGINT, lambda s, f: sys.exit(128 + s))\n"
+             "signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))\n"
+             "print('ready', flush=True)\n"
+             "time.sleep(30)\n")
+    log = tmp_path / "train.log"
+
+    def send_when_ready():
+        deadline = time.monotonic() + 20
+        while "\nready\n" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signum)  # to the runner only, as a terminal or a job scheduler would
+
+    handler = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=send_when_ready, daemon=True).start()
+    start = time.monotonic()
+    assert ablation.run_training([sys.executable, "-c", child], log) == 128 + signum
+    assert time.monotonic() - start < 20
+    assert signal.getsignal(signal.SIGTERM) == handler  # the runner's own handling is back
+
+def test_interrupted_run_stops_the_ablation(tmp_path, monkeypatch):
+    plan = load_plan(tiny_grid(tmp_path), "tiny")
+    monkeypatch.setattr(ablation, "train_command", lambda *a, **k: [sys.executable, "-c", "exit(130)"])
+    with pytest.raises(ablation.RunInterrupted, match="rope2d-mrope seed 0 stopped by SIGINT; its checkpoint is"):
+        ablation.run_ablation(plan, tmp_path / "out")
+
+
+def test_ci_on_known_numbers():
+    mean, half = mean_ci([1.0, 2.0, 3.0])  # s = 1, n = 3: t_{0.975, 2} / sqrt(3)
+    assert mean == 2.0 and half == pytest.approx(4.302653 / math.sqrt(3), abs=1e-6)
+    assert half == pytest.approx(2.4841, abs=1e-4)
+    assert mean_ci([0.5]) == (0.5, None)  # one seed: a mean, no interval
+    assert mean_ci([0.7, 0.7, 0.7]) == pytest.approx((0.7, 0.0))
+    mean, half = mean_ci([0.2, 0.4])  # s = 0.1414, t_{0.975, 1} = 12.706
+    assert half == pytest.approx(12.706205 * math.sqrt(0.02) / math.sqrt(2), rel=1e-6)
+    assert t_quantile_975(30) == pytest.approx(2.042272)
+    assert t_quantile_975(60) == pytest.approx(2.000298, abs=1e-4)  # past the table: the expansion
+    assert t_quantile_975(10**6) == pytest.approx(1.959964, abs=1e-5)
+
+
+def test_results_with_several_seeds_show_intervals(tmp_path):
+    """Known scores -> the table's "mean ± half-width" and plots with bands, without training anything."""
+    plan = load_plan(tiny_grid(tmp_path), "tiny", seeds=3)
+    rows = [{"encoder": e, "scheme": s, "seed": k, "split": split, "factor": f, "size": round(32 * f), "n": 8,
+             "relation": base + 0.1 * k, "attribute": 0.5, "exact": 0.1, "axis": 0.9, "bleu4": 0.3, "cider": 1.0}
+            for (e, s), base in zip(plan.arms, (0.5, 0.2)) for k in plan.seeds for split in plan.splits
+            for f in plan.factors]
+    summary = summarize(rows)
+    assert len(summary) == 2 * 2 * 2 and all(s["seeds"] == 3 for s in summary)
+    write_results(rows, plan, tmp_path)
+    table = (tmp_path / "results.md").read_text()
+    assert "| rope2d-mrope | 0.600 ± 0.248 | 0.600 ± 0.248 |" in table  # [0.5, 0.6, 0.7]: s = 0.1
+    assert "| rope1d_flat-flat | 0.500 ± 0.000 |" in table  # attribute
+    for name in ("relation_vs_resolution_test", "relation_bars_compositional"):
+        assert_png(tmp_path / f"{name}.png")
+
+
+def test_shipped_grid_and_bad_grids(tmp_path):
+    grid = ROOT / "configs/ablation/shapes.yaml"
+    gpu = load_plan(grid, "gpu")
+    assert len(gpu.arms) == 6 * 3 and gpu.sizes == [64, 96, 128, 192, 256] and gpu.seeds == [0, 1, 2]
+    cpu = load_plan(grid, "cpu", max_steps=10, arms=["rope2d_mixed-mrope"])
+    assert cpu.arms == [("rope2d_mixed", "mrope")] and cpu.max_steps == 10 and cpu.sizes == [32, 48, 64, 96, 128]
+    assert load_plan(grid, "cpu").splits == ["test", "compositional"]
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(tiny_grid(tmp_path).read_text().replace("factors: [0.5, 1]", "factors: [0.75, 1]"))
+    with pytest.raises(ValueError, match=r"factor 0.75 of the training size 32 gives 24 px, not a multiple .* 16"):
+        load_plan(bad, "tiny")
+    with pytest.raises(ValueError, match="no preset 'huge'"):
+        load_plan(bad, "huge")
+    with pytest.raises(ValueError, match="arm 'rope2d-xyz' is not in"):
+        load_plan(grid, "cpu", arms=["rope2d-xyz"])

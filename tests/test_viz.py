@@ -1,0 +1,130 @@
+"""The pictures: every ``mmrope viz`` figure writes a valid PNG, Mixed maps use the checkpoint's learned frequencies,
+and the explicit-softmax attention behind ``viz attention`` computes exactly what the model's SDPA computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from mmrope import cli
+from mmrope.attention_maps import decoder_attention, explicit_attention, image_attention_maps
+from mmrope.config import CaptionerConfig, TextConfig, VisionConfig
+from mmrope.layers import Attention
+from mmrope.model import Captioner
+from mmrope.rope import MixedRotaryEmbedding, RotaryEmbedding
+from mmrope.special_tokens import NUM_SPECIAL
+from mmrope.text import attention_mask_4d
+from mmrope.viz import relative_similarity, similarity_maps
+
+
+def tiny_model(pos_encoding: str = "rope2d", scheme: str = "mrope") -> Captioner:
+    torch.manual_seed(0)
+    config = CaptionerConfig(VisionConfig(image_size=32, dim=32, depth=2, num_heads=2, pos_encoding=pos_encoding),
+                             TextConfig(dim=32, depth=2, num_heads=4, num_kv_heads=2), position_scheme=scheme)
+    return Captioner(config).eval()
+
+
+def assert_png(path) -> None:
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) > 100
+    assert path.stat().st_size < 200 * 1024
+
+
+@pytest.mark.parametrize("mask", ["causal", "padded", "none"])
+def test_explicit_attention_equals_sdpa(mask):
+    torch.manual_seed(0)
+    attn = Attention(32, num_heads=4, num_kv_heads=2)  # grouped-query heads, as the decoder has
+    x = torch.randn(2, 7, 32)
+    rope = RotaryEmbedding(8)(torch.arange(7))
+    kwargs = {"is_causal": mask == "causal"}
+    if mask == "padded":  # row 1 left-padded by 3
+        key_mask = torch.tensor([[1] * 7, [0] * 3 + [1] * 4])
+        kwargs["attn_mask"] = attention_mask_4d(key_mask, 7, 7, 0, x.device)
+    out, weights = explicit_attention(attn, x, rope, **kwargs)
+    torch.testing.assert_close(out, attn(x, rope, **kwargs), atol=1e-5, rtol=1e-5)
+    assert weights.shape == (2, 4, 7, 7)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 7))
+    if mask != "none":
+        assert weights.triu(1).abs().max() == 0  # nothing from the future
+
+
+@pytest.mark.parametrize("scheme", ["mrope", "flat"])
+def test_decoder_attention_reproduces_the_model(scheme):
+    model = tiny_model(scheme=scheme)
+    image = torch.randn(3, 32, 48)  # not square: 2 x 3 image tokens
+    caption = torch.tensor([NUM_SPECIAL + 3, NUM_SPECIAL + 7, NUM_SPECIAL + 1])
+    logits, weights, image_index = decoder_attention(model, image, caption)
+    n_image = len(image_index)
+    assert n_image == 6 and weights.shape == (2, 4, n_image + 2 + 3, n_image + 2 + 3)
+    input_ids = torch.cat((torch.tensor([3] + [5] * n_image + [4]), caption)).unsqueeze(0)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model([image], input_ids).logits[0], atol=1e-5, rtol=1e-5)
+
+    maps = image_attention_maps(model, image, caption, layer=-1)
+    assert maps.shape == (3, 2, 3)
+    # the query that chose caption token i sits at vision_end + i; its weights over the image, head-averaged
+    expected = weights[-1].mean(0)[n_image + 1 + 1, 1:n_image + 1].reshape(2, 3)
+    torch.testing.assert_close(maps[1], expected)
+    assert (image_attention_maps(model, image, caption).sum((1, 2)) <= 1 + 1e-6).all()
+    with pytest.raises(ValueError, match="layer 5 does not exist"):
+        image_attention_maps(model, image, caption, layer=5)
+
+
+def test_similarity_maps_read_the_learned_mixed_frequencies():
+    model = tiny_model("rope2d_mixed")
+    with torch.no_grad():
+        model.vision.rope.freqs[1].mul_(3.0)  # layer 1 differs from layer 0
+    maps = similarity_maps(model, layer=1, head=1, grid=8)
+    assert list(maps) == ["2D axial RoPE", "flattened 1D RoPE", "RoPE-Mixed (learned, layer 1), head 1"]
+    reference = MixedRotaryEmbedding(16, num_heads=2)
+    reference.freqs.data = model.vision.rope.freqs.detach()[1:2].clone()
+    torch.testing.assert_close(maps["RoPE-Mixed (learned, layer 1), head 1"],
+                               relative_similarity("rope2d_mixed", 8, mixed=reference, head=1))
+    layer0 = similarity_maps(model, layer=0, head=1, grid=8)["RoPE-Mixed (learned, layer 0), head 1"]
+    assert not torch.allclose(layer0, maps["RoPE-Mixed (learned, layer 1), head 1"])
+    assert "RoPE-Mixed (init), head 0" in similarity_maps(tiny_model("rope2d"), grid=8)
+    with pytest.raises(ValueError, match="layers 0..1"):
+        similarity_maps(model, layer=2)
+
+
+def test_viz_ids_and_similarity_write_pngs(tmp_path, trained_checkpoint, capsys):
+    assert cli.main(["viz", "ids", "--height", "32", "--width", "64", "--out", str(tmp_path / "ids.png")]) == 0
+    assert_png(tmp_path / "ids.png")
+    assert cli.main(["viz", "ids", "--scheme", "flat", "--out", str(tmp_path / "flat.png")]) == 0
+    assert_png(tmp_path / "flat.png")
+    assert cli.main(["viz", "similarity", "--grid", "8", "--out", str(tmp_path / "sim.png")]) == 0
+    assert_png(tmp_path / "sim.png")
+
+    # a rope2d_mixed checkpoint in train.py's layout: its layer-1 frequencies are drawn
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    config = checkpoint["mmrope"]["config"]
+    config["vision"]["pos_encoding"] = "rope2d_mixed"
+    mixed = Captioner(CaptionerConfig.from_dict(config))
+    torch.save({"mmrope": {**checkpoint["mmrope"], "config": mixed.config.to_dict()},
+                "state_dict": {f"model.{k}": v for k, v in mixed.state_dict().items()}}, tmp_path / "mixed.ckpt")
+    capsys.readouterr()
+    assert cli.main(["viz", "similarity", "--ckpt", str(tmp_path / "mixed.ckpt"), "--layer", "1", "--head", "1",
+                     "--out", str(tmp_path / "mixed.png")]) == 0
+    assert "RoPE-Mixed (learned, layer 1), head 1" in capsys.readouterr().out
+    assert_png(tmp_path / "mixed.png")
+    assert cli.main(["viz", "similarity", "--ckpt", str(trained_checkpoint), "--out", str(tmp_path / "s2.png")]) == 0
+    assert "RoPE-Mixed (init)" in capsys.readouterr().out
+
+
+def test_viz_attention_writes_an_overlay(tmp_path, trained_checkpoint, capsys):
+    from mmrope.data.shapes import ShapesDataset, render_scene
+
+    image = tmp_path / "scene.png"
+    render_scene(ShapesDataset(1, split="test", canvas=32).scene(0), 32).save(image)
+    out = tmp_path / "attention.png"
+    assert cli.main(["viz", "attention", "--ckpt", str(trained_checkpoint), str(image), "--out", str(out)]) == 0
+    path, caption = capsys.readouterr().out.strip().split("\t")
+    assert path == str(image) and caption
+    assert_png(out)
+    assert cli.main(["viz", "attention", "--ckpt", str(trained_checkpoint), str(image), "--layer", "-1",
+                     "--size", "64", "--out", str(tmp_path / "last_layer.png")]) == 0
+    assert_png(tmp_path / "last_layer.png")
+    assert cli.main(["viz", "attention", "--ckpt", str(trained_checkpoint), str(image), "--layer", "9",
+                     "--out", str(tmp_path / "bad.png")]) == 1
+    assert "layer 9 does not exist" in capsys.readouterr().err
