@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mmrope.rope import apply_rotary
+from mmrope.fast_rope import rotary
 
 
 class RMSNorm(nn.Module):
@@ -75,7 +75,7 @@ class Attention(nn.Module):
         q = rearrange(q, "b n (h d) -> b h n d", d=self.head_dim)
         k, v = (rearrange(t, "b n (g d) -> b g n d", d=self.head_dim) for t in (k, v))
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            q, k = rotary(q, *rope), rotary(k, *rope)  # fused when compiled; see mmrope.fast_rope
         if kv_cache is not None:
             k, v = kv_cache.update(k, v, cache_index)  # (b, g, s, d): every slot the cache holds
         if self.num_kv_heads != self.num_heads:
