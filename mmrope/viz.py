@@ -10,6 +10,28 @@ from mmrope.positions import grid_positions
 from mmrope.rope import AxialRotaryEmbedding, MixedRotaryEmbedding, RotaryEmbedding, apply_rotary
 
 
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path, dpi: int) -> Path:
+    """Lay out, write the PNG (making its folder) and free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def relative_similarity(encoding: str, grid: int = 16, head_dim: int = 64, theta: float = 100.0,
                         mixed: MixedRotaryEmbedding | None = None, head: int = 0) -> torch.Tensor:
     """Mean q·k (q = k = ones, so only position speaks) between the centre patch of a grid x grid image and every
@@ -36,10 +58,7 @@ def relative_similarity(encoding: str, grid: int = 16, head_dim: int = 64, theta
 
 def plot_similarity_maps(maps: dict[str, torch.Tensor], path: str | Path, title: str | None = None) -> Path:
     """Side-by-side heat maps of :func:`relative_similarity`, centre marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 4), squeeze=False)
     for ax, (name, sim) in zip(axes[0], maps.items()):
@@ -52,21 +71,13 @@ def plot_similarity_maps(maps: dict[str, torch.Tensor], path: str | Path, title:
         fig.colorbar(im, ax=ax, fraction=0.046)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def plot_captioned_images(images: list[torch.Tensor], captions: list[str], path: str | Path,
                           references: list[str] | None = None, columns: int = 4) -> Path:
     """A grid of (normalised) images with their generated captions, and the reference beneath when given."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from mmrope.data.images import denormalize
 
@@ -78,21 +89,13 @@ def plot_captioned_images(images: list[torch.Tensor], captions: list[str], path:
         ax.imshow(denormalize(image.detach().float().cpu()).permute(1, 2, 0).numpy())
         title = captions[i] if references is None else f"{captions[i]}\n({references[i]})"
         ax.set_title(title, fontsize=8, wrap=True)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=80)
 
 
 def plot_position_ids(labels: list[str], position_ids: torch.Tensor, path: str | Path,
                       title: str | None = None) -> Path:
     """The (t, h, w) ids (3, n) of a joint sequence as three coloured rows, one column per token, ids written in."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     ids = position_ids.detach().cpu()
     n = ids.shape[1]
@@ -107,22 +110,14 @@ def plot_position_ids(labels: list[str], position_ids: torch.Tensor, path: str |
     ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=90)
 
 
 def plot_attention_overlay(image: torch.Tensor, maps: torch.Tensor, words: list[str], path: str | Path,
                            title: str | None = None) -> Path:
     """The (normalised) image, then one panel per word: its attention map (H', W') upsampled to the image and laid
     over it. Each panel is scaled to its own maximum; its title gives the share of attention on the image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import torch.nn.functional as F
 
     from mmrope.data.images import denormalize
@@ -145,12 +140,7 @@ def plot_attention_overlay(image: torch.Tensor, maps: torch.Tensor, words: list[
         ax.set_title(f"{word} ({share:.0%} on image)", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=90)
 
 
 def similarity_maps(model=None, layer: int = 0, head: int = 0, grid: int = 16) -> dict[str, torch.Tensor]:
