@@ -58,10 +58,12 @@ def _as(cls, value):
     """Dataclass from a dataclass, a dict (checkpoint hyper-parameters) or None (defaults)."""
     if value is None:
         return cls()
-    if isinstance(value, dict):
-        return CaptionerConfig.from_dict({"vision": value}).vision if cls is VisionConfig else \
-            CaptionerConfig.from_dict({"text": value}).text if cls is TextConfig else cls(**value)
-    return value
+    if not isinstance(value, dict):
+        return value
+    part = {VisionConfig: "vision", TextConfig: "text"}.get(cls)
+    if part:  # CaptionerConfig.from_dict validates keys with one-line errors
+        return getattr(CaptionerConfig.from_dict({part: value}), part)
+    return cls(**value)
 
 
 def cosine_with_warmup(warmup: int, total: int, min_ratio: float):
