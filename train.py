@@ -33,6 +33,7 @@ class CaptionCLI(LightningCLI):
         # the data module cuts images into the model's patches, and the model reads the data's tokenizer
         parser.link_arguments("model.vision.patch_size", "data.patch_size")
         parser.link_arguments("model.vision.spatial_merge_size", "data.merge_size")
+        parser.link_arguments("model.vision.temporal_patch_size", "data.temporal_patch_size")
         parser.link_arguments("data.tokenizer_state", "model.tokenizer", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs):

@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
-METRICS = ("exact", "attribute", "relation", "axis", "bleu4", "cider")
-CSV_COLUMNS = ("encoder", "scheme", "seed", "split", "factor", "size", "n") + METRICS
+METRICS = ("exact", "attribute", "relation", "axis", "event", "motion", "order", "change", "bleu4", "cider")
+CSV_COLUMNS = ("encoder", "scheme", "seed", "split", "factor", "size", "frames", "n") + METRICS
 PRESET_KEYS = ("base", "arms", "encoders", "schemes", "seeds", "max_steps", "eval", "train")
-EVAL_KEYS = ("splits", "factors", "n", "batch_size", "max_new_tokens")
+EVAL_KEYS = ("splits", "factors", "frames", "n", "batch_size", "max_new_tokens")
 SPLITS = ("val", "test", "compositional")
 
 # t_{0.975, df} for df = 1..30 (scipy.stats.t.ppf); beyond, the Cornish-Fisher expansion below is within 1e-4.
@@ -92,13 +92,27 @@ class Plan:
     batch_size: int
     max_new_tokens: int
     train_size: int  # model.vision.image_size of the base config
+    frames: list[int] | None = None  # clip grids: the frame counts each run is scored at; None for images
+    clip_mode: str = "block"  # clip grids: data.clips.clip_mode of every run (a train override)
+    train_frames: int | None = None  # clip grids: data.clips.frames of the base config
+
+    @property
+    def points(self) -> list[tuple[float, int | None]]:
+        """Every (factor, frames) each run is scored at, in table order."""
+        return [(f, n) for f in self.factors for n in (self.frames or [None])]
 
     @property
     def sizes(self) -> list[int]:
         return [round(f * self.train_size) for f in self.factors]
 
+    @property
+    def metric(self) -> str:
+        """The headline accuracy: relation on shapes, event on clips."""
+        return "relation" if self.frames is None else "event"
+
     def eval_settings(self) -> dict:
-        return {"splits": self.splits, "factors": self.factors, "sizes": self.sizes, "n": self.n,
+        clips = {} if self.frames is None else {"frames": self.frames, "clip_mode": self.clip_mode}
+        return {"splits": self.splits, "factors": self.factors, "sizes": self.sizes, **clips, "n": self.n,
                 "max_new_tokens": self.max_new_tokens, "data": str(self.base)}
 
 
@@ -158,7 +172,14 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
     train = p.get("train") or {}
     if not isinstance(train, dict):
         raise ValueError(f"{grid}: presets.{preset}.train must be a mapping of train.py keys to values")
-    vision = _base_vision(base, train)
+    vision, data = _base_vision(base, train), _base_data(base)
+    frames = None
+    if data.get("dataset") == "clips":
+        frames = [int(f) for f in ev.get("frames", [(data.get("clips") or {}).get("frames", 4)])]
+        if any(f < 2 for f in frames):
+            raise ValueError(f"{grid}: eval.frames={frames}: expected frame counts of at least 2")
+    elif "frames" in ev:
+        raise ValueError(f"{grid}: eval.frames is for clip grids, but {base} trains on {data.get('dataset', 'shapes')}")
     defaults = VisionConfig()
     size = int(vision.get("image_size", defaults.image_size))
     window = int(vision.get("patch_size", defaults.patch_size)) * int(
@@ -170,7 +191,8 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
     n, batch_size, max_new_tokens = (_positive(ev.get(k, default), f"eval.{k}", grid)
                                      for k, default in (("n", 500), ("batch_size", 100), ("max_new_tokens", 12)))
     return Plan(grid, preset, base, pairs, list(range(n_seeds)), steps, train, splits, factors, n, batch_size,
-                max_new_tokens, size)
+                max_new_tokens, size, frames, str(train.get("data.clips.clip_mode", "block")),
+                int(train.get("data.clips.frames", (data.get("clips") or {}).get("frames", 4))) if frames else None)
 
 
 def _check_keys(d: Any, allowed: tuple[str, ...], where: str) -> None:
@@ -207,15 +229,23 @@ def _positive(value: Any, name: str, grid: Path) -> int:
     return value
 
 
-def _base_vision(base: Path, train: dict) -> dict:
-    """model.vision of the base config, with the preset's train overrides of it applied."""
+def _base_config(base: Path) -> dict:
     import yaml
 
     try:
         config = yaml.safe_load(base.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as e:
         raise ValueError(f"{base}: cannot read the base config ({' '.join(str(e).split())[:200]})") from None
-    vision = dict(((config.get("model") or {}).get("vision") or {}) if isinstance(config, dict) else {})
+    return config if isinstance(config, dict) else {}
+
+
+def _base_data(base: Path) -> dict:
+    return dict(_base_config(base).get("data") or {})
+
+
+def _base_vision(base: Path, train: dict) -> dict:
+    """model.vision of the base config, with the preset's train overrides of it applied."""
+    vision = dict((_base_config(base).get("model") or {}).get("vision") or {})
     vision.update({k.removeprefix("model.vision."): v for k, v in train.items() if k.startswith("model.vision.")})
     return vision
 
@@ -293,7 +323,8 @@ def run_training(command: list[str], log_path: Path) -> int:
 
 
 def score_run(plan: Plan, ckpt: Path, device: str | None = None) -> list[dict]:
-    """Score ``ckpt`` on every split at every size -> rows ``{split, factor, size, n, <metrics>}``."""
+    """Score ``ckpt`` on every split at every size (and frame count) -> rows ``{split, factor, size, [frames,] n,
+    <metrics>}``."""
     from mmrope.evaluation import evaluate, resolve_data
     from mmrope.inference import load
 
@@ -304,9 +335,11 @@ def score_run(plan: Plan, ckpt: Path, device: str | None = None) -> list[dict]:
     rows = []
     for split in plan.splits:
         eval_set = resolve_data(str(plan.base), plan.train_size, split=split, n=plan.n)
+        clips = {} if plan.frames is None else {"frames": plan.frames, "clip_mode": plan.clip_mode}
         results, _ = evaluate(pipeline, eval_set, plan.sizes, batch_size=plan.batch_size,
-                              max_new_tokens=plan.max_new_tokens)
-        rows += [{"split": split, "factor": f, **r} for f, r in zip(plan.factors, results)]
+                              max_new_tokens=plan.max_new_tokens, **clips)
+        factor = dict(zip(plan.sizes, plan.factors))
+        rows += [{"split": split, "factor": factor[r["size"]], **r} for r in results]
     return rows
 
 
@@ -358,8 +391,8 @@ def run_arm(plan: Plan, encoder: str, scheme: str, seed: int, out: Path, device:
     _write_json(marker, {"arm": arm_name(encoder, scheme), "seed": seed, "steps": step, "checkpoint": str(ckpt),
                          "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
                          "eval": plan.eval_settings(), "rows": rows})
-    at_1x = next((r.get("relation") for r in rows if r["factor"] == 1 and r["split"] == plan.splits[0]), None)
-    score = f"; relation at 1x ({plan.splits[0]}) {at_1x:.3f}" if at_1x is not None else ""
+    at_1x = next((r.get(plan.metric) for r in rows if r["factor"] == 1 and r["split"] == plan.splits[0]), None)
+    score = f"; {plan.metric} at 1x ({plan.splits[0]}) {at_1x:.3f}" if at_1x is not None else ""
     trained = f"trained in {_duration(train_seconds)}, " if train_seconds else ""
     say(f"{trained}scored in {_duration(eval_seconds)}{score}")
     return rows
@@ -413,10 +446,11 @@ def summarize(rows: list[dict]) -> list[dict]:
     ci)}``, in the order the groups first appear."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["encoder"], r["scheme"], r["split"], r["factor"]), []).append(r)
+        groups.setdefault((r["encoder"], r["scheme"], r["split"], r["factor"], r.get("frames")), []).append(r)
     summary = []
-    for (encoder, scheme, split, factor), group in groups.items():
+    for (encoder, scheme, split, factor, frames), group in groups.items():
         s = {"encoder": encoder, "scheme": scheme, "split": split, "factor": factor, "size": group[0]["size"],
+             "frames": frames,
              "seeds": len(group)}
         for m in METRICS:
             values = [r[m] for r in group if r.get(m) is not None]
@@ -433,24 +467,32 @@ def format_cell(value: tuple[float, float | None] | None) -> str:
     return f"{mean:.3f}" if ci is None else f"{mean:.3f} ± {ci:.3f}"
 
 
-def format_results(summary: list[dict], plan: Plan, metrics: tuple[str, ...] = ("relation", "attribute")) -> str:
-    """Markdown: per split and metric, one row per arm and one column per size, cells "mean ± 95% CI"."""
+def format_results(summary: list[dict], plan: Plan, metrics: tuple[str, ...] | None = None) -> str:
+    """Markdown: per split and metric, one row per arm and one column per size (and frame count), cells
+    "mean ± 95% CI"."""
+    metrics = metrics or (plan.metric, "attribute")
     arms = list(dict.fromkeys(arm_name(s["encoder"], s["scheme"]) for s in summary))
-    cells = {(arm_name(s["encoder"], s["scheme"]), s["split"], s["factor"]): s for s in summary}
+    cells = {(arm_name(s["encoder"], s["scheme"]), s["split"], s["factor"], s.get("frames")): s for s in summary}
     counts = sorted({min(s["seeds"] for s in summary), max(s["seeds"] for s in summary)})
     seeds = f"{'-'.join(map(str, counts))} {'seed' if counts == [1] else 'seeds'}"
+    read_as = "one (t, h, w) block" if plan.clip_mode == "block" else "separate images"
+    clips = "" if plan.frames is None else f" Clips of {plan.train_frames} frames in training, read as {read_as}."
     lines = [f"# Ablation results: preset {plan.preset}", "",
              f"Base `{plan.base}`, {plan.max_steps} training steps per run, {seeds} per arm; `last.ckpt` of each "
-             f"run, greedy decoding, {plan.n} scenes per split (the same for every run). Cells: mean ± half-width of "
-             f"the 95% confidence interval across seeds (Student's t; no interval with one seed). Trained at "
-             f"{plan.train_size} px."]
-    columns = [f"{size} px ({f:g}x)" + (" train" if f == 1 else "") for f, size in zip(plan.factors, plan.sizes)]
+             f"run, greedy decoding, {plan.n} {'clips' if plan.frames else 'scenes'} per split (the same for every "
+             "run). Cells: mean ± half-width of the 95% confidence interval across seeds (Student's t; no interval "
+             f"with one seed). Trained at {plan.train_size} px.{clips}"]
+    columns = []
+    for f, n in plan.points:
+        train = f == 1 and (n is None or n == plan.train_frames)
+        columns.append(f"{round(f * plan.train_size)} px ({f:g}x)" + (f", {n} frames" if n else "")
+                       + (" train" if train else ""))
     for split in plan.splits:
         for metric in metrics:
             lines += ["", f"## {split}: {metric} accuracy", "", "| arm | " + " | ".join(columns) + " |",
                       "| --- |" + " ---: |" * len(columns)]
             for arm in arms:
-                row = [format_cell(cells.get((arm, split, f), {}).get(metric)) for f in plan.factors]
+                row = [format_cell(cells.get((arm, split, f, n), {}).get(metric)) for f, n in plan.points]
                 lines.append(f"| {arm} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -474,14 +516,16 @@ def _pyplot():
 
 
 def plot_metric_vs_resolution(summary: list[dict], split: str, path: Path, train_size: int,
-                              metric: str = "relation") -> Path:
-    """One line per arm (mean across seeds) with its 95% CI band, against image side; the training size marked."""
+                              metric: str = "relation", along: str = "size") -> Path:
+    """One line per arm (mean across seeds) with its 95% CI band, against image side (``along="size"``) or, for
+    clips at the training size, frame count (``along="frames"``); the training value marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     arms = list(dict.fromkeys(arm_name(s["encoder"], s["scheme"]) for s in summary))
     for i, arm in enumerate(arms):
-        points = sorted((s["size"], *s[metric]) for s in summary
-                        if s["split"] == split and arm_name(s["encoder"], s["scheme"]) == arm and metric in s)
+        points = sorted((s[along], *s[metric]) for s in summary
+                        if s["split"] == split and arm_name(s["encoder"], s["scheme"]) == arm and metric in s
+                        and (along == "size" or s["factor"] == 1))
         if not points:
             continue
         x = [p[0] for p in points]
@@ -492,14 +536,14 @@ def plot_metric_vs_resolution(summary: list[dict], split: str, path: Path, train
             ax.fill_between(x, [m - c for _, m, c in points], [m + c for _, m, c in points], color=colour, alpha=0.18,
                             linewidth=0)
     ax.axvline(train_size, color="grey", linestyle="--", linewidth=1)
-    ax.annotate("training size", (train_size, 0.02), xytext=(3, 0), textcoords="offset points", fontsize=8,
-                color="grey")
-    sizes = sorted({s["size"] for s in summary})
+    ax.annotate("training " + ("size" if along == "size" else "frames"), (train_size, 0.02), xytext=(3, 0),
+                textcoords="offset points", fontsize=8, color="grey")
+    ticks = sorted({s[along] for s in summary})
     ax.set_xscale("log", base=2)
-    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set_xticks(ticks, [str(s) for s in ticks])
     ax.minorticks_off()
     ax.set_ylim(0, 1)
-    ax.set_xlabel("image side (px)")
+    ax.set_xlabel("image side (px)" if along == "size" else "frames per clip")
     ax.set_ylabel(f"{metric} accuracy")
     ax.set_title(f"{split}: {metric} accuracy, mean and 95% CI across seeds", fontsize=10)
     ax.grid(alpha=0.3)
@@ -507,21 +551,23 @@ def plot_metric_vs_resolution(summary: list[dict], split: str, path: Path, train
     return _save(fig, path)
 
 
-def plot_metric_bars(summary: list[dict], split: str, path: Path, factors: list[float],
+def plot_metric_bars(summary: list[dict], split: str, path: Path, points: list[tuple[float, int | None]],
                      metric: str = "relation") -> Path:
-    """Grouped bars, one group per factor of the training size, one bar per arm, 95% CIs as error bars."""
+    """Grouped bars, one group per (factor of the training size, frames) point, one bar per arm, 95% CIs as error
+    bars."""
     plt = _pyplot()
     arms = list(dict.fromkeys(arm_name(s["encoder"], s["scheme"]) for s in summary))
-    cells = {(arm_name(s["encoder"], s["scheme"]), s["factor"]): s for s in summary if s["split"] == split}
+    cells = {(arm_name(s["encoder"], s["scheme"]), s["factor"], s.get("frames")): s for s in summary
+             if s["split"] == split}
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     width = 0.8 / len(arms)
     for i, arm in enumerate(arms):
-        values = [cells.get((arm, f), {}).get(metric, (math.nan, None)) for f in factors]
+        values = [cells.get((arm, *p), {}).get(metric, (math.nan, None)) for p in points]
         errors = [c if c is not None else 0.0 for _, c in values]
-        xs = [g + (i - (len(arms) - 1) / 2) * width for g in range(len(factors))]
+        xs = [g + (i - (len(arms) - 1) / 2) * width for g in range(len(points))]
         ax.bar(xs, [m for m, _ in values], width, yerr=errors, capsize=3, color=f"C{i}", label=arm)
-    ax.set_xticks(range(len(factors)), [f"{f:g}x ({cells.get((arms[0], f), {}).get('size', '?')} px)"
-                                        for f in factors])
+    ax.set_xticks(range(len(points)), [f"{f:g}x ({cells.get((arms[0], f, n), {}).get('size', '?')} px"
+                                       + (f", {n} frames)" if n else ")") for f, n in points])
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"{metric} accuracy")
     ax.set_title(f"{split}: {metric} accuracy at the training size and beyond (95% CI)", fontsize=10)
@@ -541,16 +587,25 @@ def _save(fig, path: Path) -> Path:
 
 
 def write_results(rows: list[dict], plan: Plan, out: str | Path) -> list[Path]:
-    """results.csv, results.md and, per split, relation_vs_resolution_<split>.png and relation_bars_<split>.png."""
+    """results.csv, results.md and, per split, <metric>_vs_resolution_<split>.png (images) or
+    <metric>_vs_frames_<split>.png (clips), and <metric>_bars_<split>.png, where metric is relation on shapes and
+    event on clips."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
     paths = [write_csv(rows, out / "results.csv")]
     (out / "results.md").write_text(format_results(summary, plan), encoding="utf-8")
     paths.append(out / "results.md")
-    bar_factors = list(dict.fromkeys(f for f in (1.0, max(plan.factors)) if f in plan.factors)) or plan.factors
+    metric = plan.metric
+    if plan.frames is None:
+        along, train_value = "size", plan.train_size
+        bars = [(f, None) for f in dict.fromkeys((1.0, max(plan.factors))) if f in plan.factors] or plan.points
+    else:
+        along, train_value = "frames", plan.train_frames
+        bars = [p for p in plan.points if p[0] == 1 and p[1] in (plan.train_frames, max(plan.frames))] or plan.points
+    axis = "resolution" if along == "size" else "frames"
     for split in plan.splits:
-        paths.append(plot_metric_vs_resolution(summary, split, out / f"relation_vs_resolution_{split}.png",
-                                               plan.train_size))
-        paths.append(plot_metric_bars(summary, split, out / f"relation_bars_{split}.png", bar_factors))
+        paths.append(plot_metric_vs_resolution(summary, split, out / f"{metric}_vs_{axis}_{split}.png", train_value,
+                                               metric, along))
+        paths.append(plot_metric_bars(summary, split, out / f"{metric}_bars_{split}.png", bars, metric))
     return paths

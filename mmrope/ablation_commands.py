@@ -55,13 +55,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("viz_similarity.png"), help="(default: viz_similarity.png)")
     p.set_defaults(func=run_viz_similarity)
 
-    p = commands.add_parser("ids", help="the (t, h, w) ids of an image + caption sequence as a coloured grid",
+    p = commands.add_parser("ids", help="the (t, h, w) ids of an image (or clip) + caption sequence as a coloured "
+                                        "grid",
                             description="The position ids the decoder gives [vision_start, image tokens, "
-                                        "vision_end, words]: three coloured rows t, h, w, one column per token.")
+                                        "vision_end, words]: three coloured rows t, h, w, one column per token. "
+                                        "--frames > 1 makes it a clip: a (t, h, w) block of video tokens.")
     p.add_argument("--height", type=int, default=64, help="image height in pixels (default 64)")
     p.add_argument("--width", type=int, default=96, help="image width in pixels (default 96)")
     p.add_argument("--patch-size", type=int, default=8, help="(default 8)")
     p.add_argument("--merge", type=int, default=2, help="spatial merge size (default 2, as Qwen2-VL)")
+    p.add_argument("--frames", type=int, default=1, help="temporal patches of a clip (default 1: an image)")
     p.add_argument("--text", default="red circle left of blue square", help="the words after the image")
     p.add_argument("--scheme", default="mrope", choices=("mrope", "flat"),
                    help="mrope: Qwen2-VL ids (mrope_interleaved has the same ids); flat: the running index "
@@ -156,24 +159,32 @@ def run_viz_ids(args: argparse.Namespace) -> int:
     import torch
 
     from mmrope.positions import flat_position_ids, get_rope_index
-    from mmrope.special_tokens import IMAGE_TOKEN_ID, VISION_END_ID, VISION_START_ID
+    from mmrope.special_tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, VISION_END_ID, VISION_START_ID
     from mmrope.viz import plot_position_ids
 
     window = args.patch_size * args.merge
     if args.height <= 0 or args.width <= 0 or args.patch_size <= 0 or args.height % window or args.width % window:
         raise ValueError(f"image size {args.height}x{args.width} must be positive multiples of patch_size x merge "
                          f"= {window}")
-    grid = [1, args.height // args.patch_size, args.width // args.patch_size]
-    n_image = grid[1] * grid[2] // args.merge**2
+    if args.frames < 1:
+        raise ValueError(f"--frames {args.frames}: expected at least 1")
+    grid = [args.frames, args.height // args.patch_size, args.width // args.patch_size]
+    rows, columns = grid[1] // args.merge, grid[2] // args.merge
+    n_media = args.frames * rows * columns
+    clip = args.frames > 1
     words = args.text.split()
-    ids = [VISION_START_ID] + [IMAGE_TOKEN_ID] * n_image + [VISION_END_ID] + [100] * len(words)  # any word id
-    columns = grid[2] // args.merge
-    labels = ["<vs>"] + [f"img {k // columns},{k % columns}" for k in range(n_image)] + ["<ve>"] + words
+    token = VIDEO_TOKEN_ID if clip else IMAGE_TOKEN_ID
+    ids = [VISION_START_ID] + [token] * n_media + [VISION_END_ID] + [100] * len(words)  # any word id
+    cells = [(k // (rows * columns), k % (rows * columns) // columns, k % columns) for k in range(n_media)]
+    labels = (["<vs>"] + [f"{'vid' if clip else 'img'} {f'{t},' if clip else ''}{i},{j}" for t, i, j in cells]
+              + ["<ve>"] + words)
+    grids = {"video_grid_thw" if clip else "image_grid_thw": torch.tensor([grid])}
     ids_fn = flat_position_ids if args.scheme == "flat" else get_rope_index
-    position_ids, _ = ids_fn(torch.tensor([ids]), torch.tensor([grid]), image_token_id=IMAGE_TOKEN_ID,
-                             spatial_merge_size=args.merge)
-    title = (f"{args.scheme} ids: {args.height}x{args.width} image, patch {args.patch_size}, merge {args.merge} -> "
-             f"{grid[1] // args.merge}x{columns} image tokens")
+    position_ids, _ = ids_fn(torch.tensor([ids]), **grids, image_token_id=IMAGE_TOKEN_ID,
+                             video_token_id=VIDEO_TOKEN_ID, spatial_merge_size=args.merge)
+    media = f"{args.frames}-frame clip" if clip else "image"
+    title = (f"{args.scheme} ids: {args.height}x{args.width} {media}, patch {args.patch_size}, merge {args.merge} "
+             f"-> {args.frames}x{rows}x{columns} tokens")
     path = plot_position_ids(labels, position_ids[:, 0], args.out, title=title)
     print(f"wrote {path}")
     return 0

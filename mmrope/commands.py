@@ -19,10 +19,13 @@ PROGRESS_ABOVE = 32  # images; fewer finish before a bar would tell anything (a 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "caption", help="caption image files, folders or globs with a checkpoint or an exported model",
-        description="Caption images: one `path<TAB>caption` line per image on stdout, in input order, or JSONL "
-                    "with --out. Bad files are skipped, listed at the end on stderr, and make the exit status 1.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (their images, sorted) or globs")
+        "caption", help="caption images and clips (files, folders or globs) with a checkpoint or an exported model",
+        description="Caption images and clips: one `path<TAB>caption` line per input on stdout, in input order, or "
+                    "JSONL with --out. Animated GIF / WebP / PNG files are clips; with --clips each folder is one "
+                    "clip (its frames in name order). Bad files are skipped, listed at the end on stderr, and make "
+                    "the exit status 1.")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="image or clip files, folders (their images, sorted; with --clips, one clip each) or globs")
     p.add_argument("--ckpt", required=True, help="a Lightning checkpoint (last.ckpt, best-*.ckpt) or an exported "
                                                  "folder")
     p.add_argument("--out", type=Path, help="write JSONL (file_name, image_id, caption per line) instead of stdout")
@@ -31,18 +34,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="refuse images with more pixels than this (default: 50 million)")
     p.add_argument("--size", type=int, help="run at SIZE x SIZE pixels, a multiple of patch_size * merge "
                                             "(default: the training size)")
+    p.add_argument("--clips", action="store_true", help="each folder is one clip, its frame images in name order")
+    p.add_argument("--clip-mode", choices=("block", "frames"), default="block",
+                   help="read a clip as one (t, h, w) block, or as one image per frame: what the model was trained "
+                        "with (data.clips.clip_mode; default: block)")
+    p.add_argument("--max-frames", type=int, default=32, help="thin longer clips to this many evenly spaced "
+                                                              "frames (default: 32)")
+    p.add_argument("--fps", type=float, help="frame rate of folder clips, for models with tokens_per_second "
+                                             "(default: 2; GIF / WebP give their own)")
     add_model_arguments(p)
     p.set_defaults(func=run_caption)
 
     p = subparsers.add_parser(
-        "eval", help="BLEU-4, CIDEr-D (and shapes accuracies) of a checkpoint at one or more resolutions",
-        description="Caption an evaluation set at each size and score it: BLEU-4 and CIDEr-D, and on shapes the "
-                    "exact, attribute and relation accuracies. Prints a markdown table; --out writes JSON.")
+        "eval", help="BLEU-4, CIDEr-D (and shapes / clips accuracies) of a checkpoint at one or more resolutions",
+        description="Caption an evaluation set at each size (and, for clips, frame count) and score it: BLEU-4 and "
+                    "CIDEr-D, on shapes the exact, attribute and relation accuracies, on clips the exact, "
+                    "attribute and event accuracies. Prints a markdown table; --out writes JSON.")
     p.add_argument("--ckpt", required=True, help="a Lightning checkpoint or an exported folder")
     p.add_argument("--data", required=True,
                    help="a training YAML (its data: section), a dataset (folder with metadata.jsonl, COCO .json, "
                         ".csv), or `shapes`")
     p.add_argument("--sizes", help="comma-separated sides in pixels, e.g. 64,96,128 (default: the training size)")
+    p.add_argument("--frames", help="clips: comma-separated frame counts, e.g. 4,8 (default: the config's)")
+    p.add_argument("--clip-mode", choices=("block", "frames"), default="block",
+                   help="clips: one (t, h, w) block, or one image per frame, as trained (default: block)")
     p.add_argument("--n", type=int, help="number of images (default: 500 shapes scenes, or the whole dataset)")
     p.add_argument("--split", default="test", choices=("val", "test", "compositional"),
                    help="shapes split to draw scenes from (default: test)")
@@ -81,16 +96,19 @@ def generation_options(args: argparse.Namespace) -> dict:
             "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed, "batch_size": args.batch_size}
 
 
-def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[str], list[str]]:
+def expand_inputs(inputs: list[str], recursive: bool = False, clips: bool = False) -> tuple[list[str], list[str]]:
     """Image files to caption, in input order without repeats, and one ``"input: reason"`` line for each folder or
     glob that names none. A path that exists is taken as it is, so a missing file reaches ``load_image``, which
-    says so; folders give their image files (by suffix, hidden files left out), sorted."""
+    says so; folders give their image files (by suffix, hidden files left out), sorted, or with ``clips`` are kept
+    as they are: one clip each."""
     import glob
 
     files, problems = [], []
     for spec in inputs:
         path = Path(spec)
-        if path.is_dir():
+        if path.is_dir() and clips:
+            files.append(spec)
+        elif path.is_dir():
             found = sorted(p for p in (path.rglob("*") if recursive else path.iterdir())
                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
             if not found:
@@ -135,11 +153,12 @@ def run_caption(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if args.max_pixels is not None and args.max_pixels <= 0:
         raise ValueError(f"--max-pixels must be positive, got {args.max_pixels}")
-    files, problems = expand_inputs(args.paths, args.recursive)
+    files, problems = expand_inputs(args.paths, args.recursive, args.clips)
     total = len(files) + len(problems)  # an empty folder or glob counts as one input that failed
     pipeline = load(args.ckpt, device=args.device)
     results = pipeline.caption_each(files, size=args.size, resize=args.resize,
-                                    max_pixels=args.max_pixels or DEFAULT_MAX_IMAGE_PIXELS, **generation_options(args))
+                                    max_pixels=args.max_pixels or DEFAULT_MAX_IMAGE_PIXELS, clip_mode=args.clip_mode,
+                                    max_frames=args.max_frames, fps=args.fps, **generation_options(args))
     show_progress = sys.stderr.isatty() or len(files) > PROGRESS_ABOVE
     with (open(args.out, "w", encoding="utf-8") if args.out else contextlib.nullcontext() as out,
           tqdm(total=len(files), unit="image", file=sys.stderr, leave=False, disable=not show_progress) as bar):
@@ -171,7 +190,11 @@ def run_eval(args: argparse.Namespace) -> int:
     sizes = parse_sizes(args.sizes) if args.sizes else [train_size]
     eval_set = resolve_data(args.data, train_size, split=args.split, n=args.n, level=args.level)
     resize = args.resize or eval_set.resize
-    rows, skipped = evaluate(pipeline, eval_set, sizes, resize=resize, progress=True, **generation_options(args))
+    frames = parse_sizes(args.frames, "--frames") if args.frames else None
+    if frames and eval_set.frames is None:
+        raise ValueError(f"--frames is for clips, but {eval_set.name} holds images")
+    rows, skipped = evaluate(pipeline, eval_set, sizes, resize=resize, progress=True, frames=frames,
+                             clip_mode=args.clip_mode, **generation_options(args))
     print(f"{eval_set.name}, {len(eval_set)} images, {args.strategy} decoding, {resize} resize; "
           f"trained at {train_size} px")
     print(format_table(rows, train_size))

@@ -16,12 +16,13 @@ from typing import Any, Literal, get_args
 from mmrope.rope import default_mrope_section, mrope_axis_of_pair
 from mmrope.special_tokens import NUM_SPECIAL
 
-PosEncoding = Literal["rope2d", "rope2d_mixed", "rope1d_flat", "sincos2d", "learned", "none"]
+PosEncoding = Literal["rope2d", "rope3d", "rope2d_mixed", "rope1d_flat", "sincos2d", "learned", "none"]
 PositionScheme = Literal["mrope", "mrope_interleaved", "flat"]
 
 # How many channels each head must have for each encoder position encoding, and why.
 _HEAD_DIM_MULTIPLE = {
     "rope2d": (4, "half of the rotary pairs per axis"),
+    "rope3d": (8, "a quarter of the rotary pairs for time, the rest split between row and column"),
     "rope2d_mixed": (4, "rotary pairs initialised in axis-aligned couples"),
     "rope1d_flat": (2, "channels rotate in pairs"),
 }
@@ -49,7 +50,8 @@ def _check_divisible(prefix: str, obj: Any, name: str, by: str) -> None:
 
 @dataclass
 class VisionConfig:
-    """The ViT encoder. Images may have any size whose sides are multiples of patch_size * spatial_merge_size."""
+    """The ViT encoder. Images may have any size whose sides are multiples of patch_size * spatial_merge_size; a clip
+    is a stack of such frames, cut into temporal patches of ``temporal_patch_size`` frames."""
 
     patch_size: int = 8
     image_size: int = 64  # training size: the default resize and the grid of the `learned` table
@@ -62,11 +64,14 @@ class VisionConfig:
     # rope2d_mixed learns its frequencies from the paper's init (theta 10)
     rope_theta: float = 100.0
     spatial_merge_size: int = 2  # 2: each 2x2 window of patches becomes one decoder token (Qwen2-VL)
+    # frames per patch along time (Qwen2-VL: 2): clips are padded to a multiple by repeating their last frame, and
+    # an image is a one-frame clip, so with 2 it is seen as two identical frames, as Qwen2-VL does
+    temporal_patch_size: int = 1
     in_channels: int = 3
 
     def __post_init__(self):
         _check_positive("vision", self, "patch_size", "image_size", "dim", "depth", "num_heads", "mlp_ratio",
-                        "rope_theta", "in_channels")
+                        "rope_theta", "temporal_patch_size", "in_channels")
         _check_choice("vision.pos_encoding", self.pos_encoding, PosEncoding)
         if self.spatial_merge_size not in (1, 2):
             raise ValueError(f"vision.spatial_merge_size={self.spatial_merge_size} is not supported: expected 1 or 2")
@@ -140,9 +145,16 @@ class CaptionerConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     position_scheme: PositionScheme = "mrope"  # mrope | mrope_interleaved | flat (1D RoPE over the joint sequence)
+    # Qwen2.5-VL's absolute time for clips: a temporal patch's t id is floor(seconds since the clip's start *
+    # tokens_per_second), so a clip sampled at another frame rate keeps its ids on the same time scale.
+    # None: t ids count temporal patches (Qwen2-VL).
+    tokens_per_second: float | None = None
 
     def __post_init__(self):
         _check_choice("position_scheme", self.position_scheme, PositionScheme)
+        if self.tokens_per_second is not None and not self.tokens_per_second > 0:
+            raise ValueError(f"tokens_per_second={self.tokens_per_second} must be positive, or null for Qwen2-VL's "
+                             "temporal-patch ids")
         interleaved = self.position_scheme == "mrope_interleaved"
         pairs = self.text.head_dim // 2
         if self.text.mrope_section is None:  # derived here: the default depends on the scheme

@@ -1,15 +1,16 @@
 """Caption generation: greedy, nucleus sampling and beam search, over a KV cache or recomputing everything.
 
-Each image gets the prompt ``[vision_start, image x N_i, vision_end]``; prompts of different sizes are left-padded
-to the longest, so every row's next token sits in the same slot. Each row keeps its own M-RoPE delta
-(``get_rope_index`` on the padded prompt), and the token decoded at slot c takes the id c + delta on all three rows.
+Each prompt is one image or clip, or several in a row, each as ``[vision_start, image x N_i, vision_end]`` (video
+tokens for a clip); prompts of different lengths are left-padded to the longest, so every row's next token sits in
+the same slot. Each row keeps its own M-RoPE delta (``get_rope_index`` on the padded prompt), and the token decoded
+at slot c takes the id c + delta on all three rows.
 With ``use_cache=False`` every step runs the whole model on the whole sequence, positions recomputed from scratch:
 the slow reference the cached path must match token for token.
 
 Generation never emits the reserved ids other than EOS (an image or padding token in a caption means nothing, and
 would break the reference's re-encoding). A sequence stops at EOS, which is not included in the returned ids.
 
-Einstein legend: b images, r rows (b, or b * beams), p prompt length, v vocab.
+Einstein legend: b prompts, r rows (b, or b * beams), p prompt length, v vocab.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mmrope.data.collate import vision_block
 from mmrope.positions import decode_position_ids
-from mmrope.special_tokens import EOS_ID, IMAGE_TOKEN_ID, NUM_SPECIAL, PAD_ID, VISION_END_ID, VISION_START_ID
+from mmrope.special_tokens import EOS_ID, NUM_SPECIAL, PAD_ID
+from mmrope.vision import is_clip
 
 if TYPE_CHECKING:
     from mmrope.model import Captioner
@@ -35,47 +38,66 @@ def suppress_special_tokens(logits: torch.Tensor) -> torch.Tensor:
     return logits.float().index_fill(-1, torch.tensor(banned, device=logits.device), -math.inf)
 
 
-def image_prompts(grid_thw: torch.Tensor, merge: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[vision_start, image x N_i, vision_end]`` per image, left-padded -> (input_ids, attention_mask) (b, p)."""
+def image_prompts(grid_thw: torch.Tensor, merge: int, clip: torch.Tensor | None = None,
+                  media_per_prompt: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One vision block per medium of ``grid_thw`` (num_media, 3), video tokens where ``clip``; consecutive media
+    form one prompt, ``media_per_prompt`` of them (default: one each) -> left-padded (input_ids, attention_mask)
+    (b, p)."""
     counts = (grid_thw.prod(-1) // merge**2).tolist()
-    p = max(counts) + 2
-    input_ids = torch.full((len(counts), p), PAD_ID, dtype=torch.long, device=grid_thw.device)
+    clip = [False] * len(counts) if clip is None else clip.tolist()
+    blocks = [vision_block(n, c) for n, c in zip(counts, clip)]
+    prompts, start = [], 0
+    for size in [1] * len(blocks) if media_per_prompt is None else media_per_prompt:
+        prompts.append([token for block in blocks[start:start + size] for token in block])
+        start += size
+    p = max(map(len, prompts))
+    input_ids = torch.full((len(prompts), p), PAD_ID, dtype=torch.long, device=grid_thw.device)
     attention_mask = torch.zeros_like(input_ids)
-    for i, n in enumerate(counts):
-        input_ids[i, p - n - 2:] = torch.tensor([VISION_START_ID] + [IMAGE_TOKEN_ID] * n + [VISION_END_ID])
-        attention_mask[i, p - n - 2:] = 1
+    for i, prompt in enumerate(prompts):
+        input_ids[i, p - len(prompt):] = torch.tensor(prompt)
+        attention_mask[i, p - len(prompt):] = 1
     return input_ids, attention_mask
 
 
 class _Session:
-    """Next-token logits for r rows, each captioning ``images[rows[i]]``: prefill once then one token per step with
-    the KV cache, or (``use_cache=False``) the full forward on the full sequence at every step."""
+    """Next-token logits for r rows, each captioning ``prompts[rows[i]]`` (a list of images and clips): prefill once
+    then one token per step with the KV cache, or (``use_cache=False``) the full forward on the full sequence at
+    every step. ``timing[i]`` holds prompt i's ``second_per_grid_t``, one per clip."""
 
-    def __init__(self, model: Captioner, images: list[torch.Tensor], rows: torch.Tensor, max_new_tokens: int,
-                 use_cache: bool):
+    def __init__(self, model: Captioner, prompts: list[list[torch.Tensor]], timing: list[list[float]],
+                 rows: torch.Tensor, max_new_tokens: int, use_cache: bool):
         self.model, self.use_cache = model, use_cache
-        image_tokens, grid_thw = model.vision(images)
-        input_ids, attention_mask = image_prompts(grid_thw, model.config.vision.spatial_merge_size)
+        media = [m for prompt in prompts for m in prompt]
+        clip = is_clip(media)
+        media_tokens, grid_thw = model.vision(media)
+        input_ids, attention_mask = image_prompts(grid_thw, model.config.vision.spatial_merge_size, clip,
+                                                  [len(p) for p in prompts])
         self.length = input_ids.shape[1]  # slots filled so far
         if self.length + max_new_tokens > model.config.text.max_seq_len:
             raise ValueError(f"prompt of {self.length} tokens + max_new_tokens={max_new_tokens} exceeds "
                              f"text.max_seq_len={model.config.text.max_seq_len}")
         if use_cache:
-            x = model.embed(input_ids, image_tokens)[rows]  # (r, p, c)
-            position_ids, rope_deltas = model.position_ids(input_ids, grid_thw, attention_mask)
+            x = model.embed(input_ids, media_tokens)[rows]  # (r, p, c)
+            position_ids, rope_deltas = model.position_ids(input_ids, grid_thw, attention_mask, clip,
+                                                           [s for t in timing for s in t])
             self.rope_deltas = rope_deltas[rows]
-            self.key_mask = torch.cat((attention_mask, attention_mask.new_ones(len(images), max_new_tokens)), 1)[rows]
+            self.key_mask = torch.cat((attention_mask, attention_mask.new_ones(len(prompts), max_new_tokens)), 1)[rows]
             self.caches = model.text.new_kv_caches(self.length + max_new_tokens)
             self.first = (x, position_ids[:, rows])
         else:
-            self.images = [images[i] for i in rows.tolist()]
+            self.prompts, self.timing = [prompts[i] for i in rows.tolist()], [timing[i] for i in rows.tolist()]
             self.input_ids, self.attention_mask = input_ids[rows], attention_mask[rows]
+
+    def _full_forward(self) -> torch.Tensor:
+        media = [m for prompt in self.prompts for m in prompt]
+        timing = [s for t in self.timing for s in t]
+        return self.model(media, self.input_ids, self.attention_mask, second_per_grid_t=timing).logits[:, -1]
 
     def start(self) -> torch.Tensor:
         if self.use_cache:
             x, position_ids = self.first
             return self.model.text(x, position_ids, self.key_mask, self.caches, 0)[:, -1]
-        return self.model(self.images, self.input_ids, self.attention_mask).logits[:, -1]
+        return self._full_forward()
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (r,) -> logits (r, v) for the next."""
@@ -86,7 +108,7 @@ class _Session:
         else:
             self.input_ids = torch.cat((self.input_ids, tokens[:, None]), 1)
             self.attention_mask = torch.cat((self.attention_mask, self.attention_mask.new_ones(len(tokens), 1)), 1)
-            logits = self.model(self.images, self.input_ids, self.attention_mask).logits[:, -1]
+            logits = self._full_forward()
         self.length += 1
         return logits
 
@@ -97,22 +119,28 @@ class _Session:
                 cache.reorder(rows)
             self.rope_deltas, self.key_mask = self.rope_deltas[rows], self.key_mask[rows]
         else:
-            self.images = [self.images[i] for i in rows.tolist()]
+            keep = rows.tolist()
+            self.prompts, self.timing = [self.prompts[i] for i in keep], [self.timing[i] for i in keep]
             self.input_ids, self.attention_mask = self.input_ids[rows], self.attention_mask[rows]
 
 
+Prompt = torch.Tensor | Sequence[torch.Tensor]
+
+
 @torch.no_grad()
-def generate(model: Captioner, images: Sequence[torch.Tensor] | torch.Tensor, max_new_tokens: int = 32,
+def generate(model: Captioner, images: Sequence[Prompt] | torch.Tensor, max_new_tokens: int = 32,
              strategy: str = "greedy", num_beams: int = 4, length_penalty: float = 1.0, temperature: float = 1.0,
-             top_p: float = 1.0, use_cache: bool = True, generator: torch.Generator | None = None
-             ) -> list[torch.Tensor]:
-    """Caption ``images`` (a list of (3, H, W), sizes may differ, or a (b, 3, H, W) tensor) -> one 1-D long tensor
-    of new token ids per image, on the CPU, without the EOS that ended it.
+             top_p: float = 1.0, use_cache: bool = True, generator: torch.Generator | None = None,
+             second_per_grid_t: Sequence[float] | None = None) -> list[torch.Tensor]:
+    """Caption each prompt of ``images`` -> one 1-D long tensor of new token ids per prompt, on the CPU, without the
+    EOS that ended it. A prompt is an image (3, H, W), a clip (T, 3, H, W), or a list of them read in order (a clip
+    given as separate frames); sizes may differ. A (b, 3, H, W) tensor is b images. ``second_per_grid_t`` holds
+    one value per clip, in order, when the model's ``tokens_per_second`` is set.
 
     greedy  the most likely token at every step
     sample  nucleus sampling (Holtzman et al. 2020): softmax(logits / temperature), the smallest set of tokens whose
             probability reaches ``top_p``; pass a ``generator`` (on the model's device) for repeatable draws
-    beam    ``num_beams`` beams per image; see :func:`_beam_search`
+    beam    ``num_beams`` beams per prompt; see :func:`_beam_search`
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} is unknown: expected one of {', '.join(STRATEGIES)}")
@@ -121,15 +149,22 @@ def generate(model: Captioner, images: Sequence[torch.Tensor] | torch.Tensor, ma
                          f"top_p={top_p}: expected max_new_tokens >= 1, num_beams >= 1, temperature > 0 and "
                          "0 < top_p <= 1")
     device = next(model.parameters()).device
-    images = [img.to(device) for img in images]
+    prompts = [[m.to(device)] if isinstance(m, torch.Tensor) else [x.to(device) for x in m] for m in images]
+    timing, clips = [], list(second_per_grid_t or [])
+    if second_per_grid_t is not None and len(clips) != sum(m.ndim == 4 for p in prompts for m in p):
+        raise ValueError(f"second_per_grid_t has {len(clips)} values: expected one per clip")
+    for prompt in prompts:  # each prompt's share of second_per_grid_t, in order
+        n = sum(m.ndim == 4 for m in prompt) if second_per_grid_t is not None else 0
+        timing.append(clips[:n])
+        clips = clips[n:]
     was_training = model.training
     model.eval()
     try:
         beams = num_beams if strategy == "beam" else 1
-        rows = torch.arange(len(images), device=device).repeat_interleave(beams)
-        session = _Session(model, images, rows, max_new_tokens, use_cache)
+        rows = torch.arange(len(prompts), device=device).repeat_interleave(beams)
+        session = _Session(model, prompts, timing, rows, max_new_tokens, use_cache)
         if strategy == "beam":
-            return _beam_search(session, len(images), num_beams, max_new_tokens, length_penalty)
+            return _beam_search(session, len(prompts), num_beams, max_new_tokens, length_penalty)
         return _sample(session, max_new_tokens, strategy == "sample", temperature, top_p, generator)
     finally:
         model.train(was_training)

@@ -2,6 +2,7 @@
 
     pipeline = mmrope.load("runs/shapes_small/checkpoints/last.ckpt")   # or an exported folder
     pipeline.caption(["photo.jpg", Image.open("other.png")])            # -> ["red circle left of ...", ...]
+    pipeline.caption(["clip.gif", "frames_folder/"])                    # clips: animated files, frame folders
     pipeline.export("exported/")                                        # config.json, model.safetensors, tokenizer.json
 
 Nothing here imports Lightning: a checkpoint is read with ``torch.load(weights_only=True)`` and the model keys lose
@@ -20,11 +21,14 @@ from PIL import Image, ImageOps
 
 from mmrope.config import CaptionerConfig
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, ImageTransform, load_image, to_rgb
+from mmrope.data.videos import Clip, is_clip, load_clip
 from mmrope.model import Captioner
 from mmrope.tokenizer import Tokenizer, load_tokenizer
 
 EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-ImageInput = str | Path | Image.Image
+ImageInput = str | Path | Image.Image | Clip  # a path to an image, a frame folder or an animated file
+DEFAULT_MAX_FRAMES = 32  # a longer clip is thinned to this many evenly spaced frames
+DEFAULT_FPS = 2.0  # of a clip whose frame rate nothing says (a folder of frames, a list of frames)
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -193,28 +197,51 @@ class CaptionPipeline:
 
     def preprocess(self, image: ImageInput, size: int | None = None, resize: str = "fixed",
                    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
-        """One image (a path or a PIL image) -> the normalised (3, H, W) tensor the model reads."""
-        return self.transform(size, resize)(self._open(image, max_pixels))
+        """One image (a path or a PIL image) -> the normalised (3, H, W) tensor the model reads; a clip (a frame
+        folder, an animated file or a :class:`Clip`) -> (T, 3, H, W)."""
+        media, _ = self._prepare(image, self.transform(size, resize), max_pixels, DEFAULT_MAX_FRAMES)
+        return media
 
     @staticmethod
-    def _open(image: ImageInput, max_pixels: int) -> Image.Image:
+    def _open(image: ImageInput, max_pixels: int, max_frames: int) -> Image.Image | Clip:
+        if isinstance(image, Clip):
+            return image
         if isinstance(image, Image.Image):
             return to_rgb(ImageOps.exif_transpose(image))  # upright, as load_image makes files
         if isinstance(image, str | Path):
-            return load_image(image, max_pixels)
-        raise TypeError(f"cannot caption a {type(image).__name__}: expected a path or a PIL image")
+            return load_clip(image, max_frames, max_pixels) if is_clip(image) else load_image(image, max_pixels)
+        raise TypeError(f"cannot caption a {type(image).__name__}: expected a path, a PIL image or a Clip")
+
+    def _prepare(self, image: ImageInput, transform: ImageTransform, max_pixels: int, max_frames: int,
+                 fps: float | None = None) -> tuple[torch.Tensor, float | None]:
+        """-> (image (3, H, W) or clip (T, 3, H, W), the clip's seconds per temporal patch or None). ``fps`` is the
+        frame rate of a clip that does not give one (default :data:`DEFAULT_FPS`)."""
+        opened = self._open(image, max_pixels, max_frames)
+        if isinstance(opened, Image.Image):
+            return transform(opened), None
+        frames = [to_rgb(f) for f in opened.frames]
+        if not frames:
+            raise ImageError(opened.path, "a clip with no frames")
+        fps = opened.fps or fps or DEFAULT_FPS
+        return torch.stack([transform(f) for f in frames]), self.config.vision.temporal_patch_size / fps
 
     def caption(self, images: ImageInput | Sequence[ImageInput], size: int | None = None, resize: str = "fixed",
                 batch_size: int = 16, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, seed: int | None = 0,
+                clip_mode: str = "block", max_frames: int = DEFAULT_MAX_FRAMES, fps: float | None = None,
                 **generate_kwargs) -> list[str]:
-        """One caption per image (paths or PIL images, any sizes); a bad file raises its ``ImageError``.
+        r"""One caption per image or clip (paths, PIL images or :class:`Clip`\ s, any sizes); a bad file raises its
+        ``ImageError``. A path to a folder or an animated GIF / WebP / PNG is a clip (at most ``max_frames``
+        frames, evenly spaced), read as one (t, h, w) block or, with ``clip_mode="frames"``, as one image per
+        frame: use what the model was trained with. ``fps``: the frame rate of clips whose file gives none (a
+        folder); it matters to models with ``tokens_per_second``.
 
         ``generate_kwargs`` go to :meth:`Captioner.generate`: ``max_new_tokens`` (32), ``strategy`` ("greedy",
         "beam" or "sample"), ``num_beams``, ``length_penalty``, ``temperature``, ``top_p``. ``seed`` makes sampling
         repeatable (None: torch's global generator).
         """
         captions = []
-        for result in self.caption_each(images, size, resize, batch_size, max_pixels, seed, **generate_kwargs):
+        for result in self.caption_each(images, size, resize, batch_size, max_pixels, seed, clip_mode, max_frames,
+                                        fps, **generate_kwargs):
             if isinstance(result, ImageError):
                 raise result
             captions.append(result)
@@ -222,31 +249,47 @@ class CaptionPipeline:
 
     def caption_each(self, images: ImageInput | Sequence[ImageInput], size: int | None = None,
                      resize: str = "fixed", batch_size: int = 16, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                     seed: int | None = 0, **generate_kwargs) -> Iterator[str | ImageError]:
+                     seed: int | None = 0, clip_mode: str = "block", max_frames: int = DEFAULT_MAX_FRAMES,
+                     fps: float | None = None, **generate_kwargs) -> Iterator[str | ImageError]:
         """As :meth:`caption`, but lazily, a batch at a time, and a bad file gives its ``ImageError`` in its place
-        instead of stopping the others. Only one batch of images is in memory at once; a bad ``size``, ``resize``
-        or ``batch_size`` raises here, before any image is read."""
-        if isinstance(images, str | Path | Image.Image):
+        instead of stopping the others. Only one batch of images is in memory at once; a bad ``size``, ``resize``,
+        ``batch_size``, ``clip_mode``, ``max_frames`` or ``fps`` raises here, before any image is read."""
+        if isinstance(images, str | Path | Image.Image | Clip):
             images = [images]
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: expected at least 1")
+        if clip_mode not in ("block", "frames"):
+            raise ValueError(f"clip_mode={clip_mode!r} is unknown: expected 'block' or 'frames'")
+        if max_frames < 1:
+            raise ValueError(f"max_frames={max_frames}: expected at least 1")
+        if fps is not None and not fps > 0:
+            raise ValueError(f"fps={fps}: expected a positive frame rate")
         transform = self.transform(size, resize)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
-        return self._caption_batches(list(images), transform, batch_size, max_pixels, generator, generate_kwargs)
+        return self._caption_batches(list(images), transform, batch_size, max_pixels, generator,
+                                     (clip_mode, max_frames, fps), generate_kwargs)
 
     def _caption_batches(self, images: list[ImageInput], transform: ImageTransform, batch_size: int,
-                         max_pixels: int, generator: torch.Generator | None,
+                         max_pixels: int, generator: torch.Generator | None, clips: tuple[str, int, float | None],
                          generate_kwargs: dict) -> Iterator[str | ImageError]:
+        clip_mode, max_frames, fps = clips
         for start in range(0, len(images), batch_size):
-            tensors, errors = [], []
+            prompts, timing, errors = [], [], []
             for image in images[start:start + batch_size]:
                 try:
-                    tensors.append(transform(self._open(image, max_pixels)))
-                    errors.append(None)
+                    media, seconds = self._prepare(image, transform, max_pixels, max_frames, fps)
                 except ImageError as e:
                     errors.append(e)
+                    continue
+                errors.append(None)
+                if media.ndim == 4 and clip_mode == "frames":
+                    prompts.append(list(media))
+                else:
+                    prompts.append(media)
+                    timing += [seconds] if seconds is not None else []
             with torch.inference_mode():
-                ids = self.model.generate(tensors, generator=generator, **generate_kwargs) if tensors else []
+                ids = self.model.generate(prompts, generator=generator, second_per_grid_t=timing,
+                                          **generate_kwargs) if prompts else []
             captions = iter([self.tokenizer.decode(t.tolist()) for t in ids])
             for error in errors:
                 yield next(captions) if error is None else error

@@ -87,12 +87,13 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 class CaptionModule(L.LightningModule):
     """A :class:`Captioner` with its training and evaluation loop.
 
-    The first three arguments are those of :class:`CaptionerConfig`, so the YAML reads ``model.vision.dim`` and the
+    The first four arguments are those of :class:`CaptionerConfig`, so the YAML reads ``model.vision.dim`` and the
     command line ``--model.vision.pos_encoding rope1d_flat``. ``tokenizer`` is filled in from the data module.
     """
 
     def __init__(self, vision: VisionConfig = VisionConfig(), text: TextConfig = TextConfig(),  # noqa: B008
                  position_scheme: Literal["mrope", "mrope_interleaved", "flat"] = "mrope",
+                 tokens_per_second: float | None = None,
                  optim: OptimConfig = OptimConfig(), max_new_tokens: int = 24,  # noqa: B008
                  on_nonfinite: Literal["raise", "skip"] = "raise", compile: bool = False,
                  log_samples: int = 8, tokenizer: dict | None = None):
@@ -105,7 +106,8 @@ class CaptionModule(L.LightningModule):
         self.tokenizer: Tokenizer | None = load_tokenizer(tokenizer) if tokenizer is not None else None
         if self.tokenizer is not None:
             text.vocab_size = self.tokenizer.vocab_size
-        self.config = CaptionerConfig(vision=vision, text=text, position_scheme=position_scheme)
+        self.config = CaptionerConfig(vision=vision, text=text, position_scheme=position_scheme,
+                                      tokens_per_second=tokens_per_second)
         self.optim, self.max_new_tokens, self.on_nonfinite = optim, max_new_tokens, on_nonfinite
         self.log_samples = log_samples
         # plain dicts only, so that checkpoints load with torch.load(weights_only=True)
@@ -132,7 +134,7 @@ class CaptionModule(L.LightningModule):
     def training_step(self, batch: dict | None, batch_idx: int):
         if batch is None:  # every image of the batch was unreadable
             return None
-        loss = self.model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        loss = self._loss(batch)
         finite = bool(torch.isfinite(loss))
         if self.trainer.world_size > 1:  # every rank must agree, or a skipping rank hangs the others
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
@@ -143,7 +145,7 @@ class CaptionModule(L.LightningModule):
                                          "the data, or set model.on_nonfinite: skip")
             warnings.warn(f"skipping batch: training loss is {loss.item()} at {where}", stacklevel=1)
             return None
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["images"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["prompts"]))
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False)
         return loss
 
@@ -155,23 +157,29 @@ class CaptionModule(L.LightningModule):
             opt, cosine_with_warmup(self.optim.warmup_steps, total, self.optim.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def _loss(self, batch: dict) -> torch.Tensor:
+        return self.model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"],
+                          second_per_grid_t=batch["second_per_grid_t"]).loss
+
     # evaluation: generate, then score once every rank's captions are in
     @torch.no_grad()
     def _generate_batch(self, batch: dict) -> list[str]:
-        ids = self.model.generate(batch["images"], max_new_tokens=self.max_new_tokens)
+        ids = self.model.generate(batch["prompts"], max_new_tokens=self.max_new_tokens,
+                                  second_per_grid_t=batch["second_per_grid_t"])
         return [self.tokenizer.decode(t.tolist()) for t in ids]
 
     def validation_step(self, batch: dict | None, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch is None:
             return
         if dataloader_idx == 0:
-            loss = self.model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
-            self.log("val/loss", loss, batch_size=len(batch["images"]), add_dataloader_idx=False, sync_dist=True)
+            loss = self._loss(batch)
+            self.log("val/loss", loss, batch_size=len(batch["prompts"]), add_dataloader_idx=False, sync_dist=True)
         captions = self._generate_batch(batch)
         outputs = self._eval_outputs.setdefault(dataloader_idx, [])
         for i, caption in enumerate(captions):
             outputs.append({"id": batch["ids"][i], "prediction": caption, "references": batch["references"][i],
-                            "scene": batch["scenes"][i], "image": batch["images"][i] if len(outputs) < 16 else None})
+                            "scene": batch["scenes"][i],
+                            "image": filmstrip(batch["prompts"][i]) if len(outputs) < 16 else None})
 
     test_step = validation_step
 
@@ -192,21 +200,23 @@ class CaptionModule(L.LightningModule):
         return [unique[k] for k in sorted(unique)]
 
     def _score(self, stage: str) -> None:
+        from mmrope.data.clips import score_clip_captions
         from mmrope.data.scoring import score_captions
 
-        sizes = getattr(getattr(self.trainer, "datamodule", None), "eval_sizes", [])
+        names = getattr(getattr(self.trainer, "datamodule", None), "eval_names", [])
         log_dir = self.trainer.log_dir  # a collective call under DDP: every rank asks
         for idx in sorted(self._eval_outputs):
             local = self._eval_outputs[idx]
             outputs = self._gather(local)
-            prefix = stage if idx == 0 else f"{stage}@{sizes[idx - 1]}"
+            prefix = stage if idx == 0 else f"{stage}@{names[idx - 1]}"
             preds = [o["prediction"] for o in outputs]
             metrics = {"bleu4": bleu4(preds, [o["references"] for o in outputs]),
                        "cider": cider_d(preds, [o["references"] for o in outputs]),
                        "num_samples": float(len(outputs))}
             if outputs and all(o["scene"] is not None for o in outputs):
-                scores = score_captions(preds, [o["scene"] for o in outputs])
-                metrics.update({k: v for k, v in scores.items() if k != "n"})  # num_samples says it
+                scenes = [o["scene"] for o in outputs]
+                score = score_clip_captions if scenes[0].get("kind") == "clip" else score_captions
+                metrics.update({k: v for k, v in score(preds, scenes).items() if k != "n" and v is not None})
             for name, value in metrics.items():
                 self.log(f"{prefix}/{name}", float(value), add_dataloader_idx=False, rank_zero_only=False)
             if idx == 0 and self.global_rank == 0 and not self.trainer.sanity_checking:
@@ -230,6 +240,13 @@ class CaptionModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         return [{"id": i, "caption": c} for i, c in zip(batch["ids"], self._generate_batch(batch))]
+
+
+def filmstrip(media: list[torch.Tensor]) -> torch.Tensor:
+    """A sample's images and clip frames side by side, (3, H, sum of widths), for the sample PNGs."""
+    frames = [f for m in media for f in (m if m.ndim == 4 else [m])]
+    height = min(f.shape[-2] for f in frames)
+    return torch.cat([f[..., :height, :] for f in frames], dim=-1)
 
 
 def default_callbacks(root: str | Path, monitor: str) -> list[Callback]:
@@ -341,15 +358,32 @@ class ShapesConfig:
     val_split: Literal["val", "compositional"] = "val"
 
 
+@dataclass
+class ClipsConfig:
+    """Synthetic clips of moving, appearing and recolouring shapes (see :mod:`mmrope.data.clips`)."""
+    frames: int = 4  # frames per training clip; temporal patches = ceil(frames / temporal_patch_size)
+    canvas: int = 64
+    duration: float = 2.0  # seconds every clip lasts, whatever its frame count (sets fps, for tokens_per_second)
+    n_train: int = 20000
+    n_val: int = 500
+    n_test: int = 1000
+    fresh_each_epoch: bool = True
+    val_split: Literal["val", "compositional"] = "val"
+    clip_mode: Literal["block", "frames"] = "block"  # one (t, h, w) video block, or each frame its own image
+    eval_frames: list[int] | None = None  # extra validation sets at these frame counts: temporal extrapolation
+
+
 class CaptionDataModule(L.LightningDataModule):
-    """Shapes (default) or a real caption set (COCO JSON, imagefolder ``metadata.jsonl`` or CSV).
+    """Shapes (default), synthetic clips, or a real caption set (COCO JSON, imagefolder ``metadata.jsonl`` or CSV).
 
     ``eval_sizes`` adds one validation set per extra resolution (objects scale with the canvas), logged as
-    ``val@96/relation`` and so on. ``patch_size`` and ``merge_size`` are linked from the model's config.
+    ``val@96/relation`` and so on; for clips, ``clips.eval_frames`` adds one per frame count (``val@8f/event``).
+    ``patch_size``, ``merge_size`` and ``temporal_patch_size`` are linked from the model's config.
     """
 
-    def __init__(self, dataset: Literal["shapes", "captions"] = "shapes",
+    def __init__(self, dataset: Literal["shapes", "clips", "captions"] = "shapes",
                  shapes: ShapesConfig = ShapesConfig(),  # noqa: B008
+                 clips: ClipsConfig = ClipsConfig(),  # noqa: B008
                  train: str | None = None, val: str | None = None, test: str | None = None,
                  image_dir: str | None = None, karpathy_split: str | None = None,
                  image_size: int = 64, resize: Literal["fixed", "native"] = "fixed",
@@ -357,14 +391,16 @@ class CaptionDataModule(L.LightningDataModule):
                  tokenizer: Literal["word", "byte"] | str = "word", batch_size: int = 64, num_workers: int = 0,
                  eval_sizes: list[int] | None = None, eval_batch_size: int | None = None,
                  max_caption_tokens: int = 32, seed: int = 0,
-                 on_bad_image: Literal["skip", "raise"] = "skip", patch_size: int = 8, merge_size: int = 2):
+                 on_bad_image: Literal["skip", "raise"] = "skip", patch_size: int = 8, merge_size: int = 2,
+                 temporal_patch_size: int = 1):
         super().__init__()
-        if dataset not in ("shapes", "captions"):
-            raise ValueError(f"data.dataset={dataset!r}: expected 'shapes' or 'captions'")
+        if dataset not in ("shapes", "clips", "captions"):
+            raise ValueError(f"data.dataset={dataset!r}: expected 'shapes', 'clips' or 'captions'")
         if dataset == "captions" and not train:
             raise ValueError("data.train is required with data.dataset: captions (a COCO captions JSON, a folder "
                              "with metadata.jsonl, or a CSV file)")
         self.dataset, self.shapes = dataset, copy.deepcopy(_as(ShapesConfig, shapes))
+        self.clips = copy.deepcopy(_as(ClipsConfig, clips))
         self.paths = {"train": train, "val": val, "test": test}
         self.image_dir, self.karpathy_split = image_dir, karpathy_split
         self.image_size, self.resize = image_size, resize
@@ -373,7 +409,8 @@ class CaptionDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.eval_sizes = list(eval_sizes or [])
         self.max_caption_tokens, self.seed, self.on_bad_image = max_caption_tokens, seed, on_bad_image
-        self.patch_size, self.merge_size = patch_size, merge_size
+        self.patch_size, self.merge_size, self.temporal_patch_size = patch_size, merge_size, temporal_patch_size
+        self.eval_frames = list(self.clips.eval_frames or []) if dataset == "clips" else []
         self.tokenizer = self._build_tokenizer(tokenizer)
         self._resume: dict | None = None
         self._sets: dict[str, Any] = {}
@@ -384,8 +421,14 @@ class CaptionDataModule(L.LightningDataModule):
 
     @property
     def monitor(self) -> str:
-        """The metric the best checkpoint is chosen by: relation accuracy on shapes, CIDEr-D on real captions."""
-        return "val/relation" if self.dataset == "shapes" else "val/cider"
+        """The metric the best checkpoint is chosen by: relation accuracy on shapes, event accuracy on clips,
+        CIDEr-D on real captions."""
+        return {"shapes": "val/relation", "clips": "val/event"}.get(self.dataset, "val/cider")
+
+    @property
+    def eval_names(self) -> list[str]:
+        """What each extra validation set is logged as, after the ``@``: its size, or its frame count + "f"."""
+        return [str(s) for s in self.eval_sizes] + [f"{f}f" for f in self.eval_frames]
 
     def _build_tokenizer(self, kind: str) -> Tokenizer:
         from mmrope.tokenizer import build_tokenizer
@@ -401,6 +444,10 @@ class CaptionDataModule(L.LightningDataModule):
             from mmrope.data.shapes import vocabulary_captions
 
             return vocabulary_captions()
+        if self.dataset == "clips":
+            from mmrope.data.clips import clip_vocabulary_captions
+
+            return clip_vocabulary_captions()
         return [c for r in self._records("train") for c in r.captions]
 
     def _records(self, split: str):
@@ -420,7 +467,17 @@ class CaptionDataModule(L.LightningDataModule):
                               merge_size=self.merge_size, min_pixels=self.min_pixels, max_pixels=self.max_pixels,
                               augment=self.augment and train)
 
-    def _make(self, split: str, size: int | None = None):
+    def _make(self, split: str, size: int | None = None, frames: int | None = None):
+        if self.dataset == "clips":
+            from mmrope.data.clips import ClipsDataset
+
+            c = self.clips
+            n = {"train": c.n_train, "val": c.n_val, "test": c.n_test}[split]
+            name = {"train": "train", "val": c.val_split, "test": "test"}[split]
+            transform = self._transform(split == "train", size) if (self.augment and split == "train") else None
+            return ClipsDataset(n, split=name, seed=self.seed, frames=frames or c.frames, canvas=c.canvas, size=size,
+                                duration=c.duration, transform=transform,
+                                fresh_each_epoch=c.fresh_each_epoch and split == "train")
         if self.dataset == "shapes":
             from mmrope.data.shapes import ShapesDataset
 
@@ -439,17 +496,18 @@ class CaptionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None):
             self._sets["train"] = self._make("train")
-        if stage in ("fit", "validate", None):
-            self._sets["val"] = [self._make("val")] + [self._make("val", s) for s in self.eval_sizes]
-        if stage in ("test", None):
-            self._sets["test"] = [self._make("test")] + [self._make("test", s) for s in self.eval_sizes]
+        for split, stages in (("val", ("fit", "validate", None)), ("test", ("test", None))):
+            if stage in stages:
+                self._sets[split] = ([self._make(split)] + [self._make(split, size=s) for s in self.eval_sizes]
+                                     + [self._make(split, frames=f) for f in self.eval_frames])
         if stage == "predict":
             self._sets["predict"] = self._make("test")
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
         from mmrope.data.collate import CaptionCollator
 
-        collate = CaptionCollator(self.tokenizer, self.patch_size, self.merge_size, self.max_caption_tokens)
+        collate = CaptionCollator(self.tokenizer, self.patch_size, self.merge_size, self.max_caption_tokens,
+                                  self.temporal_patch_size, self.clips.clip_mode)
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None,
                           sampler=sampler, num_workers=self.num_workers, collate_fn=collate,
                           persistent_workers=False, pin_memory=torch.cuda.is_available())

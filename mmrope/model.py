@@ -1,11 +1,13 @@
 """The captioner: ViT encoder -> image tokens spliced into the text sequence -> RoPE decoder, joined by M-RoPE.
 
-Per sample the decoder reads ``[vision_start, image tokens ..., vision_end, caption tokens ..., eos]``. The merger
-projects the image tokens to the decoder's width; they replace the ``IMAGE_TOKEN_ID`` slots in batch order.
+Per sample the decoder reads ``[vision_start, image tokens ..., vision_end, caption tokens ..., eos]``, with one such
+block per image or clip of the sample. The merger projects the encoder's tokens to the decoder's width; they replace
+the ``IMAGE_TOKEN_ID`` slots (images) and ``VIDEO_TOKEN_ID`` slots (clips) in order of appearance over the batch.
 ``position_scheme`` decides the joint positions, computed once per forward:
 
-    mrope              (t, h, w) ids from get_rope_index: an image token at decoder cell (i, j) of a block that
-                       starts at s gets (s, s + i, s + j); text continues after the block (Qwen2-VL)
+    mrope              (t, h, w) ids from get_rope_index: a token at decoder cell (t, i, j) of a block that
+                       starts at s gets (s + t, s + i, s + j); text continues after the block's largest id + 1
+                       (Qwen2-VL; with ``tokens_per_second``, a clip's t is its time, as Qwen2.5-VL)
     mrope_interleaved  the same ids, rotary pairs cycling t, h, w (Qwen3-VL)
     flat               the running index on all three rows: 1D RoPE over the flattened sequence
 
@@ -22,13 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrope.config import CaptionerConfig
-from mmrope.generation import generate
+from mmrope.generation import Prompt, generate
 from mmrope.positions import flat_position_ids, get_rope_index
-from mmrope.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_ID
+from mmrope.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
 from mmrope.text import TextDecoder
-from mmrope.vision import VisionEncoder
+from mmrope.vision import VisionEncoder, is_clip
 
-Images = Sequence[torch.Tensor] | torch.Tensor
+Images = Sequence[torch.Tensor] | torch.Tensor  # images (3, H, W) and clips (T, 3, H, W), or a (b, 3, H, W) batch
 
 
 class CaptionerOutput(NamedTuple):
@@ -45,32 +47,51 @@ class Captioner(nn.Module):
         self.vision = VisionEncoder(config.vision, out_dim=config.text.dim)
         self.text = TextDecoder(config.text, interleaved=config.position_scheme == "mrope_interleaved")
 
-    def embed(self, input_ids: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
-        """Token embeddings (b, n, c) with the image slots replaced by ``image_tokens`` (sum N_i, c), in order."""
+    def embed(self, input_ids: torch.Tensor, media_tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (b, n, c) with the image and video slots replaced by ``media_tokens`` (sum N_i, c), in
+        order of appearance (get_rope_index checks that each kind of slot matches its media)."""
         x = self.text.embed(input_ids)
-        is_image = input_ids == IMAGE_TOKEN_ID
-        if (slots := int(is_image.sum())) != image_tokens.shape[0]:
-            raise ValueError(f"input_ids hold {slots} image tokens but the images give "
-                             f"{image_tokens.shape[0]}: expected one slot per merged patch")
-        return x.masked_scatter(is_image.unsqueeze(-1), image_tokens.to(x.dtype))
+        is_media = (input_ids == IMAGE_TOKEN_ID) | (input_ids == VIDEO_TOKEN_ID)
+        if (slots := int(is_media.sum())) != media_tokens.shape[0]:
+            raise ValueError(f"input_ids hold {slots} image and video tokens but the images and clips give "
+                             f"{media_tokens.shape[0]}: expected one slot per merged patch")
+        return x.masked_scatter(is_media.unsqueeze(-1), media_tokens.to(x.dtype))
 
     def position_ids(self, input_ids: torch.Tensor, grid_thw: torch.Tensor,
-                     attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(t, h, w) ids (3, b, n) and rope deltas (b, 1) under ``config.position_scheme``."""
-        fn = flat_position_ids if self.config.position_scheme == "flat" else get_rope_index
-        return fn(input_ids, grid_thw, attention_mask=attention_mask, image_token_id=IMAGE_TOKEN_ID,
-                  spatial_merge_size=self.config.vision.spatial_merge_size)
+                     attention_mask: torch.Tensor | None = None, clip: torch.Tensor | None = None,
+                     second_per_grid_t: Sequence[float] | torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, h, w) ids (3, b, n) and rope deltas (b, 1) under ``config.position_scheme``. ``grid_thw`` (num_media,
+        3) of all media in order; ``clip`` (num_media,) marks the clips (default: none); ``second_per_grid_t`` (one
+        per clip: temporal_patch_size / fps) is needed when ``config.tokens_per_second`` is set."""
+        if self.config.position_scheme == "flat":
+            return flat_position_ids(input_ids, attention_mask=attention_mask)
+        clip = torch.zeros(len(grid_thw), dtype=torch.bool) if clip is None else clip.to(grid_thw.device)
+        time_scale = {}
+        if self.config.tokens_per_second is not None and bool(clip.any()):
+            if second_per_grid_t is None or len(second_per_grid_t) != int(clip.sum()):
+                raise ValueError(f"tokens_per_second={self.config.tokens_per_second} scales clip time: expected "
+                                 f"second_per_grid_t (temporal_patch_size / fps) for each of the {int(clip.sum())} "
+                                 f"clips, got {second_per_grid_t!r}")
+            time_scale = {"second_per_grid_t": torch.as_tensor(second_per_grid_t, dtype=torch.float64),
+                          "tokens_per_second": self.config.tokens_per_second}
+        return get_rope_index(input_ids, grid_thw[~clip], grid_thw[clip], attention_mask,
+                              image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID,
+                              spatial_merge_size=self.config.vision.spatial_merge_size, **time_scale)
 
     def forward(self, images: Images, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> CaptionerOutput:
-        """images: list of (3, H_i, W_i) or (b, 3, H, W); input_ids, attention_mask, labels (b, n).
+                labels: torch.Tensor | None = None, second_per_grid_t: Sequence[float] | None = None
+                ) -> CaptionerOutput:
+        """images: list of images (3, H_i, W_i) and clips (T_i, 3, H_i, W_i) in order of appearance, or (b, 3, H,
+        W); input_ids, attention_mask, labels (b, n); ``second_per_grid_t``: see :meth:`position_ids`.
 
         logits[:, i] predicts token i + 1, so the loss compares logits[:, :-1] with labels[:, 1:]; it is summed over
         the targets and divided by their number (at least 1), so a batch without targets gives 0, not NaN.
         """
-        image_tokens, grid_thw = self.vision(images)
-        x = self.embed(input_ids, image_tokens)
-        position_ids, _ = self.position_ids(input_ids, grid_thw, attention_mask)
+        media_tokens, grid_thw = self.vision(images)
+        clip = is_clip(images)
+        x = self.embed(input_ids, media_tokens)
+        position_ids, _ = self.position_ids(input_ids, grid_thw, attention_mask, clip, second_per_grid_t)
         logits = self.text(x, position_ids, attention_mask)
         loss = None
         if labels is not None:
@@ -80,16 +101,16 @@ class Captioner(nn.Module):
             loss = loss / (targets != IGNORE_INDEX).sum().clamp(min=1)
         return CaptionerOutput(logits, loss)
 
-    def generate(self, images: Images, max_new_tokens: int = 32, strategy: str = "greedy", num_beams: int = 4,
-                 length_penalty: float = 1.0, temperature: float = 1.0, top_p: float = 1.0, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        """Caption each image -> one 1-D tensor of new token ids per image, without the final EOS.
-
-        See :func:`mmrope.generation.generate` for the strategies.
+    def generate(self, images: Sequence[Prompt] | torch.Tensor, max_new_tokens: int = 32, strategy: str = "greedy",
+                 num_beams: int = 4, length_penalty: float = 1.0, temperature: float = 1.0, top_p: float = 1.0,
+                 use_cache: bool = True, generator: torch.Generator | None = None,
+                 second_per_grid_t: Sequence[float] | None = None) -> list[torch.Tensor]:
+        """Caption each prompt (an image, a clip, or a list of them) -> one 1-D tensor of new token ids per prompt,
+        without the final EOS. See :func:`mmrope.generation.generate` for the prompts and strategies.
         """
         return generate(self, images, max_new_tokens=max_new_tokens, strategy=strategy, num_beams=num_beams,
                         length_penalty=length_penalty, temperature=temperature, top_p=top_p, use_cache=use_cache,
-                        generator=generator)
+                        generator=generator, second_per_grid_t=second_per_grid_t)
 
 
 def num_parameters(model: nn.Module, trainable_only: bool = False) -> int:

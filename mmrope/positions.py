@@ -12,8 +12,9 @@ block's largest id + 1; text tokens get t = h = w. Example, merge 2, image grid 
     w       0  1  2  3   4   5   6   4   5   6    7   8  9        rope_delta = 9 + 1 - 13 = -3
 
 Encoder side. The patch merger fuses each m x m window of patches into one decoder token, so the encoder keeps the
-patches of a window contiguous (Qwen2-VL's order): windows in raster order, patches within a window in raster order.
-:func:`grid_positions` and :func:`raster_positions` return ids in exactly that order.
+patches of a window contiguous (Qwen2-VL's order): windows in raster order, patches within a window in raster order,
+and a clip's temporal patches one after another. :func:`grid_positions`, :func:`raster_positions` and
+:func:`patch_positions` return ids in exactly that order.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ def grid_positions(h: int, w: int, merge: int = 1, device: torch.device | str | 
     # (h/m, m, w/m, m) -> (h/m, w/m, m, m): window-major, then raster inside the window
     rows, cols = (t.permute(0, 2, 1, 3).reshape(-1) for t in (rows, cols))
     return torch.stack((rows, cols), dim=-1)
+
+
+def patch_positions(t: int, h: int, w: int, merge: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
+    """(t, row, col) of each patch of ``t`` temporal patches of an h x w grid -> (t * h * w, 3) long: time-major,
+    each frame in merge-window order (:func:`grid_positions`), so a clip's merged tokens come out in the t-major
+    raster order that :func:`get_rope_index` gives its ids in. An image is t = 1, with t id 0."""
+    spatial = grid_positions(h, w, merge, device)  # (h*w, 2)
+    time = torch.arange(t, device=device).repeat_interleave(h * w)
+    return torch.cat((time[:, None], spatial.repeat(t, 1)), dim=1)
 
 
 def raster_positions(h: int, w: int, merge: int = 1, device: torch.device | str | None = None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Rotary position embeddings: 1D, 2D axial, RoPE-Mixed and M-RoPE, in one rotation layout.
+"""Rotary position embeddings: 1D, 2D and 3D axial, RoPE-Mixed and M-RoPE, in one rotation layout.
 
 Every variant answers one question, "by what angle does rotary pair k of this token turn?", and returns the answer
 as a half table ``(cos, sin)`` of shape ``(..., seq, head_dim / 2)``. One function, :func:`apply_rotary`, turns any
@@ -101,25 +101,44 @@ class RotaryEmbedding(_FixedFrequencies):
 
 
 class AxialRotaryEmbedding(_FixedFrequencies):
-    """2D axial RoPE (RoPE-ViT "Axial", Qwen2-VL's vision tower): the first half of the pairs turn with the row,
-    the second half with the column, both halves with the same frequencies f_j = theta^(-4j / d), j < d/4.
+    """Axial RoPE (RoPE-ViT "Axial", Qwen2-VL's vision tower): each axis owns a contiguous section of the rotary
+    pairs, and a section of n pairs turns with the geometric frequencies f_j = theta^(-j / n), j < n.
 
-    Positions (..., n, 2) as (row, col) -> tables (..., n, k). q(r1, c1)·k(r2, c2) depends only on (r1-r2, c1-c2).
-    RoPE-ViT uses theta = 100 for images (a 14x14 grid never needs Llama's slow frequencies).
+    2 axes (row, col): half of the pairs each, f_j = theta^(-4j / d). 3 axes (t, row, col), for clips: t gets a
+    quarter of the pairs and row and col the rest in halves, Qwen2-VL's M-RoPE proportions ([4, 6, 6] of 16).
+    Positions (..., n, axes) -> tables (..., n, k); q(p1)·k(p2) depends only on p1 - p2. RoPE-ViT uses theta = 100
+    for images (a 14x14 grid never needs Llama's slow frequencies).
     """
 
-    def __init__(self, head_dim: int, theta: float = 100.0):
+    def __init__(self, head_dim: int, theta: float = 100.0, axes: int = 2):
         super().__init__()
-        _check_head_dim(head_dim, 4, "2D axial RoPE (half of the rotary pairs per axis)")
-        self.head_dim, self.theta = head_dim, theta
-        quarter = head_dim // 4
-        inv_freq = inverse_frequencies(quarter, theta)
-        self._set_inv_freq(torch.cat((inv_freq, inv_freq)))
-        axis = torch.cat((torch.zeros(quarter, dtype=torch.long), torch.ones(quarter, dtype=torch.long)))
+        if axes == 2:
+            _check_head_dim(head_dim, 4, "2D axial RoPE (half of the rotary pairs per axis)")
+        elif axes == 3:
+            _check_head_dim(head_dim, 8, "3D axial RoPE (a quarter of the rotary pairs for time, the rest split "
+                            "between row and column)")
+        else:
+            raise ValueError(f"axial RoPE over {axes} axes: expected 2 (row, col) or 3 (t, row, col)")
+        self.head_dim, self.theta, self.axes = head_dim, theta, axes
+        self.sections = axial_sections(head_dim // 2, axes)
+        self._set_inv_freq(torch.cat([inverse_frequencies(n, theta) for n in self.sections]))
+        axis = torch.repeat_interleave(torch.arange(axes), torch.tensor(self.sections))
         self.register_buffer("axis_of_pair", axis, persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if positions.shape[-1] != self.axes:
+            raise ValueError(f"axial RoPE over {self.axes} axes got positions of shape {tuple(positions.shape)}: "
+                             f"expected (..., n, {self.axes})")
         return _cos_sin(_angles_from_axes(positions, self.axis_of_pair, self.inv_freq))
+
+
+def axial_sections(num_pairs: int, axes: int) -> list[int]:
+    """Rotary pairs per axis: [k/2, k/2] for (row, col); [k/4, rest in halves] for (t, row, col)."""
+    if axes == 2:
+        return [num_pairs // 2, num_pairs - num_pairs // 2]
+    t = num_pairs // 4
+    h = (num_pairs - t) // 2
+    return [t, h, num_pairs - t - h]
 
 
 class MixedRotaryEmbedding(nn.Module):
@@ -211,7 +230,7 @@ class MultimodalRotaryEmbedding(_FixedFrequencies):
         return _cos_sin(_angles_from_axes(positions, self.axis_of_pair, self.inv_freq))
 
 
-ROPE_TYPES = ("rope1d", "rope2d", "rope2d_mixed", "mrope", "mrope_interleaved")
+ROPE_TYPES = ("rope1d", "rope2d", "rope3d", "rope2d_mixed", "mrope", "mrope_interleaved")
 
 
 def create_rope(rope_type: str, head_dim: int, *, theta: float | None = None, num_heads: int = 1, depth: int = 1,
@@ -220,8 +239,8 @@ def create_rope(rope_type: str, head_dim: int, *, theta: float | None = None, nu
     kw = {} if theta is None else {"theta": theta}
     if rope_type == "rope1d":
         return RotaryEmbedding(head_dim, **kw)
-    if rope_type == "rope2d":
-        return AxialRotaryEmbedding(head_dim, **kw)
+    if rope_type in ("rope2d", "rope3d"):
+        return AxialRotaryEmbedding(head_dim, axes=3 if rope_type == "rope3d" else 2, **kw)
     if rope_type == "rope2d_mixed":
         return MixedRotaryEmbedding(head_dim, num_heads, depth=depth, **kw)
     if rope_type in ("mrope", "mrope_interleaved"):

@@ -120,7 +120,7 @@ def test_mixed_image_sizes_encode_as_if_alone():
 @pytest.mark.parametrize("size", [(30, 32), (32, 40), (3, 32, 32, 1)])
 def test_bad_image_size_raises_one_line(size):
     vision = Captioner(tiny_config()).vision
-    with pytest.raises(ValueError, match=r"image 0 has shape .*multiples of patch_size \* spatial_merge_size = 16"):
+    with pytest.raises(ValueError, match=r"clip 0 has shape .*multiples of patch_size \* spatial_merge_size = 16"):
         vision([torch.zeros(size if len(size) > 2 else (3, *size))])
 
 

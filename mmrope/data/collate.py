@@ -5,13 +5,25 @@ Each row of ``input_ids`` is the joint sequence the decoder reads (Qwen2-VL's la
     [VISION_START, IMAGE x N, VISION_END, caption tokens ..., EOS, PAD ...]
     labels:  -100  -100 x N     -100    caption tokens ..., EOS, -100 ...
 
-where N = (H / (patch_size * merge_size)) * (W / (patch_size * merge_size)) merged image tokens. Labels are
-aligned with ``input_ids``; the model shifts them (logits[:, :-1] predict labels[:, 1:]).
+where N = (H / (patch_size * merge_size)) * (W / (patch_size * merge_size)) merged image tokens. A clip (T frames)
+is one block of ceil(T / temporal_patch_size) * N video tokens (``clip_mode="block"``), or T image blocks in a row,
+one per frame (``clip_mode="frames"``: the frames-as-separate-images arm). Labels are aligned with ``input_ids``;
+the model shifts them (logits[:, :-1] predict labels[:, 1:]).
 """
 
 import torch
 
-from mmrope.special_tokens import EOS_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, PAD_ID, VISION_END_ID, VISION_START_ID
+from mmrope.special_tokens import (
+    EOS_ID,
+    IGNORE_INDEX,
+    IMAGE_TOKEN_ID,
+    PAD_ID,
+    VIDEO_TOKEN_ID,
+    VISION_END_ID,
+    VISION_START_ID,
+)
+
+CLIP_MODES = ("block", "frames")
 
 
 def image_token_count(height: int, width: int, patch_size: int, merge_size: int) -> int:
@@ -22,47 +34,71 @@ def image_token_count(height: int, width: int, patch_size: int, merge_size: int)
     return (height // factor) * (width // factor)
 
 
-def vision_block(num_image_tokens: int) -> list[int]:
-    """The ids that stand for one image in the decoder: the prompt a caption is generated from."""
-    return [VISION_START_ID] + [IMAGE_TOKEN_ID] * num_image_tokens + [VISION_END_ID]
+def vision_block(num_tokens: int, clip: bool = False) -> list[int]:
+    """The ids that stand for one image (or clip) in the decoder: the prompt a caption is generated from."""
+    return [VISION_START_ID] + [VIDEO_TOKEN_ID if clip else IMAGE_TOKEN_ID] * num_tokens + [VISION_END_ID]
 
 
 class CaptionCollator:
-    """List of samples (``ShapesDataset`` / ``CaptionDataset``; None for a skipped bad image) -> batch dict:
+    """List of samples (``ShapesDataset``, ``ClipsDataset``, ``CaptionDataset``; None for a skipped bad image) ->
+    batch dict:
 
-    ``images``          list of B tensors (3, H_i, W_i); sizes may differ
-    ``image_grid_thw``  (B, 3) long, encoder patches per image (1, H_i / patch_size, W_i / patch_size)
-    ``input_ids``       (B, L) long, right-padded with PAD_ID
-    ``attention_mask``  (B, L) long, 1 on real tokens
-    ``labels``          (B, L) long, caption ids and EOS; IGNORE_INDEX on the vision block and padding
+    ``images``             the media of every sample in order: images (3, H, W) and clips (T, 3, H, W)
+    ``prompts``            B lists: each sample's media (what generation reads)
+    ``image_grid_thw``     (num_media, 3) long, encoder patches per medium (temporal patches, H / p, W / p)
+    ``second_per_grid_t``  seconds per temporal patch of each clip (temporal_patch_size / fps), in order
+    ``input_ids``          (B, L) long, right-padded with PAD_ID
+    ``attention_mask``     (B, L) long, 1 on real tokens
+    ``labels``             (B, L) long, caption ids and EOS; IGNORE_INDEX on the vision blocks and padding
     ``captions``, ``references``, ``scenes`` (None entries for real data), ``ids``: lists of B
-    ``num_skipped``     int, None samples dropped from this batch
+    ``num_skipped``        int, None samples dropped from this batch
 
-    Returns None when every sample was None (skip the step). Captions longer than ``max_caption_tokens - 1``
-    tokens are cut so that caption plus EOS fits in ``max_caption_tokens``.
+    A sample holds an ``"image"`` or a ``"video"`` (with its ``"fps"``). Returns None when every sample was None
+    (skip the step). Captions longer than ``max_caption_tokens - 1`` tokens are cut so that caption plus EOS fits
+    in ``max_caption_tokens``.
     """
 
-    def __init__(self, tokenizer, patch_size: int = 8, merge_size: int = 2, max_caption_tokens: int = 64):
+    def __init__(self, tokenizer, patch_size: int = 8, merge_size: int = 2, max_caption_tokens: int = 64,
+                 temporal_patch_size: int = 1, clip_mode: str = "block"):
         if max_caption_tokens < 1:
             raise ValueError(f"max_caption_tokens must be at least 1 (room for EOS), got {max_caption_tokens}")
+        if clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode={clip_mode!r} is unknown: expected one of {', '.join(CLIP_MODES)}")
         self.tokenizer, self.patch_size, self.merge_size = tokenizer, patch_size, merge_size
         self.max_caption_tokens = max_caption_tokens
+        self.temporal_patch_size, self.clip_mode = temporal_patch_size, clip_mode
+
+    def media(self, sample: dict) -> tuple[list[torch.Tensor], list[float]]:
+        """A sample's media as the decoder will read them, and the seconds per temporal patch of each clip."""
+        if "video" not in sample:
+            return [sample["image"]], []
+        video = sample["video"]  # (T, 3, H, W)
+        if self.clip_mode == "frames":
+            return list(video), []
+        return [video], [self.temporal_patch_size / sample["fps"]]
 
     def __call__(self, samples: list[dict | None]) -> dict | None:
         kept = [s for s in samples if s is not None]
         if not kept:
             return None
-        rows, label_rows, grids = [], [], []
+        rows, label_rows, grids, prompts, timing = [], [], [], [], []
         for s in kept:
-            _, h, w = s["image"].shape
-            try:
-                n = image_token_count(h, w, self.patch_size, self.merge_size)
-            except ValueError as e:
-                raise ValueError(f"sample {s['id']}: {e}") from None
+            media, seconds = self.media(s)
+            prompt = []
+            for m in media:
+                h, w = m.shape[-2:]
+                try:
+                    n = image_token_count(h, w, self.patch_size, self.merge_size)
+                except ValueError as e:
+                    raise ValueError(f"sample {s['id']}: {e}") from None
+                t = -(-m.shape[0] // self.temporal_patch_size) if m.ndim == 4 else 1
+                prompt += vision_block(t * n, clip=m.ndim == 4)
+                grids.append((t, h // self.patch_size, w // self.patch_size))
             caption = self.tokenizer.encode(s["caption"])[: self.max_caption_tokens - 1] + [EOS_ID]
-            rows.append(vision_block(n) + caption)
-            label_rows.append([IGNORE_INDEX] * (n + 2) + caption)
-            grids.append((1, h // self.patch_size, w // self.patch_size))
+            rows.append(prompt + caption)
+            label_rows.append([IGNORE_INDEX] * len(prompt) + caption)
+            prompts.append(media)
+            timing += seconds
 
         B, L = len(rows), max(map(len, rows))
         input_ids = torch.full((B, L), PAD_ID, dtype=torch.long)
@@ -73,8 +109,10 @@ class CaptionCollator:
             attention_mask[i, : len(row)] = 1
             labels[i, : len(lab)] = torch.tensor(lab)
         return {
-            "images": [s["image"] for s in kept],
-            "image_grid_thw": torch.tensor(grids, dtype=torch.long),  # (B, 3)
+            "images": [m for media in prompts for m in media],
+            "prompts": prompts,
+            "image_grid_thw": torch.tensor(grids, dtype=torch.long),  # (num_media, 3)
+            "second_per_grid_t": timing,
             "input_ids": input_ids,  # (B, L)
             "attention_mask": attention_mask,  # (B, L)
             "labels": labels,  # (B, L)
