@@ -107,8 +107,9 @@ def run_ablate(args: argparse.Namespace) -> int:
     runs = len(plan.arms) * len(plan.seeds)
     print(f"{args.preset}: {plural(len(plan.arms), 'arm')} x {plural(len(plan.seeds), 'seed')} = "
           f"{plural(runs, 'run')} of {plan.max_steps} steps "
-          f"on {plan.base}; scored on {', '.join(plan.splits)} at {', '.join(map(str, plan.sizes))} px, "
-          f"{plan.n} scenes each", file=sys.stderr)
+          f"on {plan.base}; scored on {', '.join(plan.splits)} at {', '.join(map(str, plan.sizes))} px"
+          + (f" x {', '.join(map(str, plan.frames))} frames ({plan.clip_mode})" if plan.frames else "")
+          + f", {plan.n} {'clips' if plan.frames else 'scenes'} each", file=sys.stderr)
     if args.dry_run:
         for encoder, scheme in plan.arms:
             for seed in plan.seeds:
