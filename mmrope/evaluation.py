@@ -78,7 +78,7 @@ def records_set(path: str | Path, image_dir: str | Path | None = None, n: int | 
     if not records:
         raise ValueError(f"{path}: no images to evaluate on")
     scenes = [r.scene for r in records]
-    return EvalSet(str(path), lambda size: [r.image for r in records], [r.captions for r in records],
+    return EvalSet(str(path), lambda size, frames=None: [r.image for r in records], [r.captions for r in records],
                    scenes if all(s is not None for s in scenes) else None, resize)
 
 

@@ -44,7 +44,7 @@ BAD = [
     (lambda: VisionConfig(dim=130), "vision.dim=130 is not divisible by vision.num_heads=4"),
     (lambda: VisionConfig(dim=120), "vision.head_dim=30"),  # 30 channels cannot split into row and column pairs
     (lambda: VisionConfig(dim=120, pos_encoding="rope2d_mixed"), "vision.head_dim=30"),
-    (lambda: VisionConfig(pos_encoding="rope3d"), "vision.pos_encoding='rope3d'"),
+    (lambda: VisionConfig(pos_encoding="rope4d"), "vision.pos_encoding='rope4d'"),
     (lambda: VisionConfig(spatial_merge_size=3), "vision.spatial_merge_size=3"),
     (lambda: VisionConfig(image_size=72), "vision.image_size=72"),  # a 9x9 grid has no 2x2 windows
     (lambda: VisionConfig(image_size=60), "vision.image_size=60"),
@@ -78,4 +78,4 @@ def test_jsonargparse_reads_the_dataclasses():
     assert config == CaptionerConfig(VisionConfig(pos_encoding="rope1d_flat", dim=64), position_scheme="flat")
     assert dataclasses.is_dataclass(config)
     with pytest.raises(SystemExit):
-        parser.parse_string("config:\n  vision: {pos_encoding: rope3d}\n")
+        parser.parse_string("config:\n  vision: {pos_encoding: rope4d}\n")

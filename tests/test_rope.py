@@ -150,7 +150,7 @@ def test_default_sections_follow_qwen2_vl_proportions():
     (lambda: MultimodalRotaryEmbedding(16, mrope_section=[2, 2, 2]), r"mrope_section=\[2, 2, 2\]"),
     (lambda: MultimodalRotaryEmbedding(16, mrope_section=[1, 7]), r"mrope_section=\[1, 7\]"),
     (lambda: MultimodalRotaryEmbedding(16, mrope_section=[0, 4, 4], interleaved=True), "interleaved"),
-    (lambda: create_rope("rope3d", 16), "rope3d"),
+    (lambda: create_rope("rope4d", 16), "rope4d"),
 ])
 def test_bad_arguments_raise_one_line_errors(make, match):
     with pytest.raises(ValueError, match=match) as err:

@@ -343,3 +343,13 @@ def test_viz_ids_of_a_clip(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["viz", "ids", "--frames", "0", "--out", str(tmp_path / "x.png")]) == 1
     assert "--frames 0: expected at least 1" in capsys.readouterr().err
+
+
+def test_shipped_clip_grid():
+    from mmrope import ablation
+
+    grid = ROOT / "configs/ablation/clips.yaml"
+    cpu, frames = ablation.load_plan(grid, "cpu"), ablation.load_plan(grid, "cpu-frames")
+    assert cpu.frames == frames.frames == [4, 8, 12] and cpu.train_frames == 4 and cpu.sizes == [48]
+    assert (cpu.clip_mode, frames.clip_mode) == ("block", "frames") and cpu.max_steps == frames.max_steps
+    assert len(ablation.load_plan(grid, "gpu").arms) == 6 * 3
