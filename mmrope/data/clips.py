@@ -28,7 +28,6 @@ from functools import lru_cache
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from mmrope.data.images import ImageTransform, sample_rng, to_tensor
 from mmrope.data.shapes import (
@@ -42,6 +41,7 @@ from mmrope.data.shapes import (
     RADIUS,
     SHAPES,
     SPLITS,
+    GeneratedDataset,
     held_out_combos,
     render_scene,
 )
@@ -257,7 +257,7 @@ def render_clip(clip: dict, size: int | None = None, frames: int | None = None) 
             for tau in frame_times(frames or clip["frames"])]
 
 
-class ClipsDataset(Dataset):
+class ClipsDataset(GeneratedDataset):
     """``n`` clips of one split, rendered on the fly; a sample is ``{"video": (T, 3, H, W) float, "fps": float,
     "caption": str, "references": list[str], "scene": dict, "id": str}``.
 
@@ -267,6 +267,8 @@ class ClipsDataset(Dataset):
     so a clip is cropped and lit one way throughout. Call ``set_epoch`` each epoch; ``fresh_each_epoch`` draws new
     training clips every epoch.
     """
+
+    name = "clips"
 
     def __init__(
         self,
@@ -289,23 +291,11 @@ class ClipsDataset(Dataset):
         self.clip_args = {"split": split, "frames": frames, "canvas": canvas, "colours": tuple(colours),
                           "shapes": tuple(shapes), "duration": duration}
         _check_config(split, frames, canvas, tuple(colours), tuple(shapes), duration)
-        self.n, self.seed, self.split = n, seed, split
-        self.size = size or canvas
-        self.transform, self.fresh_each_epoch = transform, fresh_each_epoch
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
+        super().__init__(n, split, seed, fresh_each_epoch)
+        self.size, self.transform = size or canvas, transform
 
     def scene(self, index: int) -> dict:
-        if not 0 <= index < self.n:
-            raise IndexError(f"clips index {index} out of range for {self.n} samples")
-        if self.fresh_each_epoch and self.split == "train":
-            index = self.epoch * self.n + index
-        return sample_clip(self.seed, index, **self.clip_args)
+        return sample_clip(self.seed, self.stream_index(index), **self.clip_args)
 
     def __getitem__(self, index: int) -> dict:
         clip = self.scene(index)

@@ -268,7 +268,31 @@ def render_scene(scene: dict, size: int | None = None, scale_objects: bool = Tru
     return img
 
 
-class ShapesDataset(Dataset):
+class GeneratedDataset(Dataset):
+    """``n`` samples of one split, each drawn from (seed, index) alone: the bookkeeping the shapes and clips datasets
+    share. ``fresh_each_epoch`` moves the training split to new indices every epoch (nothing to memorise), so call
+    ``set_epoch`` each epoch."""
+
+    name = "generated"  # what an index error calls the samples
+
+    def __init__(self, n: int, split: str, seed: int, fresh_each_epoch: bool):
+        self.n, self.split, self.seed, self.fresh_each_epoch = n, split, seed, fresh_each_epoch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def stream_index(self, index: int) -> int:
+        """Where sample ``index`` of the current epoch sits in the split's stream."""
+        if not 0 <= index < self.n:
+            raise IndexError(f"{self.name} index {index} out of range for {self.n} samples")
+        return self.epoch * self.n + index if self.fresh_each_epoch and self.split == "train" else index
+
+
+class ShapesDataset(GeneratedDataset):
     """``n`` scenes of one split, rendered on the fly; a sample is
     ``{"image": (3, H, W) float, "caption": str, "references": list[str], "scene": dict, "id": str}``.
 
@@ -276,6 +300,8 @@ class ShapesDataset(Dataset):
     (an ``ImageTransform``) replaces plain normalisation, and its augmentation is seeded from (seed, epoch,
     index), so call ``set_epoch`` each epoch. ``fresh_each_epoch`` draws new training scenes every epoch.
     """
+
+    name = "shapes"
 
     def __init__(
         self,
@@ -300,23 +326,11 @@ class ShapesDataset(Dataset):
         self.scene_args = {"split": split, "level": level, "max_objects": max_objects, "colours": tuple(colours),
                            "shapes": tuple(shapes), "background": background, "canvas": canvas}
         _check_config(level, split, max_objects, tuple(colours), tuple(shapes), background, canvas)
-        self.n, self.seed, self.split = n, seed, split
-        self.size, self.scale_objects = size or canvas, scale_objects
-        self.transform, self.fresh_each_epoch = transform, fresh_each_epoch
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
+        super().__init__(n, split, seed, fresh_each_epoch)
+        self.size, self.scale_objects, self.transform = size or canvas, scale_objects, transform
 
     def scene(self, index: int) -> dict:
-        if not 0 <= index < self.n:
-            raise IndexError(f"shapes index {index} out of range for {self.n} samples")
-        if self.fresh_each_epoch and self.split == "train":
-            index = self.epoch * self.n + index
-        return sample_scene(self.seed, index, **self.scene_args)
+        return sample_scene(self.seed, self.stream_index(index), **self.scene_args)
 
     def __getitem__(self, index: int) -> dict:
         scene = self.scene(index)
