@@ -95,6 +95,7 @@ class Plan:
     frames: list[int] | None = None  # clip grids: the frame counts each run is scored at; None for images
     clip_mode: str = "block"  # clip grids: data.clips.clip_mode of every run (a train override)
     train_frames: int | None = None  # clip grids: data.clips.frames of the base config
+    level: int | None = None  # shapes grids: data.shapes.level of the base config (the scenes it is scored on)
 
     @property
     def points(self) -> list[tuple[float, int | None]]:
@@ -109,6 +110,12 @@ class Plan:
     def metric(self) -> str:
         """The headline accuracy: relation on shapes, event on clips."""
         return "relation" if self.frames is None else "event"
+
+    @property
+    def label(self) -> str:
+        """What the headline metric is called in tables, plots and file names: at level 1 the relation column
+        holds place accuracy (one object, nine places)."""
+        return "place" if self.level == 1 else self.metric
 
     def eval_settings(self) -> dict:
         clips = {} if self.frames is None else {"frames": self.frames, "clip_mode": self.clip_mode}
@@ -190,9 +197,11 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
                              f"multiple of patch_size * spatial_merge_size = {window}")
     n, batch_size, max_new_tokens = (_positive(ev.get(k, default), f"eval.{k}", grid)
                                      for k, default in (("n", 500), ("batch_size", 100), ("max_new_tokens", 12)))
+    level = None if frames else int((data.get("shapes") or {}).get("level", 2))
     return Plan(grid, preset, base, pairs, list(range(n_seeds)), steps, train, splits, factors, n, batch_size,
                 max_new_tokens, size, frames, str(train.get("data.clips.clip_mode", "block")),
-                int(train.get("data.clips.frames", (data.get("clips") or {}).get("frames", 4))) if frames else None)
+                int(train.get("data.clips.frames", (data.get("clips") or {}).get("frames", 4))) if frames else None,
+                level)
 
 
 def _check_keys(d: Any, allowed: tuple[str, ...], where: str) -> None:
@@ -392,7 +401,7 @@ def run_arm(plan: Plan, encoder: str, scheme: str, seed: int, out: Path, device:
                          "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
                          "eval": plan.eval_settings(), "rows": rows})
     at_1x = next((r.get(plan.metric) for r in rows if r["factor"] == 1 and r["split"] == plan.splits[0]), None)
-    score = f"; {plan.metric} at 1x ({plan.splits[0]}) {at_1x:.3f}" if at_1x is not None else ""
+    score = f"; {plan.label} at 1x ({plan.splits[0]}) {at_1x:.3f}" if at_1x is not None else ""
     trained = f"trained in {_duration(train_seconds)}, " if train_seconds else ""
     say(f"{trained}scored in {_duration(eval_seconds)}{score}")
     return rows
@@ -489,7 +498,8 @@ def format_results(summary: list[dict], plan: Plan, metrics: tuple[str, ...] | N
                        + (" train" if train else ""))
     for split in plan.splits:
         for metric in metrics:
-            lines += ["", f"## {split}: {metric} accuracy", "", "| arm | " + " | ".join(columns) + " |",
+            name = plan.label if metric == plan.metric else metric
+            lines += ["", f"## {split}: {name} accuracy", "", "| arm | " + " | ".join(columns) + " |",
                       "| --- |" + " ---: |" * len(columns)]
             for arm in arms:
                 row = [format_cell(cells.get((arm, split, f, n), {}).get(metric)) for f, n in plan.points]
@@ -516,9 +526,10 @@ def _pyplot():
 
 
 def plot_metric_vs_resolution(summary: list[dict], split: str, path: Path, train_size: int,
-                              metric: str = "relation", along: str = "size") -> Path:
+                              metric: str = "relation", along: str = "size", label: str | None = None) -> Path:
     """One line per arm (mean across seeds) with its 95% CI band, against image side (``along="size"``) or, for
-    clips at the training size, frame count (``along="frames"``); the training value marked."""
+    clips at the training size, frame count (``along="frames"``); the training value marked. ``label`` names the
+    metric on the plot (default: ``metric``)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     arms = list(dict.fromkeys(arm_name(s["encoder"], s["scheme"]) for s in summary))
@@ -544,17 +555,17 @@ def plot_metric_vs_resolution(summary: list[dict], split: str, path: Path, train
     ax.minorticks_off()
     ax.set_ylim(0, 1)
     ax.set_xlabel("image side (px)" if along == "size" else "frames per clip")
-    ax.set_ylabel(f"{metric} accuracy")
-    ax.set_title(f"{split}: {metric} accuracy, mean and 95% CI across seeds", fontsize=10)
+    ax.set_ylabel(f"{label or metric} accuracy")
+    ax.set_title(f"{split}: {label or metric} accuracy, mean and 95% CI across seeds", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
 
 
 def plot_metric_bars(summary: list[dict], split: str, path: Path, points: list[tuple[float, int | None]],
-                     metric: str = "relation") -> Path:
+                     metric: str = "relation", label: str | None = None) -> Path:
     """Grouped bars, one group per (factor of the training size, frames) point, one bar per arm, 95% CIs as error
-    bars."""
+    bars; ``label`` as for :func:`plot_metric_vs_resolution`."""
     plt = _pyplot()
     arms = list(dict.fromkeys(arm_name(s["encoder"], s["scheme"]) for s in summary))
     cells = {(arm_name(s["encoder"], s["scheme"]), s["factor"], s.get("frames")): s for s in summary
@@ -569,8 +580,8 @@ def plot_metric_bars(summary: list[dict], split: str, path: Path, points: list[t
     ax.set_xticks(range(len(points)), [f"{f:g}x ({cells.get((arms[0], f, n), {}).get('size', '?')} px"
                                        + (f", {n} frames)" if n else ")") for f, n in points])
     ax.set_ylim(0, 1)
-    ax.set_ylabel(f"{metric} accuracy")
-    ax.set_title(f"{split}: {metric} accuracy at the training size and beyond (95% CI)", fontsize=10)
+    ax.set_ylabel(f"{label or metric} accuracy")
+    ax.set_title(f"{split}: {label or metric} accuracy at the training size and beyond (95% CI)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
@@ -588,15 +599,15 @@ def _save(fig, path: Path) -> Path:
 
 def write_results(rows: list[dict], plan: Plan, out: str | Path) -> list[Path]:
     """results.csv, results.md and, per split, <metric>_vs_resolution_<split>.png (images) or
-    <metric>_vs_frames_<split>.png (clips), and <metric>_bars_<split>.png, where metric is relation on shapes and
-    event on clips."""
+    <metric>_vs_frames_<split>.png (clips), and <metric>_bars_<split>.png, where metric is relation on shapes (place
+    at level 1) and event on clips."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
     paths = [write_csv(rows, out / "results.csv")]
     (out / "results.md").write_text(format_results(summary, plan), encoding="utf-8")
     paths.append(out / "results.md")
-    metric = plan.metric
+    metric, label = plan.metric, plan.label
     if plan.frames is None:
         along, train_value = "size", plan.train_size
         bars = [(f, None) for f in dict.fromkeys((1.0, max(plan.factors))) if f in plan.factors] or plan.points
@@ -605,7 +616,7 @@ def write_results(rows: list[dict], plan: Plan, out: str | Path) -> list[Path]:
         bars = [p for p in plan.points if p[0] == 1 and p[1] in (plan.train_frames, max(plan.frames))] or plan.points
     axis = "resolution" if along == "size" else "frames"
     for split in plan.splits:
-        paths.append(plot_metric_vs_resolution(summary, split, out / f"{metric}_vs_{axis}_{split}.png", train_value,
-                                               metric, along))
-        paths.append(plot_metric_bars(summary, split, out / f"{metric}_bars_{split}.png", bars, metric))
+        paths.append(plot_metric_vs_resolution(summary, split, out / f"{label}_vs_{axis}_{split}.png", train_value,
+                                               metric, along, label))
+        paths.append(plot_metric_bars(summary, split, out / f"{label}_bars_{split}.png", bars, metric, label))
     return paths

@@ -26,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "rerun the same command.")
     p.add_argument("--config", type=Path, default=Path("configs/ablation/shapes.yaml"),
                    help="the grid file (default: configs/ablation/shapes.yaml)")
-    p.add_argument("--preset", default="cpu", help="a preset of the grid file: cpu (a subset for 2 CPU cores) or "
-                                                   "gpu (the full grid) (default: cpu)")
+    p.add_argument("--preset", default="cpu", help="a preset of the grid file; shapes.yaml has cpu (places, 2 "
+                                                   "CPU cores), cpu-relation (relations, 2 cores) and gpu (the full "
+                                                   "grid) (default: cpu)")
     p.add_argument("--seeds", type=int, help="seeds per arm, 0..N-1 (default: the grid file's)")
     p.add_argument("--out", type=Path, default=Path("runs/ablation"), help="output folder (default: runs/ablation)")
     p.add_argument("--max-steps", type=int, help="training steps of every run (default: the preset's max_steps)")

@@ -4,6 +4,7 @@ resumes where it stopped, signals reach the training run, and the confidence int
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import signal
@@ -19,6 +20,7 @@ from PIL import Image
 
 from mmrope import ablation, cli
 from mmrope.ablation import load_plan, mean_ci, summarize, t_quantile_975, write_results
+from mmrope.evaluation import resolve_data
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARMS = ("rope2d-mrope", "rope1d_flat-flat")
@@ -190,6 +192,10 @@ def test_results_with_several_seeds_show_intervals(tmp_path):
     assert "| rope1d_flat-flat | 0.500 ± 0.000 |" in table  # attribute
     for name in ("relation_vs_resolution_test", "relation_bars_compositional"):
         assert_png(tmp_path / f"{name}.png")
+    # one object per scene (level 1): the same column, called what it measures
+    write_results(rows, dataclasses.replace(plan, level=1), tmp_path / "places")
+    assert "## test: place accuracy" in (tmp_path / "places/results.md").read_text()
+    assert_png(tmp_path / "places/place_vs_resolution_test.png")
 
 
 def test_shipped_grid_and_bad_grids(tmp_path):
@@ -199,6 +205,14 @@ def test_shipped_grid_and_bad_grids(tmp_path):
     cpu = load_plan(grid, "cpu", max_steps=10, arms=["rope2d_mixed-mrope"])
     assert cpu.arms == [("rope2d_mixed", "mrope")] and cpu.max_steps == 10 and cpu.sizes == [32, 48, 64, 96, 128]
     assert load_plan(grid, "cpu").splits == ["test", "compositional"]
+    place = load_plan(grid, "cpu")  # level-1 scenes: the model is trained and scored on places
+    assert place.arms == [("rope2d", "mrope"), ("sincos2d", "mrope")] and place.base.name == "shapes_place.yaml"
+    assert (place.level, place.label) == (1, "place")
+    scenes = resolve_data(str(place.base), place.train_size, "test", n=3).scenes
+    assert [len(s["objects"]) for s in scenes] == [1, 1, 1] and all(s["level"] == 1 for s in scenes)
+    relation = load_plan(grid, "cpu-relation")
+    assert (relation.level, relation.label, relation.base.name) == (2, "relation", "shapes_small.yaml")
+    assert len(relation.arms) == 4 and relation.splits == ["test", "compositional"]
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(tiny_grid(tmp_path).read_text().replace("factors: [0.5, 1]", "factors: [0.75, 1]"))
