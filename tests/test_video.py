@@ -352,4 +352,5 @@ def test_shipped_clip_grid():
     cpu, frames = ablation.load_plan(grid, "cpu"), ablation.load_plan(grid, "cpu-frames")
     assert cpu.frames == frames.frames == [4, 8, 12] and cpu.train_frames == 4 and cpu.sizes == [48]
     assert (cpu.clip_mode, frames.clip_mode) == ("block", "frames") and cpu.max_steps == frames.max_steps
+    assert [s for _, s in cpu.arms] == ["mrope", "mrope_interleaved", "flat"]  # the three decoder schemes
     assert len(ablation.load_plan(grid, "gpu").arms) == 6 * 3
