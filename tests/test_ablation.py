@@ -151,9 +151,15 @@ def test_signal_to_the_runner_reaches_the_training_run_once(tmp_path, signum):
         os.kill(os.getpid(), signum)  # to the runner only, as a terminal or a job scheduler would
 
     handler = signal.getsignal(signal.SIGTERM)
+    # as at a terminal: a shell starts background jobs with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt, so a test run launched with `&` would see no Ctrl-C at all
+    interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=send_when_ready, daemon=True).start()
     start = time.monotonic()
-    assert ablation.run_training([sys.executable, "-c", child], log) == 128 + signum
+    try:
+        assert ablation.run_training([sys.executable, "-c", child], log) == 128 + signum
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
     assert time.monotonic() - start < 20
     assert signal.getsignal(signal.SIGTERM) == handler  # the runner's own handling is back
 
