@@ -179,6 +179,11 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
     train = p.get("train") or {}
     if not isinstance(train, dict):
         raise ValueError(f"{grid}: presets.{preset}.train must be a mapping of train.py keys to values")
+    scored = [k for k in train if k.split(".")[:2] in (["data", "shapes"], ["data", "clips"])
+              and k.split(".")[-1] in ("level", "canvas", "colours", "shapes", "background", "duration")]
+    if scored:
+        raise ValueError(f"{grid}: presets.{preset}.train sets {scored[0]}, but runs are scored on the scenes of "
+                         f"{base}'s data section: set it there (a base config of its own)")
     vision, data = _base_vision(base, train), _base_data(base)
     frames = None
     if data.get("dataset") == "clips":

@@ -210,8 +210,8 @@ def test_shipped_grid_and_bad_grids(tmp_path):
     assert len(gpu.arms) == 6 * 3 and gpu.sizes == [64, 96, 128, 192, 256] and gpu.seeds == [0, 1, 2]
     cpu = load_plan(grid, "cpu", max_steps=10, arms=["rope2d_mixed-mrope"])
     assert cpu.arms == [("rope2d_mixed", "mrope")] and cpu.max_steps == 10 and cpu.sizes == [32, 48, 64, 96, 128]
-    assert load_plan(grid, "cpu").splits == ["test", "compositional"]
     place = load_plan(grid, "cpu")  # level-1 scenes: the model is trained and scored on places
+    assert place.splits == ["test", "compositional"]
     assert place.arms == [("rope2d", "mrope"), ("sincos2d", "mrope")] and place.base.name == "shapes_place.yaml"
     assert (place.level, place.label) == (1, "place")
     scenes = resolve_data(str(place.base), place.train_size, "test", n=3).scenes
@@ -224,6 +224,10 @@ def test_shipped_grid_and_bad_grids(tmp_path):
     bad.write_text(tiny_grid(tmp_path).read_text().replace("factors: [0.5, 1]", "factors: [0.75, 1]"))
     with pytest.raises(ValueError, match=r"factor 0.75 of the training size 32 gives 24 px, not a multiple .* 16"):
         load_plan(bad, "tiny")
+    scenes_elsewhere = tmp_path / "level.yaml"  # training on other scenes than the ones scored
+    scenes_elsewhere.write_text(tiny_grid(tmp_path).read_text().replace("data.batch_size: 8", "data.shapes.level: 1"))
+    with pytest.raises(ValueError, match="train sets data.shapes.level, but runs are scored on the scenes of"):
+        load_plan(scenes_elsewhere, "tiny")
     with pytest.raises(ValueError, match="no preset 'huge'"):
         load_plan(bad, "huge")
     with pytest.raises(ValueError, match="arm 'rope2d-xyz' is not in"):
