@@ -30,7 +30,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import markdown_table, time_side_by_side
+from common import markdown_table, rotation_calls, time_side_by_side
 
 from mmrope.fast_rope import apply_rotary_fast
 from mmrope.positions import grid_positions
@@ -75,20 +75,10 @@ def contenders(rope, positions, hf_ids, q, k, backward: bool):
     cos, sin = rope(positions)
     full_cos, full_sin = torch.cat((cos, cos), -1).expand(q.shape[0], -1, -1), torch.cat((sin, sin), -1).expand(
         q.shape[0], -1, -1)
-    gq, gk = torch.randn_like(q), torch.randn_like(k)
-    if backward:
-        q, k = q.requires_grad_(), k.requires_grad_()
-
-    def run(fn):
-        def call():
-            out_q, out_k = fn()
-            if backward:  # grads returned, not accumulated into q.grad (which would add a pass)
-                torch.autograd.grad((out_q, out_k), (q, k), (gq, gk))
-        return call
+    q, k, copy, run = rotation_calls(q, k, backward)
 
     fns = {
-        "copy (bound)": (lambda: (q.detach().clone(), k.detach().clone(), gq.clone(), gk.clone())) if backward
-        else (lambda: (q.clone(), k.clone())),
+        "copy (bound)": copy,
         "eager": run(lambda: (apply_rotary(q, cos, sin), apply_rotary(k, cos, sin))),
         "compiled": run(lambda: (apply_rotary_fast(q, cos, sin), apply_rotary_fast(k, cos, sin))),
         "eager + table": run(lambda: rotate_both(q, k, *rope(positions))),

@@ -1,16 +1,18 @@
-"""The rotary apply, fused: :func:`mmrope.rope.apply_rotary` compiled into one pass over q (or k).
+"""The rotary apply, fused: one pass over q (or k) instead of the reference's six elementwise kernels and a ``cat``.
 
-The readable ``apply_rotary`` runs six elementwise kernels and a ``cat``, each a full trip through memory; on a CPU
-that costs about 4-6x a plain copy of the tensor. Compiled, the same maths is one loop that reads x and the half
-tables once and writes the result once, close to the copy bound. Nothing is rewritten by hand, so the fast path
-cannot drift from the reference: it *is* the reference, traced.
+The readable :func:`mmrope.rope.apply_rotary` makes a full trip through memory per elementwise op; on a CPU that
+costs about 4-6x a plain copy of the tensor, on a GPU about as much. Two fused forms compute the same maths:
 
-When it runs (see docs/performance.md, "Default paths"):
+- on CUDA, :mod:`mmrope.triton_rope`: one Triton kernel that reads x and the half tables once and writes once
+  (the GPU default: it is exact, costs no compile time beyond Triton's first launch, and reads strided q and k
+  straight out of the qkv projection);
+- anywhere, ``apply_rotary`` under ``torch.compile`` (:func:`apply_rotary_fast`): nothing rewritten by hand, so it
+  cannot drift from the reference. Opt-in on a CPU with ``MMROPE_FAST_ROPE=1``: compiling costs seconds on first
+  call and again for each new dtype and for the backward, which every test process and tiny CPU run would pay.
 
-- a whole-model ``torch.compile`` (``model.compile: true``) already fuses the rotary maths with its neighbours, so
-  :func:`rotary` hands the plain function to the enclosing trace;
-- otherwise the fast path is opt-in, with ``MMROPE_FAST_ROPE=1``: compiling costs seconds on first call and again for
-  each new dtype and for the backward, which every test process and tiny CPU run would pay for no gain.
+Inside a whole-model ``torch.compile`` (``model.compile: true``) :func:`rotary` hands the plain function to the
+enclosing trace, which fuses the rotation with its neighbours. ``MMROPE_FAST_ROPE=0`` forces the reference
+everywhere. See docs/performance.md, "Default paths".
 
 ``dynamic=True`` compiles one kernel for every sequence length and batch size, so generation and native-resolution
 images (a new length at every step) do not recompile.
@@ -37,14 +39,33 @@ def apply_rotary_fast(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
     return _compiled()(x, cos, sin)
 
 
-def fast_rope_enabled() -> bool:
-    """``MMROPE_FAST_ROPE=1`` (read at each call, so a test or script can switch it)."""
-    return os.environ.get("MMROPE_FAST_ROPE", "0") == "1"
+def fast_rope_mode() -> str:
+    """``MMROPE_FAST_ROPE``: "0" reference everywhere, "1" fused everywhere, unset: fused on CUDA only (read at
+    each call, so a test or script can switch it)."""
+    return os.environ.get("MMROPE_FAST_ROPE", "auto")
+
+
+@functools.cache
+def _triton_available() -> bool:
+    try:
+        import mmrope.triton_rope  # noqa: F401
+    except ImportError:  # torch builds without Triton (macOS, some CPU wheels)
+        return False
+    return True
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """What :class:`mmrope.layers.Attention` calls: the plain maths inside a compiled model (the enclosing graph
-    fuses it), the compiled kernel when ``MMROPE_FAST_ROPE=1``, the readable reference otherwise."""
-    if not torch.compiler.is_compiling() and fast_rope_enabled():
+    fuses it); the Triton kernel for CUDA tensors; the compiled apply when ``MMROPE_FAST_ROPE=1``; the readable
+    reference otherwise."""
+    mode = fast_rope_mode()
+    if torch.compiler.is_compiling() or mode == "0":
+        return apply_rotary(x, cos, sin)
+    if x.is_cuda and _triton_available():
+        from mmrope.triton_rope import apply_rotary_triton, supports
+
+        if supports(x, cos):
+            return apply_rotary_triton(x, cos, sin)
+    if mode == "1":
         return apply_rotary_fast(x, cos, sin)
     return apply_rotary(x, cos, sin)

@@ -62,6 +62,14 @@ def attention_mask_4d(key_mask: torch.Tensor | None, n: int, s: int, cache_index
     return (causal & key_mask[:, None, None, :].bool()) | (key_slot == query_slot)  # (b, 1, n, s)
 
 
+def is_right_padded(key_mask: torch.Tensor) -> bool:
+    """Whether every row is real tokens then padding (as the training collator lays batches out). Then plain causal
+    attention is exact for every real token (it never reaches a later slot, and all earlier ones are real); only
+    the outputs at padding slots, which nothing reads, differ from the masked ones."""
+    key_mask = key_mask.bool()
+    return bool((key_mask[:, 1:] <= key_mask[:, :-1]).all())
+
+
 class Block(nn.Module):
     """Pre-norm Llama block, with the same names as the vision blocks."""
 
@@ -109,8 +117,8 @@ class TextDecoder(nn.Module):
         n = x.shape[1]
         s = kv_caches[0].max_len if kv_caches is not None else n
         attn_mask, is_causal = None, False
-        if attention_mask is None and kv_caches is None:
-            is_causal = True  # fast path: no mask tensor
+        if kv_caches is None and (attention_mask is None or is_right_padded(attention_mask)):
+            is_causal = True  # no mask tensor, so SDPA may take its flash kernel
         else:
             attn_mask = attention_mask_4d(attention_mask, n, s, cache_index, x.device)
         rope = self.rope(position_ids)  # (b, n, k) in float32, shared by every layer

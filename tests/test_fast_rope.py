@@ -1,8 +1,15 @@
-"""The fused rotary apply equals the readable one: fp32 and bf16, forward and backward, every table shape.
+"""The fused rotary applies equal the readable one: fp32 and bf16, forward and backward, every table shape.
 
-Compiling costs seconds per table shape and dtype on a CPU, so the full grid is ``slow``; the default run checks
-one compiled case, and that the model's dispatch picks the reference unless asked otherwise.
+Compiling costs seconds per table shape and dtype on a CPU, so the full compiled grid is ``slow``; the default run
+checks one compiled case, the Triton kernel on every case in Triton's interpreter (no GPU needed), and the model's
+dispatch. On a GPU, ``pytest -m gpu`` runs the kernel for real.
 """
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,15 +23,18 @@ TABLE_SHAPES = {"(n, k)": (N, D // 2), "(b, n, k)": (B, N, D // 2), "(b, h, n, k
 TOLERANCE = {torch.float32: 1e-6, torch.bfloat16: 1e-2}  # max error relative to the largest output
 
 
-def _check(table: str, dtype: torch.dtype) -> None:
+def _check(table: str, dtype: torch.dtype, fast=apply_rotary_fast, device: str = "cpu", strided: bool = False,
+           head_dim: int = D) -> None:
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(B, H, N, D, generator=g).to(dtype)
-    angles = torch.rand(TABLE_SHAPES[table], generator=g) * 100
-    cos, sin = angles.cos().requires_grad_(), angles.sin().requires_grad_()
-    grad = torch.randn(B, H, N, D, generator=g).to(dtype)
+    x = torch.randn(B, H, N, head_dim, generator=g).to(dtype)
+    if strided:  # q as the qkv projection leaves it: (b, n, h, d) memory seen as (b, h, n, d)
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+    angles = torch.rand(TABLE_SHAPES[table][:-1] + (head_dim // 2,), generator=g) * 100
+    cos, sin = angles.cos().to(device).requires_grad_(), angles.sin().to(device).requires_grad_()
+    grad = torch.randn(B, H, N, head_dim, generator=g).to(dtype).to(device)
     results = []
-    for fn in (apply_rotary, apply_rotary_fast):
-        xr = x.clone().requires_grad_()
+    for fn in (apply_rotary, fast):
+        xr = x.to(device).clone().requires_grad_()  # clone keeps the strides
         out = fn(xr, cos, sin)
         out.backward(grad)
         results.append((out, xr.grad, cos.grad.clone(), sin.grad.clone()))
@@ -46,11 +56,82 @@ def test_compiled_matches_reference(table, dtype):
     _check(table, dtype)
 
 
+def check_triton(device: str) -> None:
+    """The Triton kernel against the reference on every table shape and dtype, contiguous and strided x."""
+    from mmrope.triton_rope import apply_rotary_triton
+
+    for table in TABLE_SHAPES:
+        for dtype in TOLERANCE:
+            for strided in (False, True):
+                _check(table, dtype, apply_rotary_triton, device, strided)
+    for head_dim in (4, 24):  # a single-pair table row; pairs not a power of two (masked columns)
+        _check("(b, n, k)", torch.float32, apply_rotary_triton, device, head_dim=head_dim)
+
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+def test_triton_kernel_matches_reference_in_interpreter():
+    # TRITON_INTERPRET is read when a kernel is defined, so the check runs in a fresh process
+    code = "import test_fast_rope; test_fast_rope.check_triton('cpu')"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parent), str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_triton_kernel_matches_reference_on_gpu():
+    check_triton("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_dispatch_takes_the_kernel(monkeypatch):
+    from mmrope import triton_rope
+
+    calls = []
+    monkeypatch.setattr(triton_rope, "apply_rotary_triton", lambda *a: calls.append("triton") or apply_rotary(*a))
+    monkeypatch.delenv("MMROPE_FAST_ROPE", raising=False)
+    x, cos, sin = torch.randn(1, 1, 3, 4, device="cuda"), torch.ones(3, 2, device="cuda"), torch.zeros(3, 2,
+                                                                                                         device="cuda")
+    assert torch.equal(rotary(x, cos, sin), x) and calls == ["triton"]
+    assert torch.equal(rotary(x.double(), cos.double(), sin.double()), x.double()) and calls == ["triton"]
+
+
 def test_dispatch_uses_reference_unless_asked(monkeypatch):
     calls = []
     monkeypatch.setattr(fast_rope, "apply_rotary_fast", lambda *a: calls.append("fast") or apply_rotary(*a))
     x, cos, sin = torch.randn(1, 1, 3, 4), torch.ones(3, 2), torch.zeros(3, 2)
+    monkeypatch.delenv("MMROPE_FAST_ROPE", raising=False)  # default: the reference on a CPU
+    assert torch.equal(rotary(x, cos, sin), x) and calls == []
     monkeypatch.setenv("MMROPE_FAST_ROPE", "0")
     assert torch.equal(rotary(x, cos, sin), x) and calls == []
     monkeypatch.setenv("MMROPE_FAST_ROPE", "1")
     assert torch.equal(rotary(x, cos, sin), x) and calls == ["fast"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_model_on_gpu_matches_the_reference_path(monkeypatch):
+    """The whole captioner on CUDA (every rotation through the kernel) against MMROPE_FAST_ROPE=0: loss and grads."""
+    from test_model import caption_batch, tiny_config
+
+    from mmrope.model import Captioner
+
+    torch.manual_seed(0)
+    model = Captioner(tiny_config()).cuda()
+    images, input_ids, attention_mask, labels = (t.cuda() if isinstance(t, torch.Tensor) else [i.cuda() for i in t]
+                                                 for t in caption_batch([(32, 48), (48, 32)], [[7, 8], [9]]))
+    results = []
+    for mode in ("auto", "0"):
+        monkeypatch.setenv("MMROPE_FAST_ROPE", mode)
+        model.zero_grad()
+        loss = model(images, input_ids, attention_mask, labels).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    for fast, ref in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-6)

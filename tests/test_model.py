@@ -203,3 +203,13 @@ def test_parameter_and_flop_helpers():
     seq_len = 16 + 2 + 8
     flops = flops_per_token(config, seq_len)
     assert 6 * weights["per_token"] < flops < 6 * total * 4  # the decoder's 6N plus the encoder's share
+
+
+def test_right_padded_masks_are_recognised():
+    """Right-padded batches (training's layout) run maskless causal attention, which SDPA can hand to flash; the
+    padding test above checks that the real tokens' logits are unchanged."""
+    from mmrope.text import is_right_padded
+
+    assert is_right_padded(torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 0]]))
+    assert not is_right_padded(torch.tensor([[0, 1, 1]]))  # left padding (generation) keeps its mask
+    assert not is_right_padded(torch.tensor([[1, 0, 1]]))
