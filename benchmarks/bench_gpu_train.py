@@ -4,10 +4,11 @@
 
 One step is forward, loss, backward and a fused AdamW step, under bf16 autocast (Lightning's ``bf16-mixed``), on a
 batch laid out as the shapes data is (see bench_train_step.make_batch; the images are noise and the token ids
-random, which changes nothing in the cost; the data loader's CPU work is left out). Two modes, timed side by side:
-the eager model, and the model under ``torch.compile`` (``model.compile: true``). The decoder's right-padded
-training batches run maskless causal attention, so SDPA can take its flash kernel; the script checks that both
-towers' attention runs under flash alone.
+random, which changes nothing in the cost; the data loader's CPU work is left out, and so are positions and mask,
+worked out on the host as the training module does before a batch moves: ``Captioner.layout``). Two modes, timed
+side by side: the eager model, and the model under ``torch.compile`` (``model.compile: true``), one graph. The
+right-padded batch needs no attention mask, so SDPA can take its flash kernel; the script checks that both towers'
+attention runs under flash alone.
 
 FLOPs are counted by ``torch.utils.flop_counter`` on one eager step (every matmul and attention product, forward
 and backward, at the padded length) and, as a cross-check, by :func:`mmrope.model.flops_per_token` (PaLM's
@@ -28,11 +29,11 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_train_step import make_batch
+from bench_train_step import batch_grid, make_batch
 from common import markdown_table, time_cuda, time_side_by_side
 
 from mmrope.config import CaptionerConfig, TextConfig, VisionConfig
-from mmrope.model import Captioner, flops_per_token, num_parameters
+from mmrope.model import Captioner, Layout, flops_per_token, num_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASHEET_BF16 = 989e12  # dense bf16, H100 / H200 SXM
@@ -49,10 +50,14 @@ def matmul_rate(device, size: int = 8192) -> float:
     return 2 * size**3 / time_cuda(lambda: a @ b, repeats=10, warmup=3)
 
 
+def forward_loss(model, batch):
+    return model(batch["images"], batch["input_ids"], labels=batch["labels"], layout=batch["layout"]).loss
+
+
 def train_step(model, optimizer, batch):
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+            loss = forward_loss(model, batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -64,7 +69,7 @@ def counted_flops(model, batch) -> float:
 
     with FlopCounterMode(display=False) as counter:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+            loss = forward_loss(model, batch)
         loss.backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
@@ -76,7 +81,7 @@ def flash_only(model, batch) -> str:
 
     try:
         with torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]), torch.autocast("cuda", dtype=torch.bfloat16):
-            model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+            forward_loss(model, batch)
         return "yes"
     except RuntimeError as err:
         return f"no ({str(err).splitlines()[0][:120]})"
@@ -132,7 +137,11 @@ def main() -> None:
     torch._dynamo.config.recompile_limit = 64
 
     config = model_config(args.config, args.vocab_size)
-    batch = {key: value.to(device) for key, value in make_batch(config, args.batch).items()}
+    host = make_batch(config, args.batch)
+    # positions and mask on the host, as the training module does before moving a batch
+    layout = Captioner(config).layout(host["input_ids"], batch_grid(config, args.batch), host["attention_mask"])
+    batch = {key: value.to(device) for key, value in host.items()}
+    batch["layout"] = Layout(*(None if t is None else t.to(device) for t in layout))
     b, n = batch["input_ids"].shape
     tokens = int(batch["attention_mask"].sum())
     peak = matmul_rate(device)

@@ -9,8 +9,10 @@ encoding and the decoder scheme varied; the 1D baseline is ``rope1d_flat`` + ``f
 from the same seed, its steps timed side by side with the others in interleaved rounds.
 
 Three modes: eager (the default path), eager with ``MMROPE_FAST_ROPE=1`` (only the rotary apply compiled), and
-the whole model under ``torch.compile`` (``model.compile: true``), which also fuses the rotary maths. Compile time
-is left out (one warm-up step before the rounds); it is printed separately.
+the whole model under ``torch.compile`` (``model.compile: true``), which also fuses the rotary maths. Each step
+works out positions and mask first (``Captioner.layout``), as the training module does on the host, so the
+compiled forward is one graph; ``--compare-layout`` adds the compiled model left to do that inside its forward.
+Compile time is left out (one warm-up step before the rounds); it is printed separately.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from mmrope.model import Captioner
 from mmrope.special_tokens import EOS_ID, IGNORE_INDEX, NUM_SPECIAL, PAD_ID
 
 ROOT = Path(__file__).resolve().parents[1]
+LAYOUT_INSIDE = "compiled, layout in forward"
 CONFIGS = {  # name -> (vision.pos_encoding, position_scheme)
     "1d": ("rope1d_flat", "flat"),  # the baseline every other row is compared with
     "2d": ("rope2d", "flat"),
@@ -70,10 +73,23 @@ def make_batch(config: CaptionerConfig, batch: int, seed: int = 0) -> dict:
             "labels": labels}
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, fast_rope: bool):
+def batch_grid(config: CaptionerConfig, batch: int) -> torch.Tensor:
+    """grid_thw (batch, 3) of make_batch's images, as the collator reports it."""
+    side = config.vision.image_size // config.vision.patch_size
+    return torch.tensor([[1, side, side]] * batch)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, fast_rope: bool,
+               layout_first: bool = True):
+    """One step as the training module runs it: positions and mask worked out first (``Captioner.layout``, outside
+    a compiled graph), then forward, backward and AdamW. ``layout_first=False`` leaves that to the forward."""
+    grid = batch_grid(model.config, len(batch["images"]))
+
     def step():
         os.environ["MMROPE_FAST_ROPE"] = "1" if fast_rope else "0"
-        loss = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        layout = model.layout(batch["input_ids"], grid, batch["attention_mask"]) if layout_first else None
+        loss = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"],
+                     layout=layout).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -86,6 +102,9 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=64, help="shapes' word vocabulary is about this size")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile mode (saves minutes)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--compare-layout", action="store_true",
+                        help=f"add the mode '{LAYOUT_INSIDE}': the compiled model working out positions and mask "
+                        "inside its forward (graph breaks), against the training module's way (layout first)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
@@ -97,6 +116,8 @@ def main() -> None:
     # frame, the later ones would quietly run eager
     torch._dynamo.config.recompile_limit = 64
     modes = ["eager", "eager, fast RoPE"] + ([] if args.no_compile else ["compiled model"])
+    if args.compare_layout and not args.no_compile:
+        modes.append(LAYOUT_INSIDE)
     fns, compile_s = {}, {}
     batch = None
     for name in args.configs:
@@ -106,10 +127,11 @@ def main() -> None:
         for mode in modes:
             torch.manual_seed(0)
             model = Captioner(config)
-            if mode == "compiled model":
+            if mode in ("compiled model", LAYOUT_INSIDE):
                 model.compile()
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            fns[name, mode] = train_step(model, optimizer, batch, fast_rope=mode == "eager, fast RoPE")
+            fns[name, mode] = train_step(model, optimizer, batch, fast_rope=mode == "eager, fast RoPE",
+                                         layout_first=mode != LAYOUT_INSIDE)
             start = time.perf_counter()
             fns[name, mode]()  # compile here, outside the timed rounds
             compile_s[name, mode] = time.perf_counter() - start

@@ -28,6 +28,7 @@ from mmrope.config import CaptionerConfig, TextConfig, VisionConfig
 from mmrope.metrics import bleu4, cider_d
 from mmrope.model import Captioner, num_parameters
 from mmrope.tokenizer import Tokenizer, load_tokenizer
+from mmrope.vision import is_clip
 
 log = logging.getLogger("mmrope")
 
@@ -157,9 +158,18 @@ class CaptionModule(L.LightningModule):
             opt, cosine_with_warmup(self.optim.warmup_steps, total, self.optim.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def on_before_batch_transfer(self, batch: dict | None, dataloader_idx: int) -> dict | None:
+        """Work out positions and the attention mask while the batch is still on the host (see
+        :meth:`Captioner.layout`): on a GPU, the step then never waits for the host, and a compiled model runs as
+        one graph."""
+        if batch is not None and "labels" in batch:
+            batch["layout"] = self.model.layout(batch["input_ids"], batch["image_grid_thw"], batch["attention_mask"],
+                                                is_clip(batch["images"]), batch["second_per_grid_t"])
+        return batch
+
     def _loss(self, batch: dict) -> torch.Tensor:
         return self.model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"],
-                          second_per_grid_t=batch["second_per_grid_t"]).loss
+                          second_per_grid_t=batch["second_per_grid_t"], layout=batch.get("layout")).loss
 
     # evaluation: generate, then score once every rank's captions are in
     @torch.no_grad()

@@ -27,10 +27,17 @@ from mmrope.config import CaptionerConfig
 from mmrope.generation import Prompt, generate
 from mmrope.positions import flat_position_ids, get_rope_index
 from mmrope.special_tokens import IGNORE_INDEX, IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
-from mmrope.text import TextDecoder
+from mmrope.text import TextDecoder, is_right_padded
 from mmrope.vision import VisionEncoder, is_clip
 
 Images = Sequence[torch.Tensor] | torch.Tensor  # images (3, H, W) and clips (T, 3, H, W), or a (b, 3, H, W) batch
+
+
+class Layout(NamedTuple):
+    """What the decoder needs from a batch's token layout, which depends on token ids and media sizes alone."""
+
+    position_ids: torch.Tensor  # (3, b, n) (t, h, w) ids
+    attention_mask: torch.Tensor | None  # (b, n); None where causal attention alone is exact (right padding)
 
 
 class CaptionerOutput(NamedTuple):
@@ -47,15 +54,30 @@ class Captioner(nn.Module):
         self.vision = VisionEncoder(config.vision, out_dim=config.text.dim)
         self.text = TextDecoder(config.text, interleaved=config.position_scheme == "mrope_interleaved")
 
-    def embed(self, input_ids: torch.Tensor, media_tokens: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, media_tokens: torch.Tensor, check: bool = True) -> torch.Tensor:
         """Token embeddings (b, n, c) with the image and video slots replaced by ``media_tokens`` (sum N_i, c), in
-        order of appearance (get_rope_index checks that each kind of slot matches its media)."""
+        order of appearance. ``check=False`` skips counting the slots (a host sync), for callers that did it."""
         x = self.text.embed(input_ids)
         is_media = (input_ids == IMAGE_TOKEN_ID) | (input_ids == VIDEO_TOKEN_ID)
-        if (slots := int(is_media.sum())) != media_tokens.shape[0]:
-            raise ValueError(f"input_ids hold {slots} image and video tokens but the images and clips give "
-                             f"{media_tokens.shape[0]}: expected one slot per merged patch")
+        if check:
+            _check_slots(int(is_media.sum()), media_tokens.shape[0])
         return x.masked_scatter(is_media.unsqueeze(-1), media_tokens.to(x.dtype))
+
+    def layout(self, input_ids: torch.Tensor, grid_thw: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               clip: torch.Tensor | None = None, second_per_grid_t: Sequence[float] | torch.Tensor | None = None
+               ) -> Layout:
+        """Positions and the mask the decoder needs, from token ids and media grids alone (arguments as
+        :meth:`position_ids`), after checking that the media slots match the media. :meth:`forward` calls it
+        unless given one; the training module calls it on the host, before a batch moves to the GPU, because
+        these are data-dependent computations: on the GPU each would stop the host until the GPU caught up, and
+        break a compiled model's graph."""
+        merge = self.config.vision.spatial_merge_size
+        slots = int(((input_ids == IMAGE_TOKEN_ID) | (input_ids == VIDEO_TOKEN_ID)).sum())
+        _check_slots(slots, int(grid_thw.prod(-1).sum()) // merge**2)
+        position_ids, _ = self.position_ids(input_ids, grid_thw, attention_mask, clip, second_per_grid_t)
+        if attention_mask is not None and is_right_padded(attention_mask):
+            attention_mask = None  # so that SDPA may take its flash kernel
+        return Layout(position_ids, attention_mask)
 
     def position_ids(self, input_ids: torch.Tensor, grid_thw: torch.Tensor,
                      attention_mask: torch.Tensor | None = None, clip: torch.Tensor | None = None,
@@ -80,19 +102,21 @@ class Captioner(nn.Module):
                               spatial_merge_size=self.config.vision.spatial_merge_size, **time_scale)
 
     def forward(self, images: Images, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, second_per_grid_t: Sequence[float] | None = None
-                ) -> CaptionerOutput:
+                labels: torch.Tensor | None = None, second_per_grid_t: Sequence[float] | None = None,
+                layout: Layout | None = None) -> CaptionerOutput:
         """images: list of images (3, H_i, W_i) and clips (T_i, 3, H_i, W_i) in order of appearance, or (b, 3, H,
-        W); input_ids, attention_mask, labels (b, n); ``second_per_grid_t``: see :meth:`position_ids`.
+        W); input_ids, attention_mask, labels (b, n); ``second_per_grid_t``: see :meth:`position_ids`; ``layout``:
+        :meth:`layout` of this batch, computed beforehand (then ``attention_mask`` and ``second_per_grid_t`` are
+        not read), or None to compute it here.
 
         logits[:, i] predicts token i + 1, so the loss compares logits[:, :-1] with labels[:, 1:]; it is summed over
         the targets and divided by their number (at least 1), so a batch without targets gives 0, not NaN.
         """
         media_tokens, grid_thw = self.vision(images)
-        clip = is_clip(images)
-        x = self.embed(input_ids, media_tokens)
-        position_ids, _ = self.position_ids(input_ids, grid_thw, attention_mask, clip, second_per_grid_t)
-        logits = self.text(x, position_ids, attention_mask)
+        if layout is None:
+            layout = self.layout(input_ids, grid_thw, attention_mask, is_clip(images), second_per_grid_t)
+        x = self.embed(input_ids, media_tokens, check=False)  # layout() checked the slots
+        logits = self.text(x, *layout)
         loss = None
         if labels is not None:
             targets = labels[:, 1:]
@@ -111,6 +135,12 @@ class Captioner(nn.Module):
         return generate(self, images, max_new_tokens=max_new_tokens, strategy=strategy, num_beams=num_beams,
                         length_penalty=length_penalty, temperature=temperature, top_p=top_p, use_cache=use_cache,
                         generator=generator, second_per_grid_t=second_per_grid_t)
+
+
+def _check_slots(slots: int, media_tokens: int) -> None:
+    if slots != media_tokens:
+        raise ValueError(f"input_ids hold {slots} image and video tokens but the images and clips give "
+                         f"{media_tokens}: expected one slot per merged patch")
 
 
 def num_parameters(model: nn.Module, trainable_only: bool = False) -> int:

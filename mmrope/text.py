@@ -117,7 +117,7 @@ class TextDecoder(nn.Module):
         n = x.shape[1]
         s = kv_caches[0].max_len if kv_caches is not None else n
         attn_mask, is_causal = None, False
-        if kv_caches is None and (attention_mask is None or is_right_padded(attention_mask)):
+        if attention_mask is None and kv_caches is None:
             is_causal = True  # no mask tensor, so SDPA may take its flash kernel
         else:
             attn_mask = attention_mask_4d(attention_mask, n, s, cache_index, x.device)

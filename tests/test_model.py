@@ -206,10 +206,53 @@ def test_parameter_and_flop_helpers():
 
 
 def test_right_padded_masks_are_recognised():
-    """Right-padded batches (training's layout) run maskless causal attention, which SDPA can hand to flash; the
-    padding test above checks that the real tokens' logits are unchanged."""
     from mmrope.text import is_right_padded
 
     assert is_right_padded(torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 0]]))
     assert not is_right_padded(torch.tensor([[0, 1, 1]]))  # left padding (generation) keeps its mask
     assert not is_right_padded(torch.tensor([[1, 0, 1]]))
+
+
+def _grid(sizes) -> torch.Tensor:
+    return torch.tensor([[1, h // 8, w // 8] for h, w in sizes])
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_layout_computed_beforehand_changes_nothing(scheme):
+    """What the training module computes on the host gives the same loss and logits as the forward's own; a
+    right-padded batch needs no mask (causal attention alone, which SDPA may run as flash), a left-padded one
+    keeps it."""
+    torch.manual_seed(0)
+    model = Captioner(tiny_config(position_scheme=scheme)).eval()
+    sizes = [(32, 48), (48, 32)]
+    images, input_ids, attention_mask, labels = caption_batch(sizes, [[7, 8, 9], [9]])
+    layout = model.layout(input_ids, _grid(sizes), attention_mask)
+    assert layout.attention_mask is None and layout.position_ids.shape == (3, *input_ids.shape)
+    inline = model(images, input_ids, attention_mask, labels)
+    ahead = model(images, input_ids, labels=labels, layout=layout)
+    torch.testing.assert_close(ahead.loss, inline.loss)
+    real = attention_mask.bool()
+    torch.testing.assert_close(ahead.logits[real], inline.logits[real])
+    left = torch.cat((torch.zeros(2, 1, dtype=torch.long), attention_mask), 1)
+    assert model.layout(torch.cat((torch.full((2, 1), PAD_ID), input_ids), 1), _grid(sizes), left).attention_mask \
+        is not None
+
+
+def test_layout_checks_the_media_slots():
+    model = Captioner(tiny_config())
+    _, input_ids, attention_mask, _ = caption_batch([(32, 48)], [[7]])  # 6 slots
+    with pytest.raises(ValueError, match="input_ids hold 6 image and video tokens but the images and clips give 4"):
+        model.layout(input_ids, _grid([(32, 32)]), attention_mask)
+
+
+def test_training_forward_with_a_layout_is_one_graph():
+    """With the layout computed beforehand, nothing in the forward and loss waits for the host: torch.compile
+    traces it whole (without it, data-dependent shapes and host reads break the graph 17 times)."""
+    torch._dynamo.reset()
+    model = Captioner(tiny_config())
+    sizes = [(32, 32)] * 2
+    images, input_ids, attention_mask, labels = caption_batch(sizes, [[7, 8], [9]])
+    layout = model.layout(input_ids, _grid(sizes), attention_mask)
+    images = torch.stack(images)
+    explained = torch._dynamo.explain(lambda *a: model(*a, labels=labels, layout=layout).loss)(images, input_ids)
+    assert explained.graph_break_count == 0, explained.break_reasons
