@@ -3,9 +3,9 @@
 The readable :func:`mmrope.rope.apply_rotary` makes a full trip through memory per elementwise op; on a CPU that
 costs about 4-6x a plain copy of the tensor, on a GPU about as much. Two fused forms compute the same maths:
 
-- on CUDA, :mod:`mmrope.triton_rope`: one Triton kernel that reads x and the half tables once and writes once
-  (the GPU default: it is exact, costs no compile time beyond Triton's first launch, and reads strided q and k
-  straight out of the qkv projection);
+- on CUDA, :mod:`mmrope.triton_rope`: one Triton kernel that reads x once and writes the result once (the GPU
+  default for an eager model: it is exact, costs no compile time beyond Triton's first launch, does not recompile
+  as lengths change, and reads strided q and k straight out of the qkv projection);
 - anywhere, ``apply_rotary`` under ``torch.compile`` (:func:`apply_rotary_fast`): nothing rewritten by hand, so it
   cannot drift from the reference. Opt-in on a CPU with ``MMROPE_FAST_ROPE=1``: compiling costs seconds on first
   call and again for each new dtype and for the backward, which every test process and tiny CPU run would pay.
