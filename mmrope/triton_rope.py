@@ -14,10 +14,10 @@ negated. Gradients of the tables (only RoPE-Mixed learns its angles) are two pro
 in plain PyTorch. x may be any strided view whose last dimension is contiguous (q and k straight out of the fused
 qkv projection), so no copy precedes the kernel.
 
-Measured on an H200 (docs/performance.md, section 6): 63-76% of the device-to-device copy bandwidth in fp32, 39-61%
-in bf16, 3.7-9.9x faster than the eager reference. Each program re-reads its table rows for every head (from L2),
-likely what holds bf16 back (not profiled); a program per block of tokens rotating every head of q and k would read
-them once.
+Measured on an H200 (docs/performance.md, section 6): 63-76% of the device-to-device copy bandwidth forward in fp32,
+46-61% in bf16, 3.7-9.9x faster than the eager reference. Each program re-reads its table rows for every head (from
+L2), likely what holds bf16 back (not profiled); a program per block of tokens rotating every head of q and k would
+read them once.
 
 On a CPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``), which is how the test suite checks them
 without a GPU; :mod:`mmrope.fast_rope` decides when the model calls them.
