@@ -138,8 +138,11 @@ def main() -> None:
 
     config = model_config(args.config, args.vocab_size)
     host = make_batch(config, args.batch)
+    torch.manual_seed(0)
+    eager = Captioner(config)
     # positions and mask on the host, as the training module does before moving a batch
-    layout = Captioner(config).layout(host["input_ids"], batch_grid(config, args.batch), host["attention_mask"])
+    layout = eager.layout(host["input_ids"], batch_grid(config, args.batch), host["attention_mask"])
+    eager.to(device)
     batch = {key: value.to(device) for key, value in host.items()}
     batch["layout"] = Layout(*(None if t is None else t.to(device) for t in layout))
     b, n = batch["input_ids"].shape
@@ -149,8 +152,6 @@ def main() -> None:
           f"({tokens} real), {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print(f"bf16 matmul 8192^3 measured at {peak / 1e12:.0f} TFLOP/s (datasheet {DATASHEET_BF16 / 1e12:.0f})")
 
-    torch.manual_seed(0)
-    eager = Captioner(config).to(device)
     print(f"parameters: {num_parameters(eager) / 1e6:.1f} M; flash attention alone runs the model: "
           f"{flash_only(eager, batch)}")
     flops = counted_flops(eager, batch)

@@ -46,12 +46,13 @@ def fast_rope_mode() -> str:
 
 
 @functools.cache
-def _triton_available() -> bool:
+def _triton_rope():
+    """:mod:`mmrope.triton_rope`, or None where torch comes without Triton (macOS, some CPU wheels)."""
     try:
-        import mmrope.triton_rope  # noqa: F401
-    except ImportError:  # torch builds without Triton (macOS, some CPU wheels)
-        return False
-    return True
+        from mmrope import triton_rope
+    except ImportError:
+        return None
+    return triton_rope
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -61,11 +62,8 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     mode = fast_rope_mode()
     if torch.compiler.is_compiling() or mode == "0":
         return apply_rotary(x, cos, sin)
-    if x.is_cuda and _triton_available():
-        from mmrope.triton_rope import apply_rotary_triton, supports
-
-        if supports(x, cos):
-            return apply_rotary_triton(x, cos, sin)
+    if x.is_cuda and (kernel := _triton_rope()) is not None and kernel.supports(x, cos):
+        return kernel.apply_rotary_triton(x, cos, sin)
     if mode == "1":
         return apply_rotary_fast(x, cos, sin)
     return apply_rotary(x, cos, sin)
