@@ -6,8 +6,9 @@ Every contender rotates q and k of shape (b, h, n, d) by prebuilt tables; forwar
 gradients of q and k). Columns:
 
     copy               q.clone(), k.clone() (and the two gradients, for forward + backward): the memory bound
-    triton             mmrope.triton_rope.apply_rotary_triton, the CUDA default (one read, one write)
-    compiled           torch.compile of our apply_rotary (mmrope.fast_rope.apply_rotary_fast: dynamic shapes)
+    triton             mmrope.triton_rope.apply_rotary_qk_triton, the CUDA default: q and k through the kernel in one
+                       autograd node (each read once, each result written once)
+    triton apart       the same kernel through apply_rotary_triton, called on q and then on k (two autograd nodes)
     compiled q+k static  our apply_rotary on q and k in one graph compiled for fixed shapes
     eager              our readable apply_rotary
     hf eager           transformers' Qwen2-VL M-RoPE apply on its own prebuilt tables (the Llama rotate-half apply on
@@ -18,8 +19,12 @@ gradients of q and k). Columns:
 
 Rows: M-RoPE (a (b, n, k) table, as the decoder uses) and 1D / 2D (one (n, k) table shared by the batch, as the
 encoder uses), in float32 and bfloat16. "GB/s" is the fewest bytes the rotation must move (read q and k, write
-them, read the tables) over the triton time, and "% of copy" sets it against a large device-to-device copy
+them, read the two tables once) over the triton time, and "% of copy" sets it against a large device-to-device copy
 measured in the same run (bytes read plus written), the card's practical memory bandwidth.
+
+A last table sweeps the kernel's launch settings (tile size and warps: the keywords of
+``mmrope.triton_rope.rotate``) on every row, forward, to show how far the defaults are from the best. Every time
+is one call between two CUDA events, so a contender's host-side work before its first kernel counts too.
 
 Before timing, the kernel is checked against the eager path and a float64 reference: max |error| / max |reference|
 for the output and the gradient of q. ``--device cpu`` with ``TRITON_INTERPRET=1`` runs the whole script on a
@@ -39,9 +44,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import markdown_table, rotation_calls, time_call, time_cuda, time_side_by_side
 
-from mmrope.fast_rope import apply_rotary_fast
+from mmrope import triton_rope
 from mmrope.rope import MultimodalRotaryEmbedding, RotaryEmbedding, apply_rotary, default_mrope_section
-from mmrope.triton_rope import apply_rotary_triton
+from mmrope.triton_rope import apply_rotary_qk_triton, apply_rotary_triton
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -70,7 +75,8 @@ def check_exact(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> dict[s
     """Errors of the kernel's output and input gradient against the eager path and against float64."""
     grad = torch.randn_like(q)
     results = {}
-    for name, fn, x, c, s in (("triton", apply_rotary_triton, q, cos, sin), ("eager", apply_rotary, q, cos, sin),
+    triton = lambda x, c, s: apply_rotary_qk_triton(x, x, c, s)[0]  # noqa: E731  (k's output is checked in tests)
+    for name, fn, x, c, s in (("triton", triton, q, cos, sin), ("eager", apply_rotary, q, cos, sin),
                               ("fp64", apply_rotary, q.double(), cos.double(), sin.double())):
         x = x.detach().clone().requires_grad_()
         out = fn(x, c, s)
@@ -92,8 +98,8 @@ def contenders(q, k, tables, hf, backward: bool):
     both = lambda apply: run(lambda: (apply(q, cos, sin), apply(k, cos, sin)))  # noqa: E731
     fns = {
         "copy": copy,
-        "triton": both(apply_rotary_triton),
-        "compiled": both(apply_rotary_fast),
+        "triton": run(lambda: apply_rotary_qk_triton(q, k, cos, sin)),
+        "triton apart": both(apply_rotary_triton),
         "compiled q+k static": run(lambda: _rotate_both_static(q, k, cos, sin)),
         "eager": both(apply_rotary),
     }
@@ -114,6 +120,17 @@ def contenders(q, k, tables, hf, backward: bool):
 def _rotate_both_static(q, k, cos, sin):
     """q and k in one graph, shapes fixed: what a whole-model compile of a fixed-size batch sees."""
     return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
+def sweep_launch(q, k, cos, sin, moved: float, bandwidth: float, timer, rounds: int, repeats: int) -> list[str]:
+    """The forward kernel's % of the copy bandwidth for each (tile, warps) of SWEEP, in that order."""
+    fns = {(tile, warps): functools.partial(triton_rope.rotate, q, k, cos, sin, tile=tile, num_warps=warps)
+           for tile, warps in SWEEP}
+    times = time_side_by_side(fns, rounds=rounds, repeats=repeats, timer=timer)
+    return [f"{100 * moved / times[setting] / bandwidth:.0f}%" for setting in SWEEP]
+
+
+SWEEP = [(tile, warps) for tile in (1024, 2048, 4096) for warps in (4, 8)]
 
 
 def copy_bandwidth(device, gib: float, timer) -> float:
@@ -153,14 +170,17 @@ def main() -> None:
         "M-RoPE (b, n, k)": (MultimodalRotaryEmbedding(d).to(device), mrope_ids, mrope_ids),
         "1D / 2D (n, k)": (RotaryEmbedding(d).to(device), torch.arange(n, device=device), text_ids),
     }
-    names = ["triton", "compiled", "compiled q+k static", "eager", "hf eager", "hf compiled", "hf eager + table"]
-    error_rows, tables_out = [], {False: [], True: []}
+    names = ["triton", "triton apart", "compiled q+k static", "eager", "hf eager", "hf compiled",
+             "hf eager + table"]
+    error_rows, tables_out, sweeps = [], {False: [], True: []}, {}
     for variant, (rope, positions, hf_ids) in variants.items():
         cos, sin = rope(positions)
         for dtype_name, dtype in DTYPES.items():
             q, k = (torch.randn(b, h, n, d, device=device, dtype=dtype) for _ in range(2))
             error_rows.append([variant, dtype_name] + [f"{e:.1e}" for e in check_exact(q, cos, sin).values()])
-            moved = 2 * (2 * q.numel() * q.element_size() + 2 * cos.numel() * cos.element_size())  # q, k; 2 tables
+            moved = 2 * 2 * q.numel() * q.element_size() + 2 * cos.numel() * cos.element_size()  # q, k in and out
+            sweeps[variant, dtype_name] = sweep_launch(q, k, cos, sin, moved, bandwidth, timer, args.rounds,
+                                                       args.repeats)
             for backward in (False, True):
                 try:
                     fns = contenders(q.clone(), k.clone(), (cos, sin, hf_ids), hf, backward)
@@ -187,7 +207,11 @@ def main() -> None:
         print(f"\n**{'forward + backward' if backward else 'forward'}**: triton's achieved bandwidth, and each "
               "other contender's time as a multiple of triton's (ms in brackets)\n")
         print(markdown_table(["RoPE", "dtype", "copy ms", "triton ms", "triton GB/s", "% of copy"] + names[1:], rows))
-
+    default = (triton_rope.TILE, triton_rope.NUM_WARPS)
+    print("\n**Launch settings, forward**: % of the copy bandwidth by tile (elements of half a tile) x warps\n")
+    print(markdown_table(["RoPE", "dtype"] + [f"{t} x {w}" + (" (default)" if (t, w) == default else "")
+                                             for t, w in SWEEP],
+                         [[variant, dtype_name, *cells] for (variant, dtype_name), cells in sweeps.items()]))
 
 if __name__ == "__main__":
     main()

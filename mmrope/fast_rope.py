@@ -3,9 +3,9 @@
 The readable :func:`mmrope.rope.apply_rotary` makes a full trip through memory per elementwise op; on a CPU that
 costs about 4-6x a plain copy of the tensor, on a GPU about as much. Two fused forms compute the same maths:
 
-- on CUDA, :mod:`mmrope.triton_rope`: one Triton kernel that reads x once and writes the result once (the GPU
-  default for an eager model: it is exact, costs no compile time beyond Triton's first launch, does not recompile
-  as lengths change, and reads strided q and k straight out of the qkv projection);
+- on CUDA, :mod:`mmrope.triton_rope`: a Triton kernel that reads q and k once and writes each result once (the
+  GPU default for an eager model: it is exact, costs no compile time beyond Triton's first launch, does not
+  recompile as lengths change, and reads strided q and k straight out of the qkv projection);
 - anywhere, ``apply_rotary`` under ``torch.compile`` (:func:`apply_rotary_fast`): nothing rewritten by hand, so it
   cannot drift from the reference. Opt-in on a CPU with ``MMROPE_FAST_ROPE=1``: compiling costs seconds on first
   call and again for each new dtype and for the backward, which every test process and tiny CPU run would pay.
@@ -55,15 +55,16 @@ def _triton_rope():
     return triton_rope
 
 
-def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """What :class:`mmrope.layers.Attention` calls: the plain maths inside a compiled model (the enclosing graph
-    fuses it); the Triton kernel for CUDA tensors; the compiled apply when ``MMROPE_FAST_ROPE=1``; the readable
-    reference otherwise."""
+def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+           sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :class:`mmrope.layers.Attention` calls to rotate its queries and keys: the plain maths inside a compiled
+    model (the enclosing graph fuses it); the Triton kernel for CUDA tensors (q and k in one autograd node); the
+    compiled apply when ``MMROPE_FAST_ROPE=1``; the readable reference otherwise."""
     mode = fast_rope_mode()
     if torch.compiler.is_compiling() or mode == "0":
-        return apply_rotary(x, cos, sin)
-    if x.is_cuda and (kernel := _triton_rope()) is not None and kernel.supports(x, cos):
-        return kernel.apply_rotary_triton(x, cos, sin)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    if q.is_cuda and (kernel := _triton_rope()) is not None and kernel.supports(q, cos) and kernel.supports(k, cos):
+        return kernel.apply_rotary_qk_triton(q, k, cos, sin)
     if mode == "1":
-        return apply_rotary_fast(x, cos, sin)
-    return apply_rotary(x, cos, sin)
+        return apply_rotary_fast(q, cos, sin), apply_rotary_fast(k, cos, sin)
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

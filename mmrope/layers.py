@@ -75,7 +75,7 @@ class Attention(nn.Module):
         q = rearrange(q, "b n (h d) -> b h n d", d=self.head_dim)
         k, v = (rearrange(t, "b n (g d) -> b g n d", d=self.head_dim) for t in (k, v))
         if rope is not None:
-            q, k = rotary(q, *rope), rotary(k, *rope)  # fused when compiled; see mmrope.fast_rope
+            q, k = rotary(q, k, *rope)  # fused on a GPU and when compiled; see mmrope.fast_rope
         if kv_cache is not None:
             k, v = kv_cache.update(k, v, cache_index)  # (b, g, s, d): every slot the cache holds
         if self.num_kv_heads != self.num_heads:

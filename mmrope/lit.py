@@ -159,8 +159,8 @@ class CaptionModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_before_batch_transfer(self, batch: dict | None, dataloader_idx: int) -> dict | None:
-        """Work out positions and the attention mask while the batch is still on the host (see
-        :meth:`Captioner.layout`): on a GPU, the step then never waits for the host, and a compiled model runs as
+        """Work out positions, the attention mask and the media slots while the batch is still on the host (see
+        :meth:`Captioner.layout`): on a GPU, the step then never waits on the device, and a compiled model runs as
         one graph."""
         if batch is not None and "labels" in batch:
             batch["layout"] = self.model.layout(batch["input_ids"], batch["image_grid_thw"], batch["attention_mask"],

@@ -34,10 +34,11 @@ Images = Sequence[torch.Tensor] | torch.Tensor  # images (3, H, W) and clips (T,
 
 
 class Layout(NamedTuple):
-    """What the decoder needs from a batch's token layout, which depends on token ids and media sizes alone."""
+    """What the forward needs from a batch's token layout, which depends on token ids and media sizes alone."""
 
     position_ids: torch.Tensor  # (3, b, n) (t, h, w) ids
     attention_mask: torch.Tensor | None  # (b, n); None where causal attention alone is exact (right padding)
+    media_slots: torch.Tensor | None = None  # (sum N_i,) flat indices into (b * n) of the media slots, in order
 
 
 class CaptionerOutput(NamedTuple):
@@ -54,10 +55,16 @@ class Captioner(nn.Module):
         self.vision = VisionEncoder(config.vision, out_dim=config.text.dim)
         self.text = TextDecoder(config.text, interleaved=config.position_scheme == "mrope_interleaved")
 
-    def embed(self, input_ids: torch.Tensor, media_tokens: torch.Tensor, check: bool = True) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, media_tokens: torch.Tensor, check: bool = True,
+              media_slots: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings (b, n, c) with the image and video slots replaced by ``media_tokens`` (sum N_i, c), in
-        order of appearance. ``check=False`` skips counting the slots (a host sync), for callers that did it."""
+        order of appearance. ``check=False`` skips counting the slots (a host sync), for callers that did it.
+        ``media_slots``: the slots' flat indices (:class:`Layout`), which make the placement an index copy whose
+        backward is an index select; without them a masked scatter, whose backward waits on the GPU (it counts
+        the mask) and cannot be captured in a CUDA graph."""
         x = self.text.embed(input_ids)
+        if media_slots is not None:
+            return x.flatten(0, 1).index_copy(0, media_slots, media_tokens.to(x.dtype)).view_as(x)
         is_media = (input_ids == IMAGE_TOKEN_ID) | (input_ids == VIDEO_TOKEN_ID)
         if check:
             _check_slots(int(is_media.sum()), media_tokens.shape[0])
@@ -72,12 +79,12 @@ class Captioner(nn.Module):
         these are data-dependent computations: on the GPU each would stop the host until the GPU caught up, and
         break a compiled model's graph."""
         merge = self.config.vision.spatial_merge_size
-        slots = int(((input_ids == IMAGE_TOKEN_ID) | (input_ids == VIDEO_TOKEN_ID)).sum())
-        _check_slots(slots, int(grid_thw.prod(-1).sum()) // merge**2)
+        slots = ((input_ids == IMAGE_TOKEN_ID) | (input_ids == VIDEO_TOKEN_ID)).flatten().nonzero().squeeze(1)
+        _check_slots(len(slots), int(grid_thw.prod(-1).sum()) // merge**2)
         position_ids, _ = self.position_ids(input_ids, grid_thw, attention_mask, clip, second_per_grid_t)
         if attention_mask is not None and is_right_padded(attention_mask):
             attention_mask = None  # so that SDPA may take its flash kernel
-        return Layout(position_ids, attention_mask)
+        return Layout(position_ids, attention_mask, slots)
 
     def position_ids(self, input_ids: torch.Tensor, grid_thw: torch.Tensor,
                      attention_mask: torch.Tensor | None = None, clip: torch.Tensor | None = None,
@@ -115,8 +122,8 @@ class Captioner(nn.Module):
         media_tokens, grid_thw = self.vision(images)
         if layout is None:
             layout = self.layout(input_ids, grid_thw, attention_mask, is_clip(images), second_per_grid_t)
-        x = self.embed(input_ids, media_tokens, check=False)  # layout() checked the slots
-        logits = self.text(x, *layout)
+        x = self.embed(input_ids, media_tokens, check=False, media_slots=layout.media_slots)  # layout() checked
+        logits = self.text(x, layout.position_ids, layout.attention_mask)
         loss = None
         if labels is not None:
             targets = labels[:, 1:]

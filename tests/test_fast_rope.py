@@ -56,16 +56,60 @@ def test_compiled_matches_reference(table, dtype):
     _check(table, dtype)
 
 
+def _check_qk(table: str, dtype: torch.dtype, device: str, kv_heads: int = H, n: int = N, head_dim: int = D) -> None:
+    """q and k in one launch, as the attention layer calls it: strided views of one qkv projection, GQA (k with fewer
+    heads), learnable tables; outputs and every gradient against the reference applied to each."""
+    from mmrope.triton_rope import apply_rotary_qk_triton
+
+    g = torch.Generator().manual_seed(1)
+    qkv = torch.randn(B, n, H + 2 * kv_heads, head_dim, generator=g).to(dtype).to(device)
+    q, k = qkv[:, :, :H].transpose(1, 2), qkv[:, :, H:H + kv_heads].transpose(1, 2)  # (b, h, n, d), (b, g, n, d)
+    angles = torch.rand(TABLE_SHAPES[table][:-2] + (n, head_dim // 2), generator=g) * 100
+    grads = [torch.randn(t.shape, generator=g).to(dtype).to(device) for t in (q, k)]
+    results = []
+    for rotate_qk in (lambda *a: (apply_rotary(a[0], *a[2:]), apply_rotary(a[1], *a[2:])), apply_rotary_qk_triton):
+        cos, sin = angles.cos().to(device).requires_grad_(), angles.sin().to(device).requires_grad_()
+        qr, kr = q.detach().clone().requires_grad_(), k.detach().clone().requires_grad_()
+        outs = rotate_qk(qr, kr, cos, sin)
+        torch.autograd.backward(outs, grads)
+        results.append((*outs, qr.grad, kr.grad, cos.grad, sin.grad))
+    for name, ref, fast in zip(("q", "k", "dq", "dk", "dcos", "dsin"), *results):
+        assert fast.dtype == ref.dtype and fast.shape == ref.shape, name
+        err = (fast.float() - ref.float()).abs().max() / ref.float().abs().max()
+        assert err < TOLERANCE[dtype], f"{table} {dtype} {name}: relative error {err:.2e}"
+
+
 def check_triton(device: str) -> None:
-    """The Triton kernel against the reference on every table shape and dtype, contiguous and strided x."""
+    """The Triton kernel against the reference on every table shape and dtype: one tensor, contiguous and strided,
+    and q with k in one launch (GQA, strided out of one qkv projection)."""
     from mmrope.triton_rope import apply_rotary_triton
 
     for table in TABLE_SHAPES:
         for dtype in TOLERANCE:
             for strided in (False, True):
                 _check(table, dtype, apply_rotary_triton, device, strided)
+            _check_qk(table, dtype, device)
     for head_dim in (4, 24):  # a single-pair table row; pairs not a power of two (masked columns)
         _check("(b, n, k)", torch.float32, apply_rotary_triton, device, head_dim=head_dim)
+    _check_qk("(b, n, k)", torch.float32, device, kv_heads=1)  # grouped-query attention
+    _check_qk("(b, n, k)", torch.bfloat16, device, kv_heads=1, n=1)  # decoding: one token
+    _check_tiles(device)
+
+
+def _check_tiles(device: str) -> None:
+    """Small tiles, so that a sample spans several programs: 1 token x 2 of the 3 heads (the last head block
+    half masked) and 2 tokens x 4 heads (the last token block half masked), turning both ways."""
+    from mmrope.triton_rope import rotate
+
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(B, H, N, D, generator=g).to(device)
+    angles = torch.rand(B, H, N, D // 2, generator=g) * 100
+    cos, sin = angles.cos().to(device), angles.sin().to(device)
+    for tile in (16, 64):
+        for inverse in (False, True):
+            out, _ = rotate(q, None, cos, sin, inverse=inverse, tile=tile)
+            ref = apply_rotary(q, cos, -sin if inverse else sin)
+            assert (out - ref).abs().max() < 1e-6 * ref.abs().max(), f"tile {tile}, inverse {inverse}"
 
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -93,12 +137,14 @@ def test_cuda_dispatch_takes_the_kernel(monkeypatch):
     from mmrope import triton_rope
 
     calls = []
-    monkeypatch.setattr(triton_rope, "apply_rotary_triton", lambda *a: calls.append("triton") or apply_rotary(*a))
+    monkeypatch.setattr(triton_rope, "apply_rotary_qk_triton",
+                        lambda q, k, *t: calls.append("triton") or (apply_rotary(q, *t), apply_rotary(k, *t)))
     monkeypatch.delenv("MMROPE_FAST_ROPE", raising=False)
     x, cos, sin = torch.randn(1, 1, 3, 4, device="cuda"), torch.ones(3, 2, device="cuda"), torch.zeros(3, 2,
                                                                                                          device="cuda")
-    assert torch.equal(rotary(x, cos, sin), x) and calls == ["triton"]
-    assert torch.equal(rotary(x.double(), cos.double(), sin.double()), x.double()) and calls == ["triton"]
+    assert torch.equal(rotary(x, x, cos, sin)[1], x) and calls == ["triton"]
+    assert torch.equal(rotary(x.double(), x.double(), cos.double(), sin.double())[0], x.double())
+    assert calls == ["triton"]  # float64 goes to the reference
 
 
 def test_dispatch_uses_reference_unless_asked(monkeypatch):
@@ -106,11 +152,11 @@ def test_dispatch_uses_reference_unless_asked(monkeypatch):
     monkeypatch.setattr(fast_rope, "apply_rotary_fast", lambda *a: calls.append("fast") or apply_rotary(*a))
     x, cos, sin = torch.randn(1, 1, 3, 4), torch.ones(3, 2), torch.zeros(3, 2)
     monkeypatch.delenv("MMROPE_FAST_ROPE", raising=False)  # default: the reference on a CPU
-    assert torch.equal(rotary(x, cos, sin), x) and calls == []
+    assert torch.equal(rotary(x, x, cos, sin)[0], x) and calls == []
     monkeypatch.setenv("MMROPE_FAST_ROPE", "0")
-    assert torch.equal(rotary(x, cos, sin), x) and calls == []
+    assert torch.equal(rotary(x, x, cos, sin)[0], x) and calls == []
     monkeypatch.setenv("MMROPE_FAST_ROPE", "1")
-    assert torch.equal(rotary(x, cos, sin), x) and calls == ["fast"]
+    assert torch.equal(rotary(x, x, cos, sin)[1], x) and calls == ["fast", "fast"]
 
 
 @pytest.mark.gpu
