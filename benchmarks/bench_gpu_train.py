@@ -205,5 +205,6 @@ def main() -> None:
                              [[kernel[:90].replace("|", "/"), category(kernel).split(" (")[0], f"{t * 1e3:.2f}"]
                               for kernel, t in kernels[:15]]))
 
+
 if __name__ == "__main__":
     main()

@@ -57,7 +57,7 @@ def test_compiled_matches_reference(table, dtype):
 
 
 def _check_qk(table: str, dtype: torch.dtype, device: str, kv_heads: int = H, n: int = N, head_dim: int = D) -> None:
-    """q and k in one launch, as the attention layer calls it: strided views of one qkv projection, GQA (k with fewer
+    """q and k in one call, as the attention layer makes it: strided views of one qkv projection, GQA (k with fewer
     heads), learnable tables; outputs and every gradient against the reference applied to each."""
     from mmrope.triton_rope import apply_rotary_qk_triton
 
@@ -81,7 +81,7 @@ def _check_qk(table: str, dtype: torch.dtype, device: str, kv_heads: int = H, n:
 
 def check_triton(device: str) -> None:
     """The Triton kernel against the reference on every table shape and dtype: one tensor, contiguous and strided,
-    and q with k in one launch (GQA, strided out of one qkv projection)."""
+    and q with k in one call (GQA, strided out of one qkv projection), and tiles smaller than a sample."""
     from mmrope.triton_rope import apply_rotary_triton
 
     for table in TABLE_SHAPES:
