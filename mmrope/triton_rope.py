@@ -14,9 +14,9 @@ are two launches inside one autograd node.
 
 Measured on an H200 (docs/performance.md, section 6), side by side with a layout that gave each program a block of
 tokens and looped over every head of q and k, holding the table rows in registers: this loop-free one reached
-67-80% of the device-to-device copy bandwidth forward against 55-78% (fp32 and bf16, both table shapes, ahead in
-every row). Reading the table once or twice made no difference to the looping kernel, so table traffic is not what
-holds them below the copy; nothing further was profiled.
+67-80% of the device-to-device copy bandwidth forward against 55-78% (fp32 and bf16, both table shapes; ahead or
+level in every row). Reading the table once or twice made no difference to the looping kernel, so table traffic is
+not what holds them below the copy; nothing further was profiled.
 
 The backward of a rotation is the rotation by minus the angle, so the input gradients are the same kernel with sin
 negated. Gradients of the tables (only RoPE-Mixed learns its angles) are two products summed over the heads, done
