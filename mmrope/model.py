@@ -55,25 +55,24 @@ class Captioner(nn.Module):
         self.vision = VisionEncoder(config.vision, out_dim=config.text.dim)
         self.text = TextDecoder(config.text, interleaved=config.position_scheme == "mrope_interleaved")
 
-    def embed(self, input_ids: torch.Tensor, media_tokens: torch.Tensor, check: bool = True,
+    def embed(self, input_ids: torch.Tensor, media_tokens: torch.Tensor,
               media_slots: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings (b, n, c) with the image and video slots replaced by ``media_tokens`` (sum N_i, c), in
-        order of appearance. ``check=False`` skips counting the slots (a host sync), for callers that did it.
-        ``media_slots``: the slots' flat indices (:class:`Layout`), which make the placement an index copy whose
-        backward is an index select; without them a masked scatter, whose backward waits on the GPU (it counts
-        the mask) and cannot be captured in a CUDA graph."""
+        order of appearance. ``media_slots``: the slots' flat indices from :meth:`layout` (which checked them), so
+        the placement is an index copy whose backward is an index select; without them the slots are counted (a
+        host sync) and filled by a masked scatter, whose backward waits on the GPU (it counts the mask) and cannot
+        be captured in a CUDA graph."""
         x = self.text.embed(input_ids)
         if media_slots is not None:
             return x.flatten(0, 1).index_copy(0, media_slots, media_tokens.to(x.dtype)).view_as(x)
         is_media = (input_ids == IMAGE_TOKEN_ID) | (input_ids == VIDEO_TOKEN_ID)
-        if check:
-            _check_slots(int(is_media.sum()), media_tokens.shape[0])
+        _check_slots(int(is_media.sum()), media_tokens.shape[0])
         return x.masked_scatter(is_media.unsqueeze(-1), media_tokens.to(x.dtype))
 
     def layout(self, input_ids: torch.Tensor, grid_thw: torch.Tensor, attention_mask: torch.Tensor | None = None,
                clip: torch.Tensor | None = None, second_per_grid_t: Sequence[float] | torch.Tensor | None = None
                ) -> Layout:
-        """Positions and the mask the decoder needs, from token ids and media grids alone (arguments as
+        """Positions, the mask and the media slots the forward needs, from token ids and media grids alone (arguments as
         :meth:`position_ids`), after checking that the media slots match the media. :meth:`forward` calls it
         unless given one; the training module calls it on the host, before a batch moves to the GPU, because
         these are data-dependent computations: on the GPU each would stop the host until the GPU caught up, and
@@ -122,7 +121,7 @@ class Captioner(nn.Module):
         media_tokens, grid_thw = self.vision(images)
         if layout is None:
             layout = self.layout(input_ids, grid_thw, attention_mask, is_clip(images), second_per_grid_t)
-        x = self.embed(input_ids, media_tokens, check=False, media_slots=layout.media_slots)  # layout() checked
+        x = self.embed(input_ids, media_tokens, layout.media_slots)
         logits = self.text(x, layout.position_ids, layout.attention_mask)
         loss = None
         if labels is not None:
