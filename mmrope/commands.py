@@ -64,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--level", type=int, default=2, choices=(1, 2, 3), help="shapes level for --data shapes "
                                                                          "(default: 2)")
     p.add_argument("--out", type=Path, help="also write the results as JSON")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="let the dataset's file names lead outside its folder (refused by default: a downloaded "
+                        "dataset could otherwise make eval read any file)")
     add_model_arguments(p, batch_size=32, resize_default=None)
     p.set_defaults(func=run_eval)
 
@@ -109,8 +112,14 @@ def expand_inputs(inputs: list[str], recursive: bool = False, clips: bool = Fals
         if path.is_dir() and clips:
             files.append(spec)
         elif path.is_dir():
-            found = sorted(p for p in (path.rglob("*") if recursive else path.iterdir())
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+            try:
+                entries = list(path.rglob("*") if recursive else path.iterdir())
+            except OSError as e:
+                problems.append(f"{spec}: cannot list this folder ({e.strerror or e})")
+                continue
+            # a symbolic link is kept even when it leads nowhere, so that load_image says what is wrong with it
+            found = sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                           and (p.is_file() or p.is_symlink()))
             if not found:
                 hint = "" if recursive else "; --recursive looks in subfolders"
                 problems.append(f"{spec}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)}){hint}")
@@ -188,7 +197,8 @@ def run_eval(args: argparse.Namespace) -> int:
     pipeline = load(args.ckpt, device=args.device)
     train_size = pipeline.config.vision.image_size
     sizes = parse_sizes(args.sizes) if args.sizes else [train_size]
-    eval_set = resolve_data(args.data, train_size, split=args.split, n=args.n, level=args.level)
+    eval_set = resolve_data(args.data, train_size, split=args.split, n=args.n, level=args.level,
+                            allow_outside=args.allow_outside_paths)
     resize = args.resize or eval_set.resize
     frames = parse_sizes(args.frames, "--frames") if args.frames else None
     if frames and eval_set.frames is None:
@@ -210,7 +220,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from mmrope.inference import EXPORT_FILES, load
+    from mmrope.checkpoints import EXPORT_FILES
+    from mmrope.inference import load
     from mmrope.model import num_parameters
 
     pipeline = load(args.ckpt, device="cpu")

@@ -1,8 +1,10 @@
-"""Model configuration: three dataclasses that map 1:1 to the YAML (``model.config.vision.dim: 128`` and so on).
+"""Model configuration: three dataclasses that map 1:1 to the YAML (``model.vision.dim: 128`` and so on).
 
-``CaptionerConfig()`` is a small model that trains on a CPU. ``__post_init__`` fills in the derived fields (left as
-``None`` until then, so a default never freezes at class-definition time) and rejects a bad value with one line that
-names the field, the value and what is allowed. String choices are ``Literal`` so that configs stay plain data for
+``CaptionerConfig()`` is a small model that trains on a CPU. ``__post_init__`` checks every field's type and value
+and rejects a bad one with one line that names the field, the value and what is allowed (configs also arrive as
+JSON, where nothing else checks them). Derived fields are ``None`` until resolved where they cannot freeze: the
+decoder's MLP width by a property (``TextConfig.mlp_hidden_dim``), the scheme-dependent ``mrope_section`` by
+``CaptionerConfig``. String choices are ``Literal`` so that configs stay plain data for
 jsonargparse; :meth:`CaptionerConfig.to_dict` / :meth:`CaptionerConfig.from_dict` give the config.json of a checkpoint.
 """
 
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 from mmrope.rope import default_mrope_section, mrope_axis_of_pair
 from mmrope.special_tokens import NUM_SPECIAL
@@ -32,6 +36,49 @@ def _check_choice(name: str, value: Any, literal: Any) -> None:
     allowed = get_args(literal)
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is unknown: expected one of {', '.join(repr(a) for a in allowed)}")
+
+
+def check_types(prefix: str, obj: Any) -> None:
+    """Every field of the dataclass ``obj`` holds a value of its annotated type, or one line naming the field says
+    what it holds and what was expected. Configs also come from JSON (an exported ``config.json``) and checkpoints,
+    where nothing else checks them: 96.0 for an int, "64" for a number, Infinity for a float."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if dataclasses.is_dataclass(hints[f.name]):
+            continue  # checked by its own __post_init__
+        value = getattr(obj, f.name)
+        expected = _type_problem(value, hints[f.name])
+        if expected:
+            unknown = " is unknown" if get_origin(hints[f.name]) is Literal else ""
+            raise ValueError(f"{prefix}{f.name}={value!r}{unknown}: expected {expected}")
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """None if ``value`` fits ``hint``, else what was expected."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        problems = [_type_problem(value, a) for a in args if a is not type(None)]
+        return None if None in problems else " or ".join(problems) + (" or null" if type(None) in args else "")
+    if origin is Literal:
+        return None if value in args else f"one of {', '.join(repr(a) for a in args)}"
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return "a list"
+        problems = [_type_problem(v, args[0]) for v in value] if args else []
+        plural = {"a whole number": "whole numbers", "a finite number": "finite numbers", "a string": "strings"}
+        return next((f"a list of {plural.get(p, p)}" for p in problems if p), None)
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if hint is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if number and math.isfinite(value) else "a finite number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    return None
 
 
 def _check_positive(prefix: str, obj: Any, *names: str) -> None:
@@ -70,6 +117,7 @@ class VisionConfig:
     in_channels: int = 3
 
     def __post_init__(self):
+        check_types("vision.", self)
         _check_positive("vision", self, "patch_size", "image_size", "dim", "depth", "num_heads", "mlp_ratio",
                         "rope_theta", "temporal_patch_size", "in_channels")
         _check_choice("vision.pos_encoding", self.pos_encoding, PosEncoding)
@@ -113,6 +161,7 @@ class TextConfig:
     max_seq_len: int = 512  # longest joint sequence generate() will allocate a KV cache for
 
     def __post_init__(self):
+        check_types("text.", self)
         _check_positive("text", self, "dim", "depth", "num_heads", "num_kv_heads", "mlp_ratio", "rope_theta",
                         "norm_eps", "max_seq_len")
         if self.vocab_size <= NUM_SPECIAL:
@@ -123,9 +172,8 @@ class TextConfig:
         if self.head_dim % 2:
             raise ValueError(f"text.head_dim={self.head_dim} (dim / num_heads) cannot be split for M-RoPE: expected "
                              "a multiple of 2 (channels rotate in pairs)")
-        if self.hidden_dim is None:
-            self.hidden_dim = 32 * math.ceil(2 / 3 * self.mlp_ratio * self.dim / 32)
-        _check_positive("text", self, "hidden_dim")
+        if self.hidden_dim is not None:
+            _check_positive("text", self, "hidden_dim")
         if self.mrope_section is not None:
             section = list(self.mrope_section)
             if len(section) != 3 or any(s < 0 for s in section) or sum(section) != self.head_dim // 2:
@@ -136,6 +184,13 @@ class TextConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        """``hidden_dim``, or derived from ``dim`` when it is None. A property rather than a value written in
+        ``__post_init__``: the CLI builds its defaults from a ``TextConfig()``, whose derived value (for dim 128)
+        would otherwise stick to every config that changes ``dim`` but not ``hidden_dim``."""
+        return self.hidden_dim or 32 * math.ceil(2 / 3 * self.mlp_ratio * self.dim / 32)
 
 
 @dataclass
@@ -151,6 +206,7 @@ class CaptionerConfig:
     tokens_per_second: float | None = None
 
     def __post_init__(self):
+        check_types("", self)
         _check_choice("position_scheme", self.position_scheme, PositionScheme)
         if self.tokens_per_second is not None and not self.tokens_per_second > 0:
             raise ValueError(f"tokens_per_second={self.tokens_per_second} must be positive, or null for Qwen2-VL's "

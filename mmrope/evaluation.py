@@ -69,12 +69,12 @@ def clips_set(canvas: int = 64, split: str = "test", n: int = DEFAULT_SHAPES_N, 
 
 
 def records_set(path: str | Path, image_dir: str | Path | None = None, n: int | None = None,
-                resize: str = "fixed") -> EvalSet:
+                resize: str = "fixed", allow_outside: bool = False) -> EvalSet:
     """Images and captions of a COCO json, an imagefolder (``metadata.jsonl``) or a CSV; an imagefolder that
     ``mmrope data shapes`` wrote keeps its scenes, so it gets the shapes accuracies too."""
     from mmrope.data.captions import load_caption_records
 
-    records = load_caption_records(path, image_dir)[:n]
+    records = load_caption_records(path, image_dir, allow_outside)[:n]
     if not records:
         raise ValueError(f"{path}: no images to evaluate on")
     scenes = [r.scene for r in records]
@@ -83,7 +83,7 @@ def records_set(path: str | Path, image_dir: str | Path | None = None, n: int | 
 
 
 def resolve_data(data: str, train_size: int, split: str = "test", n: int | None = None,
-                 level: int = 2) -> EvalSet:
+                 level: int = 2, allow_outside: bool = False) -> EvalSet:
     """What ``--data`` names: ``shapes`` (``level``, canvas ``train_size``), a training YAML (its ``data:``
     section, the shapes settings or the test / val caption file) or a dataset path."""
     if n is not None and n <= 0:
@@ -92,14 +92,14 @@ def resolve_data(data: str, train_size: int, split: str = "test", n: int | None 
         return shapes_set(level, train_size, split, n or DEFAULT_SHAPES_N)
     path = Path(data)
     if path.suffix in (".yaml", ".yml"):
-        return _config_set(path, split, n)
+        return _config_set(path, split, n, allow_outside)
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder: expected a YAML config, a dataset (a folder with "
                          "metadata.jsonl, a COCO .json or a .csv) or the word shapes")
-    return records_set(path, n=n)
+    return records_set(path, n=n, allow_outside=allow_outside)
 
 
-def _config_set(path: Path, split: str, n: int | None) -> EvalSet:
+def _config_set(path: Path, split: str, n: int | None, allow_outside: bool = False) -> EvalSet:
     import yaml
 
     try:
@@ -120,7 +120,8 @@ def _config_set(path: Path, split: str, n: int | None) -> EvalSet:
     file = (data.get(split) if split in ("val", "test") else None) or data.get("test") or data.get("val")
     if not file:
         raise ValueError(f"{path}: data has no test or val caption file to evaluate on")
-    return records_set(file, data.get("image_dir"), n, data.get("resize", "fixed"))
+    return records_set(file, data.get("image_dir"), n, data.get("resize", "fixed"),
+                       allow_outside or bool(data.get("allow_outside_paths")))
 
 
 def parse_sizes(text: str, option: str = "--sizes") -> list[int]:

@@ -5,27 +5,26 @@
     pipeline.caption(["clip.gif", "frames_folder/"])                    # clips: animated files, frame folders
     pipeline.export("exported/")                                        # config.json, model.safetensors, tokenizer.json
 
-Nothing here imports Lightning: a checkpoint is read with ``torch.load(weights_only=True)`` and the model keys lose
-their ``model.`` prefix. Every way a checkpoint can be wrong (unreadable, not mmrope's, weights of another
-architecture) is a one-line ``ValueError`` naming the file, as a bad image is an ``ImageError``.
+Nothing here imports Lightning: checkpoints are read by :mod:`mmrope.checkpoints` (``weights_only=True``, the
+model keys lose their ``model.`` prefix). Every way a checkpoint can be wrong (unreadable, not mmrope's, weights of
+another architecture) is a one-line ``ValueError`` naming the file, as a bad image is an ``ImageError``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageOps
 
+from mmrope.checkpoints import load_weights, read_checkpoint, read_exported, write_exported
 from mmrope.config import CaptionerConfig
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, ImageTransform, load_image, to_rgb
 from mmrope.data.videos import Clip, is_clip, load_clip
 from mmrope.model import Captioner
-from mmrope.tokenizer import Tokenizer, load_tokenizer
+from mmrope.tokenizer import Tokenizer
 
-EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 ImageInput = str | Path | Image.Image | Clip  # a path to an image, a frame folder or an animated file
 DEFAULT_MAX_FRAMES = 32  # a longer clip is thinned to this many evenly spaced frames
 DEFAULT_FPS = 2.0  # of a clip whose frame rate nothing says (a folder of frames, a list of frames)
@@ -56,106 +55,12 @@ def load(ckpt_or_dir: str | Path, device: str | torch.device | None = None) -> C
     if path.is_dir():
         config, tokenizer, state = read_exported(path)
     elif path.is_file():
-        config, tokenizer, state = read_checkpoint(path)
+        config, tokenizer, state, _ = read_checkpoint(path)
     else:
         raise ValueError(f"{path}: no such checkpoint file or exported folder")
     model = Captioner(config)
     load_weights(model, state, path)
     return CaptionPipeline(model, tokenizer, device=device)
-
-
-def read_checkpoint(path: Path) -> tuple[CaptionerConfig, Tokenizer, dict[str, torch.Tensor]]:
-    """Config, tokenizer and model weights of a checkpoint written by ``train.py``."""
-    try:
-        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - a torn zip, a text file, a pickle with objects: each raises its own
-        raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint ({_first_line(e)})") from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("mmrope"), dict):
-        raise ValueError(f"{path}: no 'mmrope' entry: not a checkpoint written by mmrope's train.py")
-    meta = checkpoint["mmrope"]
-    config = _config(meta.get("config"), path)
-    if meta.get("tokenizer") is None:
-        raise ValueError(f"{path}: the checkpoint holds no tokenizer")
-    tokenizer = _tokenizer(meta["tokenizer"], path)
-    state = {k.removeprefix("model."): v for k, v in (checkpoint.get("state_dict") or {}).items()
-             if k.startswith("model.")}
-    if not state:
-        raise ValueError(f"{path}: no model weights (expected 'state_dict' entries starting with 'model.')")
-    _check_vocab(config, tokenizer, path)
-    return config, tokenizer, state
-
-
-def read_exported(directory: Path) -> tuple[CaptionerConfig, Tokenizer, dict[str, torch.Tensor]]:
-    """Config, tokenizer and weights of a folder written by :meth:`CaptionPipeline.export`."""
-    from safetensors.torch import load_file
-
-    for name in EXPORT_FILES:
-        if not (directory / name).is_file():
-            raise ValueError(f"{directory / name}: missing; an exported model folder holds "
-                             f"{', '.join(EXPORT_FILES)}")
-    config_path = directory / "config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{config_path}: cannot read the model config ({_first_line(e)})") from None
-    config = _config(config, config_path)
-    tokenizer = load_tokenizer(directory / "tokenizer.json")
-    weights = directory / "model.safetensors"
-    try:
-        state = load_file(weights)
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        raise ValueError(f"{weights}: cannot be read as safetensors ({_first_line(e)})") from None
-    _check_vocab(config, tokenizer, directory)
-    return config, tokenizer, state
-
-
-def load_weights(model: Captioner, state: dict[str, torch.Tensor], where: str | Path) -> None:
-    """Copy ``state`` into ``model`` after checking that it is this architecture's: the same names and shapes.
-
-    A name tied to another (the output head shares the embedding) may be absent when its twin is there, as
-    safetensors stores shared tensors once.
-    """
-    expected = model.state_dict()
-    twins: dict[str, list[str]] = {}  # names that share storage in the model
-    for name, tensor in expected.items():
-        twins.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(name)
-    tied = {name: names for names in twins.values() if len(names) > 1 for name in names}
-    missing = [k for k in expected if k not in state and not any(t in state for t in tied.get(k, ()))]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = [f"{label} {names[0]}" + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
-                 for label, names in (("missing", missing), ("unexpected", unexpected)) if names]
-        raise ValueError(f"{where}: the weights do not fit the config (another architecture?): {'; '.join(parts)}")
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise ValueError(f"{where}: {name} has shape {tuple(tensor.shape)}, the config expects "
-                             f"{tuple(expected[name].shape)}")
-    model.load_state_dict(state, strict=False)  # strict would count a tied twin stored once as missing
-
-
-def _config(d, where: Path) -> CaptionerConfig:
-    try:
-        return CaptionerConfig.from_dict(d)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{where}: bad model config: {_first_line(e)}") from None
-
-
-def _tokenizer(d, where: Path) -> Tokenizer:
-    try:
-        return load_tokenizer(d)
-    except ValueError as e:
-        raise ValueError(f"{where}: bad tokenizer: {_first_line(e)}") from None
-
-
-def _check_vocab(config: CaptionerConfig, tokenizer: Tokenizer, where: Path) -> None:
-    if config.text.vocab_size != tokenizer.vocab_size:
-        raise ValueError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the config says "
-                         f"text.vocab_size={config.text.vocab_size}")
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return (lines[0] if lines else type(e).__name__)[:200]
 
 
 class CaptionPipeline:
@@ -295,23 +200,9 @@ class CaptionPipeline:
                 yield next(captions) if error is None else error
 
     def export(self, directory: str | Path) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and ``tokenizer.json`` to ``directory`` (created if missing).
-
-        ``save_model`` stores the tied head / embedding once (``save_file`` refuses shared tensors);
-        :func:`load_weights` re-ties them.
-        """
-        from safetensors.torch import save_model
-
-        from mmrope import __version__
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = json.dumps(self.config.to_dict(), indent=1, sort_keys=True)
-        (directory / "config.json").write_text(config + "\n", encoding="utf-8")
-        save_model(self.model, str(directory / "model.safetensors"),
-                   metadata={"format": "pt", "mmrope_version": __version__})
-        self.tokenizer.save(directory / "tokenizer.json")
-        return directory
+        """Write ``config.json``, ``model.safetensors`` and ``tokenizer.json`` to ``directory``, atomically (see
+        :func:`mmrope.checkpoints.write_exported`)."""
+        return write_exported(directory, self.config, self.model, self.tokenizer)
 
     def __repr__(self) -> str:
         v = self.config.vision

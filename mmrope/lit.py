@@ -8,6 +8,7 @@ resume mid-epoch, and a clean stop on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from mmrope import __version__
 from mmrope.config import CaptionerConfig, TextConfig, VisionConfig
+from mmrope.data.collate import SkippedBatch
 from mmrope.metrics import bleu4, cider_d
 from mmrope.model import Captioner, num_parameters
 from mmrope.tokenizer import Tokenizer, load_tokenizer
@@ -53,6 +55,27 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
+
+    def __post_init__(self):
+        def bad(name: str, expected: str) -> ValueError:
+            return ValueError(f"model.optim.{name}={getattr(self, name)!r}: expected {expected}")
+
+        if not _finite_number(self.lr) or not self.lr > 0:
+            raise bad("lr", "a positive, finite learning rate")
+        if not _finite_number(self.weight_decay) or self.weight_decay < 0:
+            raise bad("weight_decay", "a finite number >= 0")
+        betas = list(self.betas) if isinstance(self.betas, (list, tuple)) else None
+        if betas is None or len(betas) != 2 or not all(_finite_number(b) and 0 <= b < 1 for b in betas):
+            raise bad("betas", "two numbers in [0, 1), such as [0.9, 0.98]")
+        self.betas = (float(betas[0]), float(betas[1]))
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise bad("warmup_steps", "a whole number >= 0")
+        if not _finite_number(self.min_lr_ratio) or not 0 <= self.min_lr_ratio <= 1:
+            raise bad("min_lr_ratio", "a number in [0, 1]")
+
+
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _as(cls, value):
@@ -132,8 +155,8 @@ class CaptionModule(L.LightningModule):
     def forward(self, images, input_ids, attention_mask=None, labels=None):
         return self.model(images, input_ids, attention_mask, labels)
 
-    def training_step(self, batch: dict | None, batch_idx: int):
-        if batch is None:  # every image of the batch was unreadable
+    def training_step(self, batch: dict | SkippedBatch, batch_idx: int):
+        if isinstance(batch, SkippedBatch):  # every image of the batch was unreadable (BadDataGuard counts it)
             return None
         loss = self._loss(batch)
         finite = bool(torch.isfinite(loss))
@@ -158,11 +181,11 @@ class CaptionModule(L.LightningModule):
             opt, cosine_with_warmup(self.optim.warmup_steps, total, self.optim.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def on_before_batch_transfer(self, batch: dict | None, dataloader_idx: int) -> dict | None:
+    def on_before_batch_transfer(self, batch: dict | SkippedBatch, dataloader_idx: int) -> dict | SkippedBatch:
         """Work out positions, the attention mask and the media slots while the batch is still on the host (see
         :meth:`Captioner.layout`): on a GPU, the step then never waits on the device, and a compiled model runs as
         one graph."""
-        if batch is not None and "labels" in batch:
+        if isinstance(batch, dict) and "labels" in batch:
             batch["layout"] = self.model.layout(batch["input_ids"], batch["image_grid_thw"], batch["attention_mask"],
                                                 is_clip(batch["images"]), batch["second_per_grid_t"])
         return batch
@@ -178,8 +201,8 @@ class CaptionModule(L.LightningModule):
                                   second_per_grid_t=batch["second_per_grid_t"])
         return [self.tokenizer.decode(t.tolist()) for t in ids]
 
-    def validation_step(self, batch: dict | None, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if batch is None:
+    def validation_step(self, batch: dict | SkippedBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if isinstance(batch, SkippedBatch):
             return
         if dataloader_idx == 0:
             loss = self._loss(batch)
@@ -261,11 +284,39 @@ def filmstrip(media: list[torch.Tensor]) -> torch.Tensor:
 
 def default_callbacks(root: str | Path, monitor: str) -> list[Callback]:
     """Checkpoints in a fixed folder under the run's root (not under the logger's version folder), so that
-    ``--ckpt_path last`` finds them after a restart; ``last.ckpt`` plus the best by ``monitor``."""
+    ``--ckpt_path last`` finds them after a restart; a clean stop on Ctrl-C; a stop when the data cannot be read."""
     folder = Path(root) / "checkpoints"
-    return [ModelCheckpoint(dirpath=folder, filename="best-{step}", monitor=monitor, mode="max", save_last=True,
-                            auto_insert_metric_name=False),
-            GracefulInterrupt(folder)]
+    return [LastAndBestCheckpoint(folder, monitor), GracefulInterrupt(folder), BadDataGuard()]
+
+
+class LastAndBestCheckpoint(ModelCheckpoint):
+    """``best-<step>.ckpt``, the best by ``monitor``, and ``last.ckpt``: the state after the last finished step.
+
+    Lightning's ``save_last`` writes ``last`` only when it also writes a new best, and nothing at the end of
+    training, so a run whose last validation did not improve, or that ends between validations, would leave a
+    ``last.ckpt`` some steps behind. Here ``last.ckpt`` is written at every validation, at the end of training and
+    when a run is interrupted (:meth:`write_last`), always to the same name: a resumed run overwrites it rather than
+    writing ``last-v1.ckpt`` beside it.
+    """
+
+    def __init__(self, folder: str | Path, monitor: str):
+        super().__init__(dirpath=folder, filename="best-{step}", monitor=monitor, mode="max", save_last=True,
+                         auto_insert_metric_name=False, enable_version_counter=False)
+        self._last_step = -1
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self.write_last(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.write_last(trainer)
+
+    def write_last(self, trainer) -> None:
+        """Write ``last.ckpt`` for the current step, unless it already holds it or this is not a training run."""
+        if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.global_step == self._last_step:
+            return
+        self._last_step = trainer.global_step
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class GracefulInterrupt(Callback):
@@ -273,7 +324,8 @@ class GracefulInterrupt(Callback):
 
     The checkpoint is written at the end of the step, the point Lightning's own mid-epoch checkpoints are taken
     from, so it holds the weights, optimizer, schedule and data position of one consistent step; the run stops at
-    the next hook, once the step's metrics are logged. A second Ctrl-C stops at once.
+    the next hook, once the step's metrics are logged. It is written through :class:`LastAndBestCheckpoint`, so the
+    resumed run goes on writing the same ``last.ckpt``. A second Ctrl-C stops at once.
     """
 
     def __init__(self, folder: Path):
@@ -297,8 +349,13 @@ class GracefulInterrupt(Callback):
         if trainer.world_size > 1:  # all ranks stop at the same step, or the collectives hang
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop and self.saved is None:
-            self.saved = self.folder / "last.ckpt"
-            trainer.save_checkpoint(self.saved, weights_only=False)
+            checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, LastAndBestCheckpoint)]
+            if checkpoints:
+                checkpoints[0].write_last(trainer)
+                self.saved = Path(checkpoints[0].last_model_path)
+            else:  # a config that brings its own ModelCheckpoint
+                self.saved = self.folder / "last.ckpt"
+                trainer.save_checkpoint(self.saved, weights_only=False)
 
     def _stop_if_saved(self, trainer, *args) -> None:
         if self.saved is not None:
@@ -316,19 +373,123 @@ class GracefulInterrupt(Callback):
         self._previous = {}
 
 
+class BadDataError(ValueError):
+    """The training data cannot be read: every sample of an epoch, or more than ``data.max_skipped_fraction``."""
+
+
+class BadDataGuard(Callback):
+    """Stops a run whose training images cannot be read, with one line, instead of letting it train on a sliver of
+    its data or, when nothing can be read, cycle through empty epochs without ever taking a step.
+
+    Unreadable samples are skipped (each named once in a warning by the dataset); this counts them. The run stops
+    when an epoch ends without one readable sample, or, once ``min(500, len(train set))`` samples were drawn, when
+    more than ``data.max_skipped_fraction`` of them were skipped. Under DDP the ranks agree before stopping.
+    """
+
+    CHECK_EVERY = 20  # steps between checks of the share (each is a collective under DDP)
+    MIN_SAMPLES = 500  # drawn before the share is judged, so a few bad images early on do not stop a run
+
+    def __init__(self):
+        self.read = self.skipped = self.epoch_read = self.epoch_skipped = self.batches = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epoch_read = self.epoch_skipped = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        skipped = batch.num_skipped if isinstance(batch, SkippedBatch) else int(batch.get("num_skipped", 0))
+        read = 0 if isinstance(batch, SkippedBatch) else len(batch["input_ids"])
+        self.read, self.skipped = self.read + read, self.skipped + skipped
+        self.epoch_read, self.epoch_skipped = self.epoch_read + read, self.epoch_skipped + skipped
+        self.batches += 1
+        if self.batches % self.CHECK_EVERY == 0:
+            self._check_share(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        nothing = self.epoch_read == 0 and self.epoch_skipped > 0
+        if trainer.world_size > 1:
+            nothing = trainer.strategy.reduce_boolean_decision(nothing, all=True)
+        if nothing:
+            raise BadDataError(f"no training sample of epoch {trainer.current_epoch} could be read "
+                               f"({self.epoch_skipped} skipped; the warnings above name the files): check data.train "
+                               "and data.image_dir")
+        self._check_share(trainer)
+
+    def _check_share(self, trainer) -> None:
+        limit = getattr(trainer.datamodule, "max_skipped_fraction", None) if trainer.datamodule else None
+        total = self.read + self.skipped
+        dataset_size = _train_set_size(trainer)
+        enough = total >= min(self.MIN_SAMPLES, dataset_size or self.MIN_SAMPLES)
+        stop = limit is not None and enough and self.skipped > limit * total
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            raise BadDataError(f"{self.skipped} of the {total} training samples drawn so far could not be read, over "
+                               f"data.max_skipped_fraction={limit} (the warnings above name the files): fix the data, "
+                               "or raise the limit to train on what can be read")
+
+
+def _train_set_size(trainer) -> int | None:
+    try:
+        return len(trainer.train_dataloader.dataset)
+    except (AttributeError, TypeError):
+        return None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to a temporary file beside the target, fsync, then rename: a crash mid-save never leaves a torn
-    checkpoint, and the previous one stays intact until the new one is complete."""
+    """Checkpoint files that are never torn and never run code.
+
+    Saving writes a temporary file beside the target, fsyncs it, then renames it over the target: a crash mid-save
+    never leaves a torn checkpoint, and the previous one stays intact until the new one is complete. A failed save
+    (a full disk) removes its temporary file and raises one ``OSError`` line naming the checkpoint; temporary files
+    left by a process that was killed mid-save are removed on the next save into the folder.
+
+    Loading always passes ``weights_only=True``: a checkpoint holds tensors and plain data, so a crafted file's
+    pickled objects are refused rather than run, whatever torch's default or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
+    """
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)
         tmp = path.with_name(f".saving-{os.getpid()}.tmp")  # no "last" in the name: Lightning globs for it
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except Exception as e:  # noqa: BLE001 - torch's writer raises RuntimeError for a full disk, not OSError
+            tmp.unlink(missing_ok=True)
+            raise OSError(errno.EIO, f"cannot write checkpoint {path}: {_one_line(e)}") from None
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete ``.saving-<pid>.tmp`` files whose process is gone (it was killed while saving)."""
+    for tmp in folder.glob(".saving-*.tmp"):
+        pid = tmp.name.removeprefix(".saving-").removesuffix(".tmp")
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one short line: a disk-full error from torch's writer spans several."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:300]
 
 
 class ResumableSampler(DistributedSampler):
@@ -388,7 +549,10 @@ class CaptionDataModule(L.LightningDataModule):
 
     ``eval_sizes`` adds one validation set per extra resolution (objects scale with the canvas), logged as
     ``val@96/relation`` and so on; for clips, ``clips.eval_frames`` adds one per frame count (``val@8f/event``).
-    ``patch_size``, ``merge_size`` and ``temporal_patch_size`` are linked from the model's config.
+    ``patch_size``, ``merge_size`` and ``temporal_patch_size`` are linked from the model's config. Unreadable
+    images are skipped (``on_bad_image: skip``) until more than ``max_skipped_fraction`` of the samples drawn were
+    (see :class:`BadDataGuard`); ``on_bad_image: raise`` stops at the first. Caption files may only name images
+    inside their folder (or ``image_dir``) unless ``allow_outside_paths`` is set.
     """
 
     def __init__(self, dataset: Literal["shapes", "clips", "captions"] = "shapes",
@@ -401,11 +565,14 @@ class CaptionDataModule(L.LightningDataModule):
                  tokenizer: Literal["word", "byte"] | str = "word", batch_size: int = 64, num_workers: int = 0,
                  eval_sizes: list[int] | None = None, eval_batch_size: int | None = None,
                  max_caption_tokens: int = 32, seed: int = 0,
-                 on_bad_image: Literal["skip", "raise"] = "skip", patch_size: int = 8, merge_size: int = 2,
-                 temporal_patch_size: int = 1):
+                 on_bad_image: Literal["skip", "raise"] = "skip", max_skipped_fraction: float = 0.1,
+                 allow_outside_paths: bool = False,
+                 patch_size: int = 8, merge_size: int = 2, temporal_patch_size: int = 1):
         super().__init__()
         if dataset not in ("shapes", "clips", "captions"):
             raise ValueError(f"data.dataset={dataset!r}: expected 'shapes', 'clips' or 'captions'")
+        if not (isinstance(max_skipped_fraction, (int, float)) and 0 <= max_skipped_fraction <= 1):
+            raise ValueError(f"data.max_skipped_fraction={max_skipped_fraction!r}: expected a share in [0, 1]")
         if dataset == "captions" and not train:
             raise ValueError("data.train is required with data.dataset: captions (a COCO captions JSON, a folder "
                              "with metadata.jsonl, or a CSV file)")
@@ -419,6 +586,8 @@ class CaptionDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.eval_sizes = list(eval_sizes or [])
         self.max_caption_tokens, self.seed, self.on_bad_image = max_caption_tokens, seed, on_bad_image
+        self.max_skipped_fraction = float(max_skipped_fraction)
+        self.allow_outside_paths = allow_outside_paths
         self.patch_size, self.merge_size, self.temporal_patch_size = patch_size, merge_size, temporal_patch_size
         self.eval_frames = list(self.clips.eval_frames or []) if dataset == "clips" else []
         self.tokenizer = self._build_tokenizer(tokenizer)
@@ -468,7 +637,7 @@ class CaptionDataModule(L.LightningDataModule):
         if path is None:
             raise ValueError(f"data.{split} is not set: give a caption file for it (or data.karpathy_split)")
         coco = {"karpathy_split": self.karpathy_split, "split": split} if self.karpathy_split else {}
-        return load_caption_records(path, self.image_dir, **coco)
+        return load_caption_records(path, self.image_dir, self.allow_outside_paths, **coco)
 
     def _transform(self, train: bool, size: int | None = None):
         from mmrope.data.images import ImageTransform
@@ -501,7 +670,7 @@ class CaptionDataModule(L.LightningDataModule):
         from mmrope.data.captions import CaptionDataset
 
         return CaptionDataset(self._records(split), self._transform(split == "train", size), train=split == "train",
-                              seed=self.seed, on_bad_image=self.on_bad_image, max_pixels=self.max_pixels)
+                              seed=self.seed, on_bad_image=self.on_bad_image)  # max_pixels: the resize budget
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None):

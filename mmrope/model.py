@@ -179,7 +179,7 @@ def matmul_weights(config: CaptionerConfig) -> dict[str, int]:
     m2 = v.spatial_merge_size**2
     vision_block = 4 * v.dim**2 + 2 * v.dim * int(v.dim * v.mlp_ratio)  # qkv + proj, fc1 + fc2
     text_block = (t.dim * (t.num_heads + 2 * t.num_kv_heads) * t.head_dim + t.num_heads * t.head_dim * t.dim
-                  + 3 * t.dim * t.hidden_dim)  # qkv + proj, SwiGLU's fused fc1 (gate, up) + fc2
+                  + 3 * t.dim * t.mlp_hidden_dim)  # qkv + proj, SwiGLU's fused fc1 (gate, up) + fc2
     return {
         "per_patch": v.in_channels * v.patch_size**2 * v.dim + v.depth * vision_block,
         "per_merged": (v.dim * m2) ** 2 + v.dim * m2 * t.dim,

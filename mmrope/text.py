@@ -78,7 +78,7 @@ class Block(nn.Module):
         self.norm1 = RMSNorm(config.dim, config.norm_eps)
         self.attn = Attention(config.dim, config.num_heads, config.num_kv_heads)
         self.norm2 = RMSNorm(config.dim, config.norm_eps)
-        self.mlp = SwiGLU(config.dim, config.hidden_dim)
+        self.mlp = SwiGLU(config.dim, config.mlp_hidden_dim)
 
     def forward(self, x, rope, attn_mask=None, is_causal=False, kv_cache=None, cache_index=0):
         x = x + self.attn(self.norm1(x), rope, attn_mask, is_causal, kv_cache, cache_index)

@@ -1,3 +1,4 @@
+import json
 import logging
 from pathlib import Path
 
@@ -140,3 +141,55 @@ def test_odd_modes_in_a_folder(tmp_path):
     white, black = ds[0]["image"], ds[1]["image"]
     assert white.shape[0] == black.shape[0] == 3
     assert white.mean() > 1.5 and black.mean() < -1.5  # normalised white and black
+
+
+def _dataset_with(tmp_path: Path, name: str) -> dict[str, Path]:
+    """The three caption formats, each naming one image as ``name``."""
+    folder = tmp_path / "folder"
+    folder.mkdir(parents=True)
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": name, "text": "a caption"}) + "\n")
+    (folder / "captions.csv").write_text(f"file_name,text\n{name},a caption\n")
+    coco = {"images": [{"id": 1, "file_name": name}], "annotations": [{"image_id": 1, "caption": "a caption"}]}
+    (folder / "captions.json").write_text(json.dumps(coco))
+    return {"jsonl": folder, "csv": folder / "captions.csv", "coco": folder / "captions.json"}
+
+
+@pytest.mark.parametrize("name", ["../outside.png", "/etc/hostname", "sub/../../outside.png"])
+def test_file_names_that_leave_the_folder_are_refused(tmp_path, name):
+    for kind, path in _dataset_with(tmp_path / name.replace("/", "_"), name).items():
+        with pytest.raises(ValueError) as e:
+            load_caption_records(path)
+        message = str(e.value)
+        assert "points outside" in message and repr(name) in message and "\n" not in message, (kind, message)
+        assert ("line 1" in message or "line 2" in message or "image 1" in message), message
+        records = load_caption_records(path, allow_outside=True)  # the explicit option lets them through
+        folder = path if path.is_dir() else path.parent
+        assert len(records) == 1 and records[0].image == folder / name
+
+
+def test_a_symbolic_link_out_of_the_folder_is_refused(tmp_path):
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (16, 16)).save(outside)
+    paths = _dataset_with(tmp_path / "data", "link.png")
+    (paths["jsonl"] / "link.png").symlink_to(outside)
+    with pytest.raises(ValueError, match="'link.png' points outside"):
+        load_imagefolder(paths["jsonl"])
+
+
+def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("file_name,text\r\nshapes_l1.png,yellow square at the top\r\n".encode("utf-8-sig"))
+    records = load_csv(path, SAMPLES)
+    assert [(r.image.name, r.captions) for r in records] == [("shapes_l1.png", ["yellow square at the top"])]
+
+
+def test_text_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    bad = "a caf\xe9 on the corner".encode("latin-1")
+    (tmp_path / "metadata.jsonl").write_bytes(b'{"file_name": "a.png", "text": "ok"}\n{"file_name": "b.png", '
+                                             b'"text": "' + bad + b'"}\n')
+    (tmp_path / "captions.csv").write_bytes(b"file_name,text\na.png,ok\nb.png," + bad + b"\n")
+    (tmp_path / "captions.json").write_bytes(b'{"images": [],\n "annotations": [{"caption": "' + bad + b'"}]}')
+    for path, line in ((tmp_path, 2), (tmp_path / "captions.csv", 3), (tmp_path / "captions.json", 2)):
+        with pytest.raises(ValueError) as e:
+            load_caption_records(path)
+        assert f"line {line}: not UTF-8 text (byte 0xe9)" in str(e.value) and str(path.name) in str(e.value)

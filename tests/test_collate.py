@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mmrope.data.collate import CaptionCollator, image_token_count, vision_block
+from mmrope.data.collate import CaptionCollator, SkippedBatch, image_token_count, vision_block
 from mmrope.data.shapes import ShapesDataset
 from mmrope.special_tokens import EOS_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, PAD_ID, VISION_END_ID, VISION_START_ID
 from mmrope.tokenizer import ByteTokenizer, WordTokenizer
@@ -47,7 +47,7 @@ def test_none_samples_are_dropped_and_counted():
     collate = CaptionCollator(ByteTokenizer())
     batch = collate([None, sample(16, 16, "ok", "kept"), None])
     assert batch["ids"] == ["kept"] and batch["num_skipped"] == 2 and batch["input_ids"].shape[0] == 1
-    assert collate([None, None]) is None
+    assert collate([None, None]) == SkippedBatch(2)
 
 
 def test_image_not_on_the_grid_is_a_one_line_error():

@@ -11,7 +11,7 @@ from mmrope.rope import default_mrope_section
 def test_defaults_are_valid_and_derive_fields():
     config = CaptionerConfig()
     assert config.vision.head_dim == 32 and config.text.head_dim == 32
-    assert config.text.hidden_dim % 32 == 0 and config.text.hidden_dim >= 2 / 3 * 4 * config.text.dim
+    assert config.text.mlp_hidden_dim % 32 == 0 and config.text.mlp_hidden_dim >= 2 / 3 * 4 * config.text.dim
     assert config.text.mrope_section == default_mrope_section(16) == [4, 6, 6]
 
 

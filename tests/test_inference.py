@@ -204,3 +204,38 @@ def test_eval_on_a_caption_dataset(trained_checkpoint):
     rows, skipped = evaluate(load(trained_checkpoint), eval_set, [32, 48], resize="native")
     assert [(r["size"], r["n"]) for r in rows] == [(32, 6), (48, 6)] and skipped == []
     assert "exact" not in rows[0] and 0.0 <= rows[0]["bleu4"] <= 1.0
+
+
+def test_a_folder_that_cannot_be_listed_does_not_stop_the_others(tmp_path, monkeypatch):
+    """Running as root no folder is unreadable, so the refusal is simulated where the listing happens."""
+    from mmrope.commands import expand_inputs
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (32, 32)).save(good)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    listing = Path.iterdir
+
+    def iterdir(self):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    files, problems = expand_inputs([str(good), str(locked)])
+    assert files == [str(good)] and problems == [f"{locked}: cannot list this folder (Permission denied)"]
+
+
+def test_symbolic_link_loops_and_broken_links_are_named(trained_checkpoint, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(gradient(40, 40)).save(folder / "good.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    (folder / "broken.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "direct.png").symlink_to(tmp_path / "direct.png")
+    proc = mmrope_cli("caption", folder, tmp_path / "direct.png", "--ckpt", trained_checkpoint)
+    assert proc.returncode == 1 and list(tab_lines(proc.stdout)) == [str(folder / "good.png")]
+    assert f"{folder / 'loop.png'}: symbolic link loop" in proc.stderr
+    assert f"{tmp_path / 'direct.png'}: symbolic link loop" in proc.stderr
+    assert f"{folder / 'broken.png'}: broken symbolic link" in proc.stderr
+    assert "skipped 3 of 4 images" in proc.stderr and "Traceback" not in proc.stderr

@@ -113,6 +113,9 @@ def test_resume_after_sigterm_continues_exactly(tmp_path, monkeypatch):
     resumed = logged(tmp_path / "resumed", "train/loss")
     assert sorted(resumed) == list(range(steps))
     assert resumed == straight
+    ckpts = tmp_path / "resumed" / "checkpoints"  # the interrupted step's file is overwritten, not kept beside
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == steps
+    assert sorted(p.name for p in ckpts.glob("last*")) == ["last.ckpt"]
 
 
 def test_nonfinite_loss_stops_with_the_step_or_skips(tmp_path, monkeypatch, capsys):
@@ -182,3 +185,70 @@ def test_trains_on_real_caption_files(tmp_path):
     assert train.main(args) == 0
     assert logged(tmp_path, "val/cider") and not logged(tmp_path, "val/relation")
     assert (tmp_path / "checkpoints/last.ckpt").exists()
+
+
+def _broken_images(folder: Path, bad: int, good: int = 0) -> Path:
+    """An imagefolder of ``bad`` unreadable and ``good`` readable images."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(bad + good):
+        name = f"img{i}.png"
+        if i < bad:
+            (folder / name).write_text("not an image")
+        else:
+            Image.new("RGB", (32, 32), (200, 40, 40)).save(folder / name)
+        rows.append(f'{{"file_name": "{name}", "text": "red square"}}')
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_training_on_unreadable_data_stops_with_one_line(tmp_path):
+    """Before, every batch came back empty, no step was taken and the run cycled through empty epochs forever."""
+    data = _broken_images(tmp_path / "all_bad", bad=6)
+    args = tiny_args(tmp_path / "run", "--data.dataset=captions", f"--data.train={data}", f"--data.val={data}",
+                     "--data.batch_size=3", "--trainer.limit_val_batches=0", steps=4)
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
+                          timeout=240, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "train.py: error: no training sample of epoch 0 could be read (6 skipped" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_too_many_unreadable_samples_stop_the_run(tmp_path, capsys):
+    data = _broken_images(tmp_path / "some_bad", bad=2, good=4)
+    args = tiny_args(tmp_path / "run", "--data.dataset=captions", f"--data.train={data}", f"--data.val={data}",
+                     "--data.batch_size=3", "--trainer.limit_val_batches=0", "--data.max_skipped_fraction=0.1",
+                     steps=8)
+    assert train.main(args) == 1
+    err = capsys.readouterr().err
+    assert "2 of the 6 training samples drawn so far could not be read, over data.max_skipped_fraction=0.1" in err
+    assert train.main([*args, "--data.max_skipped_fraction=0.5"]) == 0  # a third bad is within a limit of half
+
+
+def test_config_file_mistakes_name_the_file(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model:\n  vision: [dim: 3\n")
+    assert train.main(["fit", "--config", str(broken)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"train.py: error: {broken} line 3") and "invalid YAML" in err and "\n" not in err
+    assert train.main(["fit", "--config", str(tmp_path / "nowhere.yaml")]) == 1
+    assert "--config " + str(tmp_path / "nowhere.yaml") + ": no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, words", [("--model.optim.lr=-1", "model.optim.lr=-1.0: expected a positive"),
+                                         ("--model.optim.betas=[0.9, 1.5]", "model.optim.betas"),
+                                         ("--model.optim.min_lr_ratio=2", "model.optim.min_lr_ratio=2.0")])
+def test_bad_optimiser_settings_name_the_field(tmp_path, capsys, flag, words):
+    assert train.main(tiny_args(tmp_path, flag, steps=1)) == 1
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and err.count("train.py: error:") == 1
+
+
+def test_the_decoder_mlp_width_follows_the_configs_dim():
+    """jsonargparse takes its defaults from a TextConfig(); a width derived there (for dim 128) stuck to every
+    config that set dim but not hidden_dim: shapes_small's decoder had a 352-wide MLP instead of 256."""
+    cli = train.CaptionCLI(train.CaptionModule, train.CaptionDataModule, run=False,
+                           args=["--config", str(ROOT / "configs/shapes_small.yaml")])
+    assert cli.model.model.text.blocks[0].mlp.fc2.in_features == 256

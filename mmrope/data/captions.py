@@ -11,8 +11,10 @@ counts it in ``num_skipped`` and returns None, which ``CaptionCollator`` drops (
 """
 
 import csv
+import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,17 +41,46 @@ def _captions(value, where: str) -> list[str]:
     return [c.strip() for c in captions]
 
 
+def read_utf8(path: Path) -> str:
+    """The text of ``path``; a byte-order mark (as Excel writes) is dropped, and anything that is not UTF-8 is one
+    line naming the file and the line."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8"
+                         ) from None
+
+
+def inside(root: Path, name: str, where: str, allow_outside: bool = False) -> Path:
+    """``root / name``, refused unless it stays inside ``root`` (after ``..`` and symbolic links): a dataset must
+    not make training or evaluation read any file of the machine. ``allow_outside`` turns the check off."""
+    path = root / name
+    if allow_outside:
+        return path
+    if Path(name).is_absolute() or os.path.commonpath([root.resolve(), path.resolve()]) != str(root.resolve()):
+        raise ValueError(f"{where}: {name!r} points outside {root}: refused (a dataset reads only inside its folder; "
+                         "data.allow_outside_paths: true, or --allow-outside-paths, allows it)")
+    return path
+
+
 def load_coco(
     captions_json: str | Path,
     image_dir: str | Path,
     karpathy_split: str | Path | None = None,
     split: Literal["train", "val", "test"] | None = None,
+    allow_outside: bool = False,
 ) -> list[CaptionRecord]:
     """Records from a COCO ``captions_*.json`` (``images`` and ``annotations``), images under ``image_dir``.
 
     With ``karpathy_split`` (Karpathy's ``dataset_coco.json``) and ``split``, keep only the images of that split
     ("train" includes Karpathy's "restval"). The Karpathy splits draw on both train2014 and val2014, so load each
-    captions file with its own image folder and concatenate the lists.
+    captions file with its own image folder and concatenate the lists. A ``file_name`` that leads outside
+    ``image_dir`` is refused (see :func:`inside`).
     """
     captions_json, image_dir = Path(captions_json), Path(image_dir)
     data = _read_json(captions_json)
@@ -70,7 +101,8 @@ def load_coco(
     records = []
     for img in sorted(data["images"], key=lambda im: im["id"]):
         if img["id"] in by_image and (keep is None or img["id"] in keep):
-            records.append(CaptionRecord(image_dir / img["file_name"], by_image[img["id"]], f"coco/{img['id']}"))
+            path = inside(image_dir, str(img["file_name"]), f"{captions_json}: image {img['id']}", allow_outside)
+            records.append(CaptionRecord(path, by_image[img["id"]], f"coco/{img['id']}"))
     return records
 
 
@@ -82,16 +114,16 @@ def _karpathy_ids(path: Path, split: str) -> set:
     return {im["cocoid"] for im in images if im.get("split") in wanted}
 
 
-def load_imagefolder(directory: str | Path) -> list[CaptionRecord]:
+def load_imagefolder(directory: str | Path, allow_outside: bool = False) -> list[CaptionRecord]:
     """Records from ``directory/metadata.jsonl`` (Hugging Face imagefolder): one JSON object a line with
-    ``file_name`` (relative to the folder) and ``text`` (a caption or a list of them); extra keys are ignored
-    except ``scene``, which ``mmrope data shapes`` writes."""
+    ``file_name`` (relative to the folder, and inside it: see :func:`inside`) and ``text`` (a caption or a list of
+    them); extra keys are ignored except ``scene``, which ``mmrope data shapes`` writes."""
     directory = Path(directory)
     meta = directory / "metadata.jsonl"
     if not meta.is_file():
         raise ValueError(f"{directory}: no metadata.jsonl in this folder")
     records = []
-    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_utf8(meta).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{meta} line {n}"
@@ -102,50 +134,56 @@ def load_imagefolder(directory: str | Path) -> list[CaptionRecord]:
         name = row.get("file_name") if isinstance(row, dict) else None
         if not name or not isinstance(name, str):
             raise ValueError(f"{where}: needs a 'file_name' string")
-        records.append(CaptionRecord(directory / name, _captions(row.get("text"), where), name, row.get("scene")))
+        path = inside(directory, name, where, allow_outside)
+        records.append(CaptionRecord(path, _captions(row.get("text"), where), name, row.get("scene")))
     return records
 
 
-def load_csv(path: str | Path, image_dir: str | Path | None = None) -> list[CaptionRecord]:
-    """Records from a CSV with a header and columns ``file_name,text``; several rows for one file give several
-    captions. Images are looked up in ``image_dir`` (default: the CSV's folder)."""
+def load_csv(path: str | Path, image_dir: str | Path | None = None, allow_outside: bool = False
+             ) -> list[CaptionRecord]:
+    """Records from a CSV with a header and columns ``file_name,text`` (UTF-8, with or without the byte-order mark
+    Excel writes); several rows for one file give several captions. Images are looked up in ``image_dir`` (default:
+    the CSV's folder) and must stay inside it (see :func:`inside`)."""
     path = Path(path)
     image_dir = Path(image_dir) if image_dir is not None else path.parent
     by_file: dict[str, list[str]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"file_name", "text"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; the header must have file_name,text")
-        for n, row in enumerate(reader, start=2):
-            if not row["file_name"]:
-                raise ValueError(f"{path} line {n}: empty file_name")
-            by_file.setdefault(row["file_name"], []).extend(_captions(row["text"], f"{path} line {n}"))
-    return [CaptionRecord(image_dir / name, caps, name) for name, caps in by_file.items()]
+    reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+    missing = {"file_name", "text"} - set(reader.fieldnames or [])
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; the header must have file_name,text")
+    where = {}
+    for row in reader:
+        n = reader.line_num
+        if not row["file_name"]:
+            raise ValueError(f"{path} line {n}: empty file_name")
+        where.setdefault(row["file_name"], f"{path} line {n}")
+        by_file.setdefault(row["file_name"], []).extend(_captions(row["text"], f"{path} line {n}"))
+    return [CaptionRecord(inside(image_dir, name, where[name], allow_outside), caps, name)
+            for name, caps in by_file.items()]
 
 
-def load_caption_records(path: str | Path, image_dir: str | Path | None = None, **coco_kwargs) -> list[CaptionRecord]:
+def load_caption_records(path: str | Path, image_dir: str | Path | None = None, allow_outside: bool = False,
+                         **coco_kwargs) -> list[CaptionRecord]:
     """Pick the loader from the path: a folder or a ``.jsonl`` -> imagefolder, ``.csv`` -> CSV, ``.json`` -> COCO
-    (images in ``image_dir``, default the JSON's folder)."""
+    (images in ``image_dir``, default the JSON's folder). ``allow_outside``: see :func:`inside`."""
     path = Path(path)
     if path.is_dir():
-        return load_imagefolder(path)
+        return load_imagefolder(path, allow_outside)
     if path.suffix == ".jsonl":
         if path.name != "metadata.jsonl":
             raise ValueError(f"{path}: an imagefolder's captions file must be named metadata.jsonl")
-        return load_imagefolder(path.parent)
+        return load_imagefolder(path.parent, allow_outside)
     if path.suffix == ".csv":
-        return load_csv(path, image_dir)
+        return load_csv(path, image_dir, allow_outside)
     if path.suffix == ".json":
-        return load_coco(path, image_dir if image_dir is not None else path.parent, **coco_kwargs)
+        return load_coco(path, image_dir if image_dir is not None else path.parent, allow_outside=allow_outside,
+                         **coco_kwargs)
     raise ValueError(f"{path}: expected a folder with metadata.jsonl, a .csv or a COCO .json captions file")
 
 
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
+        return json.loads(read_utf8(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
 

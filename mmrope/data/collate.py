@@ -11,6 +11,8 @@ one per frame (``clip_mode="frames"``: the frames-as-separate-images arm). Label
 the model shifts them (logits[:, :-1] predict labels[:, 1:]).
 """
 
+from typing import NamedTuple
+
 import torch
 
 from mmrope.special_tokens import (
@@ -24,6 +26,13 @@ from mmrope.special_tokens import (
 )
 
 CLIP_MODES = ("block", "frames")
+
+
+class SkippedBatch(NamedTuple):
+    """What a batch whose every sample was unreadable collates to: nothing to train on, but counted, so that a run
+    whose data cannot be read stops instead of cycling through empty epochs."""
+
+    num_skipped: int
 
 
 def image_token_count(height: int, width: int, patch_size: int, merge_size: int) -> int:
@@ -53,9 +62,9 @@ class CaptionCollator:
     ``captions``, ``references``, ``scenes`` (None entries for real data), ``ids``: lists of B
     ``num_skipped``        int, None samples dropped from this batch
 
-    A sample holds an ``"image"`` or a ``"video"`` (with its ``"fps"``). Returns None when every sample was None
-    (skip the step). Captions longer than ``max_caption_tokens - 1`` tokens are cut so that caption plus EOS fits
-    in ``max_caption_tokens``.
+    A sample holds an ``"image"`` or a ``"video"`` (with its ``"fps"``). Returns a :class:`SkippedBatch` when every
+    sample was None (skip the step). Captions longer than ``max_caption_tokens - 1`` tokens are cut so that caption
+    plus EOS fits in ``max_caption_tokens``.
     """
 
     def __init__(self, tokenizer, patch_size: int = 8, merge_size: int = 2, max_caption_tokens: int = 64,
@@ -77,10 +86,10 @@ class CaptionCollator:
             return list(video), []
         return [video], [self.temporal_patch_size / sample["fps"]]
 
-    def __call__(self, samples: list[dict | None]) -> dict | None:
+    def __call__(self, samples: list[dict | None]) -> dict | SkippedBatch:
         kept = [s for s in samples if s is not None]
         if not kept:
-            return None
+            return SkippedBatch(len(samples))
         rows, label_rows, grids, prompts, timing = [], [], [], [], []
         for s in kept:
             media, seconds = self.media(s)

@@ -6,6 +6,7 @@ as Qwen2-VL does, to the native aspect ratio with sides that are multiples of ``
 """
 
 import math
+import os
 import random
 import warnings
 from pathlib import Path
@@ -48,7 +49,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageError(path, "file not found")
+        raise ImageError(path, missing_reason(path))
     if path.stat().st_size == 0:
         raise ImageError(path, "empty file")
     with warnings.catch_warnings():
@@ -79,6 +80,24 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
         return to_rgb(img)
     except ValueError as e:
         raise ImageError(path, _one_line(e)) from None
+
+
+def missing_reason(path: Path) -> str:
+    """Why ``path`` is not a readable file, in a few words: a symbolic link loop and a broken link are not "file not
+    found", and a folder is not an image."""
+    import errno
+
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if path.is_symlink():
+            return f"broken symbolic link (to {os.readlink(path)})"
+        if isinstance(e, FileNotFoundError):
+            return "file not found"
+        return f"cannot read ({e.strerror})"
+    return "a folder, not an image" if path.is_dir() else "not a regular file"
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -88,7 +88,8 @@ def _natural_key(name: str) -> tuple:
 def _load_folder(folder: Path, max_frames: int, max_pixels: int) -> Clip:
     try:
         files = [p for p in folder.iterdir()
-                 if not p.name.startswith(".") and p.suffix.lower() in FRAME_EXTENSIONS and p.is_file()]
+                 if not p.name.startswith(".") and p.suffix.lower() in FRAME_EXTENSIONS
+                 and (p.is_file() or p.is_symlink())]  # a broken link is named by load_image, not dropped
     except OSError as e:
         raise ImageError(folder, f"cannot list the folder ({_one_line(e)})") from None
     if not files:

@@ -1,0 +1,207 @@
+"""Reading and writing model files safely: training checkpoints, exported folders, and the weights' fit.
+
+Two formats hold a captioner. A training checkpoint (``last.ckpt``, ``best-*.ckpt``) is Lightning's dict with our
+``"mmrope"`` entry (the model config and the tokenizer) beside the weights and the optimizer state. An exported
+folder is ``config.json`` + ``model.safetensors`` + ``tokenizer.json``, readable without Lightning.
+
+Both are read so that a file can neither run code nor fail with a traceback: ``torch.load`` always gets
+``weights_only=True`` (pickled objects are refused, whatever torch's default or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``),
+and every way a file can be wrong (empty, torn, random bytes, crafted, another architecture, a config with a wrong
+type) is one ``ValueError`` line naming the file and what is wrong. Exports are written atomically: a folder is
+complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmrope.config import CaptionerConfig
+from mmrope.tokenizer import Tokenizer, load_tokenizer
+
+EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (torch's and yaml's span several)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_error_reason(e: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` failing with ``e`` says about the file, in a few words."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError):
+        detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line),
+                      "")
+        if "GLOBAL" in detail:
+            return (f"it holds pickled Python objects, which loading would run as code ({detail.rstrip('.')}); "
+                    "refused: a checkpoint holds tensors and plain data only")
+        return f"not a PyTorch checkpoint ({detail or one_line(e, 120)})"
+    if isinstance(e, EOFError):
+        return "empty or cut short"
+    if "central directory" in text or "zip archive" in text:
+        return "torn or truncated (its zip archive is incomplete)"
+    return one_line(e, 200)
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """``torch.load`` that never runs code and fails with one line naming ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file, not a checkpoint")
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - a torn zip, a text file, a crafted pickle: each raises its own
+        raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint: {load_error_reason(e)}") from None
+
+
+def read_checkpoint(path: str | Path, training_state: bool = False,
+                    ) -> tuple[CaptionerConfig, Tokenizer, dict[str, torch.Tensor], dict]:
+    """Config, tokenizer and model weights (``model.`` prefix removed) of a checkpoint written by ``train.py``, and
+    the whole checkpoint dict. ``training_state=True`` also requires what resuming needs (optimizer, loops)."""
+    path = Path(path)
+    checkpoint = load_torch_file(path)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("mmrope"), dict):
+        raise ValueError(f"{path}: no 'mmrope' entry: not a checkpoint written by mmrope's train.py")
+    meta = checkpoint["mmrope"]
+    config = config_from_dict(meta.get("config"), path)
+    if meta.get("tokenizer") is None:
+        raise ValueError(f"{path}: the checkpoint holds no tokenizer")
+    tokenizer = _tokenizer(meta["tokenizer"], path)
+    weights = checkpoint.get("state_dict")
+    state = {k.removeprefix("model."): v for k, v in (weights if isinstance(weights, dict) else {}).items()
+             if isinstance(k, str) and k.startswith("model.") and isinstance(v, torch.Tensor)}
+    if not state:
+        raise ValueError(f"{path}: no model weights (expected 'state_dict' entries starting with 'model.')")
+    if training_state:
+        missing = [k for k in ("optimizer_states", "loops", "global_step") if k not in checkpoint]
+        if missing:
+            raise ValueError(f"{path}: holds no training state ({missing[0]} is missing), so training cannot resume "
+                             "from it; evaluate it with `mmrope eval`, or start a new run")
+    _check_vocab(config, tokenizer, path)
+    return config, tokenizer, state, checkpoint
+
+
+def read_exported(directory: str | Path) -> tuple[CaptionerConfig, Tokenizer, dict[str, torch.Tensor]]:
+    """Config, tokenizer and weights of a folder written by :func:`write_exported`."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    for name in EXPORT_FILES:
+        if not (directory / name).is_file():
+            raise ValueError(f"{directory / name}: missing; an exported model folder holds {', '.join(EXPORT_FILES)}")
+    config_path = directory / "config.json"
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+        raise ValueError(f"{config_path}: cannot read the model config ({one_line(e, 200)})") from None
+    config = config_from_dict(raw, config_path)
+    tokenizer = load_tokenizer(directory / "tokenizer.json")
+    weights = directory / "model.safetensors"
+    try:
+        state = load_file(weights)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(f"{weights}: cannot be read as safetensors ({one_line(e, 200)})") from None
+    _check_vocab(config, tokenizer, directory)
+    return config, tokenizer, state
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number a config may hold")
+
+
+def write_exported(directory: str | Path, config: CaptionerConfig, model: nn.Module, tokenizer: Tokenizer) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and ``tokenizer.json`` to ``directory``, atomically.
+
+    The files go to a temporary folder beside ``directory``, which then replaces it in one rename: a full disk or a
+    kill leaves the previous export (or nothing) in place, never a half-written folder. ``save_model`` stores the
+    tied head / embedding once (``save_file`` refuses shared tensors); :func:`load_weights` re-ties them.
+    """
+    from safetensors.torch import save_model
+
+    from mmrope import __version__
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory}: exists and is not a folder")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.exporting-{os.getpid()}")
+    old = directory.with_name(f".{directory.name}.replaced-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=1, sort_keys=True) + "\n",
+                                         encoding="utf-8")
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "mmrope_version": __version__})
+        tokenizer.save(tmp / "tokenizer.json")
+        for name in EXPORT_FILES:
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+    except Exception as e:  # noqa: BLE001 - a full disk raises OSError from Python, others from safetensors
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not directory.exists():
+            os.replace(old, directory)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e, 200)
+        raise OSError(f"cannot write the export {directory}: {reason}") from None
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def config_from_dict(d: Any, where: str | Path) -> CaptionerConfig:
+    try:
+        return CaptionerConfig.from_dict(d)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: bad model config: {one_line(e, 200)}") from None
+
+
+def _tokenizer(d: Any, where: Path) -> Tokenizer:
+    try:
+        return load_tokenizer(d)
+    except ValueError as e:
+        raise ValueError(f"{where}: bad tokenizer: {one_line(e, 200)}") from None
+
+
+def _check_vocab(config: CaptionerConfig, tokenizer: Tokenizer, where: Path) -> None:
+    if config.text.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the config says "
+                         f"text.vocab_size={config.text.vocab_size}")
+
+
+def check_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Refuse ``state`` unless it is ``model``'s architecture: the same names and shapes, one line naming the
+    first tensor that does not fit. A name tied to another (the output head shares the embedding) may be absent when
+    its twin is there, as safetensors stores shared tensors once."""
+    expected = model.state_dict()
+    twins: dict[tuple, list[str]] = {}  # names that share storage in the model
+    for name, tensor in expected.items():
+        twins.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(name)
+    tied = {name: names for names in twins.values() if len(names) > 1 for name in names}
+    missing = [k for k in expected if k not in state and not any(t in state for t in tied.get(k, ()))]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = [f"{label} {names[0]}" + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+                 for label, names in (("missing", missing), ("unexpected", unexpected)) if names]
+        raise ValueError(f"{where}: the weights do not fit the config (another architecture?): {'; '.join(parts)}")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise ValueError(f"{where}: {name} has shape {tuple(tensor.shape)}, the config expects "
+                             f"{tuple(expected[name].shape)}")
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Copy ``state`` into ``model`` after :func:`check_weights`."""
+    check_weights(model, state, where)
+    model.load_state_dict(state, strict=False)  # strict would count a tied twin stored once as missing
