@@ -3,7 +3,7 @@
     pip install -e ".[bench]" && python benchmarks/bench_generation.py [--batch 8 --new-tokens 64]
 
 The model is ``configs/shapes_small.yaml``'s, randomly initialised (timing does not depend on the weights). So that
-no row stops early, EOS is banned for the benchmark: ``mmrope.generation.suppress_special_tokens`` is wrapped to
+no row stops early, EOS is banned for the benchmark: ``mmrope.model.generation.suppress_special_tokens`` is wrapped to
 also put -inf on EOS, and every caption is checked to have exactly ``--new-tokens`` ids. Both paths first give
 the same tokens (the cached path must match the reference token for token), then are timed side by side.
 """
@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_train_step import small_config
 from common import markdown_table, time_side_by_side
 
-import mmrope.generation as generation
-from mmrope.model import Captioner
-from mmrope.special_tokens import EOS_ID
+import mmrope.model.generation as generation
+from mmrope.model.captioner import Captioner
+from mmrope.model.tokens import EOS_ID
 
 _suppress = generation.suppress_special_tokens
 

@@ -35,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_train_step import batch_grid, make_batch
 from common import markdown_table, time_cuda, time_side_by_side
 
-from mmrope.config import CaptionerConfig, TextConfig, VisionConfig
-from mmrope.model import Captioner, Layout, flops_per_token, num_parameters
+from mmrope.model.captioner import Captioner, Layout
+from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
+from mmrope.model.flops import flops_per_token, num_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASHEET_BF16 = 989e12  # dense bf16, H100 / H200 SXM

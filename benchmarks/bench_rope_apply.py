@@ -8,8 +8,8 @@ side with the copy in one run, and is printed as a multiple of that copy.
 
 Contenders, each rotating q and k of shape (b, h, n, d) in float32:
 
-    eager              mmrope.rope.apply_rotary on prebuilt half tables (n, k) or (b, n, k)
-    compiled           mmrope.fast_rope.apply_rotary_fast: the same function under torch.compile
+    eager              mmrope.model.rope.apply_rotary on prebuilt half tables (n, k) or (b, n, k)
+    compiled           mmrope.model.rotary_apply.apply_rotary_fast: the same function under torch.compile
     eager + table      the table built from positions (our rope module's forward), then eager apply
     hf                 transformers' apply_rotary_pos_emb (Llama / Qwen2-VL text) on prebuilt full-width tables
                        (b, n, d); for 2D, our axial table duplicated to full width (transformers has no 2D layout
@@ -32,15 +32,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import markdown_table, rotation_calls, time_side_by_side
 
-from mmrope.fast_rope import apply_rotary_fast
-from mmrope.positions import grid_positions
-from mmrope.rope import (
+from mmrope.model.positions import grid_positions
+from mmrope.model.rope import (
     AxialRotaryEmbedding,
     MultimodalRotaryEmbedding,
     RotaryEmbedding,
     apply_rotary,
     default_mrope_section,
 )
+from mmrope.model.rotary_apply import apply_rotary_fast
 
 
 def hf_modules(head_dim: int, section: list[int]):

@@ -6,8 +6,8 @@ Every contender rotates q and k of shape (b, h, n, d) by prebuilt tables; forwar
 gradients of q and k). Columns:
 
     copy               q.clone(), k.clone() (and the two gradients, for forward + backward): the memory bound
-    triton             mmrope.triton_rope.apply_rotary_qk_triton, the CUDA default: q and k through the kernel in one
-                       autograd node (each read once, each result written once)
+    triton             mmrope.model.triton_rope.apply_rotary_qk_triton, the CUDA default: q and k through the kernel
+                       in one autograd node (each read once, each result written once)
     triton apart       the same kernel through apply_rotary_triton, called on q and then on k (two autograd nodes)
     compiled q+k static  our apply_rotary on q and k in one graph compiled for fixed shapes
     eager              our readable apply_rotary
@@ -23,7 +23,7 @@ them, read the two tables once) over the triton time, and "% of copy" sets it ag
 measured in the same run (bytes read plus written), the card's practical memory bandwidth.
 
 A last table sweeps the kernel's launch settings (tile size and warps: the keywords of
-``mmrope.triton_rope.rotate``) on every row, forward, to show how far the defaults are from the best. Every time
+``mmrope.model.triton_rope.rotate``) on every row, forward, to show how far the defaults are from the best. Every time
 is one call between two CUDA events, so a contender's host-side work before its first kernel counts too.
 
 Before timing, the kernel is checked against the eager path and a float64 reference: max |error| / max |reference|
@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import markdown_table, rotation_calls, time_call, time_cuda, time_side_by_side
 
 from mmrope import triton_rope
-from mmrope.rope import MultimodalRotaryEmbedding, RotaryEmbedding, apply_rotary, default_mrope_section
-from mmrope.triton_rope import apply_rotary_qk_triton, apply_rotary_triton
+from mmrope.model.rope import MultimodalRotaryEmbedding, RotaryEmbedding, apply_rotary, default_mrope_section
+from mmrope.model.triton_rope import apply_rotary_qk_triton, apply_rotary_triton
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -8,7 +8,7 @@ random, which changes nothing in the cost). The model is ``configs/shapes_small.
 encoding and the decoder scheme varied; the 1D baseline is ``rope1d_flat`` + ``flat``. Each configuration is built
 from the same seed, its steps timed side by side with the others in interleaved rounds.
 
-Three modes: eager (the default path), eager with ``MMROPE_FAST_ROPE=1`` (only the rotary apply compiled), and
+Three modes: eager (the default path), eager with ``rotary_apply: fused`` (only the rotary apply compiled), and
 the whole model under ``torch.compile`` (``model.compile: true``), which also fuses the rotary maths. Each step
 works out positions and mask first (``Captioner.layout``), as the training module does on the host, so the
 compiled forward is one graph; ``--compare-layout`` adds the compiled model left to do that inside its forward.
@@ -18,7 +18,7 @@ Compile time is left out (one warm-up step before the rounds); it is printed sep
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import random
 import sys
 import time
@@ -30,10 +30,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from common import markdown_table, time_side_by_side
 
-from mmrope.config import CaptionerConfig, TextConfig, VisionConfig
-from mmrope.data.collate import vision_block
-from mmrope.model import Captioner
-from mmrope.special_tokens import EOS_ID, IGNORE_INDEX, NUM_SPECIAL, PAD_ID
+from mmrope.model.captioner import Captioner
+from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
+from mmrope.model.tokens import EOS_ID, IGNORE_INDEX, NUM_SPECIAL, PAD_ID, vision_block
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYOUT_INSIDE = "compiled, layout in forward"
@@ -79,14 +78,12 @@ def batch_grid(config: CaptionerConfig, batch: int) -> torch.Tensor:
     return torch.tensor([[1, side, side]] * batch)
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, fast_rope: bool,
-               layout_first: bool = True):
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, layout_first: bool = True):
     """One step as the training module runs it: positions and mask worked out first (``Captioner.layout``, outside
     a compiled graph), then forward, backward and AdamW. ``layout_first=False`` leaves that to the forward."""
     grid = batch_grid(model.config, len(batch["images"]))
 
     def step():
-        os.environ["MMROPE_FAST_ROPE"] = "1" if fast_rope else "0"
         layout = model.layout(batch["input_ids"], grid, batch["attention_mask"]) if layout_first else None
         loss = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"],
                      layout=layout).loss
@@ -126,12 +123,12 @@ def main() -> None:
         batch = batch or make_batch(config, args.batch)
         for mode in modes:
             torch.manual_seed(0)
-            model = Captioner(config)
+            rotary = "fused" if mode == "eager, fast RoPE" else "reference"  # chosen once, at build
+            model = Captioner(dataclasses.replace(config, rotary_apply=rotary))
             if mode in ("compiled model", LAYOUT_INSIDE):
                 model.compile()
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-            fns[name, mode] = train_step(model, optimizer, batch, fast_rope=mode == "eager, fast RoPE",
-                                         layout_first=mode != LAYOUT_INSIDE)
+            fns[name, mode] = train_step(model, optimizer, batch, layout_first=mode != LAYOUT_INSIDE)
             start = time.perf_counter()
             fns[name, mode]()  # compile here, outside the timed rounds
             compile_s[name, mode] = time.perf_counter() - start

@@ -28,9 +28,9 @@ from common import markdown_table
 
 from mmrope.data.collate import CaptionCollator
 from mmrope.data.shapes import ShapesDataset, vocabulary_captions
-from mmrope.lit import cosine_with_warmup, parameter_groups
-from mmrope.model import Captioner
-from mmrope.tokenizer import build_tokenizer
+from mmrope.data.tokenizer import build_tokenizer
+from mmrope.model.captioner import Captioner
+from mmrope.train.module import cosine_with_warmup, parameter_groups
 
 POSITION_WORDS = {1: ("top", "bottom", "left", "right", "centre"), 2: ("left", "right", "above", "below")}
 COLOUR_WORDS = ("red", "green", "blue", "yellow")

@@ -23,10 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmrope.config import CaptionerConfig
-from mmrope.tokenizer import Tokenizer, load_tokenizer
+from mmrope.data.tokenizer import Tokenizer, load_tokenizer
+from mmrope.model.config import CaptionerConfig
 
 EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+# weights that moved when the encodings became plug-ins (mmrope.model.encoder_positions): old name -> new name
+RENAMED = {"vision.pos_embed.": "vision.positions.pos_embed.", "vision.rope.": "vision.positions.rope."}
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:
@@ -79,8 +81,9 @@ def read_checkpoint(path: str | Path, training_state: bool = False,
         raise ValueError(f"{path}: the checkpoint holds no tokenizer")
     tokenizer = _tokenizer(meta["tokenizer"], path)
     weights = checkpoint.get("state_dict")
-    state = {k.removeprefix("model."): v for k, v in (weights if isinstance(weights, dict) else {}).items()
-             if isinstance(k, str) and k.startswith("model.") and isinstance(v, torch.Tensor)}
+    weights = weights if isinstance(weights, dict) else {}
+    state = upgrade_names({k.removeprefix("model."): v for k, v in weights.items()
+                           if isinstance(k, str) and k.startswith("model.") and isinstance(v, torch.Tensor)})
     if not state:
         raise ValueError(f"{path}: no model weights (expected 'state_dict' entries starting with 'model.')")
     if training_state:
@@ -109,7 +112,7 @@ def read_exported(directory: str | Path) -> tuple[CaptionerConfig, Tokenizer, di
     tokenizer = load_tokenizer(directory / "tokenizer.json")
     weights = directory / "model.safetensors"
     try:
-        state = load_file(weights)
+        state = upgrade_names(load_file(weights))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise ValueError(f"{weights}: cannot be read as safetensors ({one_line(e, 200)})") from None
     _check_vocab(config, tokenizer, directory)
@@ -178,6 +181,13 @@ def _check_vocab(config: CaptionerConfig, tokenizer: Tokenizer, where: Path) -> 
     if config.text.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the config says "
                          f"text.vocab_size={config.text.vocab_size}")
+
+
+def upgrade_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the names of files written before the position encodings became plug-ins brought up to date."""
+    def new(name: str) -> str:
+        return next((to + name[len(old):] for old, to in RENAMED.items() if name.startswith(old)), name)
+    return {new(k): v for k, v in state.items()}
 
 
 def check_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str | Path) -> None:

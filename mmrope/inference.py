@@ -19,11 +19,11 @@ import torch
 from PIL import Image, ImageOps
 
 from mmrope.checkpoints import load_weights, read_checkpoint, read_exported, write_exported
-from mmrope.config import CaptionerConfig
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, ImageTransform, load_image, to_rgb
-from mmrope.data.videos import Clip, is_clip, load_clip
-from mmrope.model import Captioner
-from mmrope.tokenizer import Tokenizer
+from mmrope.data.tokenizer import Tokenizer
+from mmrope.data.videos import Clip, is_clip_path, load_clip
+from mmrope.model.captioner import Captioner
+from mmrope.model.config import CaptionerConfig
 
 ImageInput = str | Path | Image.Image | Clip  # a path to an image, a frame folder or an animated file
 DEFAULT_MAX_FRAMES = 32  # a longer clip is thinned to this many evenly spaced frames
@@ -114,7 +114,7 @@ class CaptionPipeline:
         if isinstance(image, Image.Image):
             return to_rgb(ImageOps.exif_transpose(image))  # upright, as load_image makes files
         if isinstance(image, str | Path):
-            return load_clip(image, max_frames, max_pixels) if is_clip(image) else load_image(image, max_pixels)
+            return load_clip(image, max_frames, max_pixels) if is_clip_path(image) else load_image(image, max_pixels)
         raise TypeError(f"cannot caption a {type(image).__name__}: expected a path, a PIL image or a Clip")
 
     def _prepare(self, image: ImageInput, transform: ImageTransform, max_pixels: int, max_frames: int,

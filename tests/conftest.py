@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def trained_checkpoint(tmp_path_factory) -> Path:
     """``last.ckpt`` of the debug model after 30 steps (about 15 s on 2 cores): real weights, a real tokenizer and
     the checkpoint layout train.py writes. Its captions are poor; tests compare them, they do not judge them."""
-    import train
+    from mmrope.train import cli as train
 
     root = tmp_path_factory.mktemp("trained")
     args = ["fit", "--config", str(ROOT / "configs/debug.yaml"), f"--trainer.default_root_dir={root}",

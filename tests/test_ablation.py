@@ -18,9 +18,13 @@ from unittest import mock
 import pytest
 from PIL import Image
 
-from mmrope import ablation, cli
-from mmrope.ablation import load_plan, mean_ci, summarize, t_quantile_975, write_results
-from mmrope.evaluation import resolve_data
+from mmrope import cli
+from mmrope.ablation import plan as plan_module
+from mmrope.ablation import report, runner
+from mmrope.ablation.plan import load_plan
+from mmrope.ablation.report import write_results
+from mmrope.ablation.stats import mean_ci, summarize, t_quantile_975
+from mmrope.eval.evaluation import data_set
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARMS = ("rope2d-mrope", "rope1d_flat-flat")
@@ -68,14 +72,14 @@ def test_tiny_ablation_writes_everything_skips_finished_runs_and_resumes(tmp_pat
     """Two runs left as a crash would leave them, trained here in-process (a subprocess costs Lightning's import):
     the first stopped after 2 of its 4 steps, the second trained but never scored. The runner resumes the first in
     a train.py subprocess and only scores the second."""
-    import train
+    from mmrope.train import cli as train
 
     grid, out = tiny_grid(tmp_path), tmp_path / "out"
     interrupted, unscored = (out / arm / "seed0" for arm in TINY_ARMS)
     with mock.patch.object(sys, "argv", sys.argv[:1]):  # LightningCLI would also read pytest's arguments
-        assert train.main(ablation.train_args(load_plan(grid, "tiny", max_steps=2), "rope2d", "mrope", 0,
+        assert train.main(plan_module.train_args(load_plan(grid, "tiny", max_steps=2), "rope2d", "mrope", 0,
                                               interrupted)) == 0
-        assert train.main(ablation.train_args(load_plan(grid, "tiny"), "rope1d_flat", "flat", 0, unscored)) == 0
+        assert train.main(plan_module.train_args(load_plan(grid, "tiny"), "rope1d_flat", "flat", 0, unscored)) == 0
     unscored_ckpt = (unscored / "checkpoints/last.ckpt").stat().st_mtime_ns
 
     args = ["ablate", "--config", str(grid), "--preset", "tiny", "--out", str(out)]
@@ -87,7 +91,7 @@ def test_tiny_ablation_writes_everything_skips_finished_runs_and_resumes(tmp_pat
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 1 * 2 * 2  # arms x seeds x splits x factors
-    assert list(rows[0]) == list(ablation.CSV_COLUMNS)
+    assert list(rows[0]) == list(report.CSV_COLUMNS)
     assert {(r["encoder"], r["scheme"], r["split"], r["size"]) for r in rows} == {
         (e, s, split, size) for e, s in (("rope2d", "mrope"), ("rope1d_flat", "flat"))
         for split in ("test", "compositional") for size in ("16", "32")}
@@ -100,7 +104,7 @@ def test_tiny_ablation_writes_everything_skips_finished_runs_and_resumes(tmp_pat
 
     # resumed, not restarted: steps 0-1 in the first log, 2-3 in the second; both runs got the same budget
     assert logged_steps(interrupted) == [[0, 1], [2, 3]]
-    assert all(ablation.checkpoint_step(d / "checkpoints/last.ckpt") == 4 for d in (interrupted, unscored))
+    assert all(runner.checkpoint_step(d / "checkpoints/last.ckpt") == 4 for d in (interrupted, unscored))
     assert (unscored / "checkpoints/last.ckpt").stat().st_mtime_ns == unscored_ckpt
     assert not (unscored / "train.log").exists()  # scored without starting train.py
 
@@ -119,9 +123,9 @@ def test_tiny_ablation_writes_everything_skips_finished_runs_and_resumes(tmp_pat
 
 def test_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):
     plan = load_plan(tiny_grid(tmp_path), "tiny")
-    monkeypatch.setattr(ablation, "train_command",
+    monkeypatch.setattr(runner, "train_command",
                         lambda *a, **k: [sys.executable, "-c", "print('train.py: error: loss is nan'); exit(1)"])
-    rows, failures = ablation.run_ablation(plan, tmp_path / "out")
+    rows, failures = runner.run_ablation(plan, tmp_path / "out")
     assert rows == [] and len(failures) == 2
     assert "status 1: train.py: error: loss is nan" in failures[0]
     assert cli.main(["ablate", "--config", str(tmp_path / "grid.yaml"), "--preset", "tiny",
@@ -129,8 +133,8 @@ def test_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, caps
     assert "2 of 2 runs failed" in capsys.readouterr().err
 
     killed = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"  # as the out-of-memory killer would
-    monkeypatch.setattr(ablation, "train_command", lambda *a, **k: [sys.executable, "-c", killed])
-    _, failures = ablation.run_ablation(plan, tmp_path / "out")
+    monkeypatch.setattr(runner, "train_command", lambda *a, **k: [sys.executable, "-c", killed])
+    _, failures = runner.run_ablation(plan, tmp_path / "out")
     assert len(failures) == 2 and "killed by SIGKILL" in failures[0]
 
 
@@ -157,7 +161,7 @@ def test_signal_to_the_runner_reaches_the_training_run_once(tmp_path, signum):
     threading.Thread(target=send_when_ready, daemon=True).start()
     start = time.monotonic()
     try:
-        assert ablation.run_training([sys.executable, "-c", child], log) == 128 + signum
+        assert runner.run_training([sys.executable, "-c", child], log) == 128 + signum
     finally:
         signal.signal(signal.SIGINT, interrupt)
     assert time.monotonic() - start < 20
@@ -165,9 +169,9 @@ def test_signal_to_the_runner_reaches_the_training_run_once(tmp_path, signum):
 
 def test_interrupted_run_stops_the_ablation(tmp_path, monkeypatch):
     plan = load_plan(tiny_grid(tmp_path), "tiny")
-    monkeypatch.setattr(ablation, "train_command", lambda *a, **k: [sys.executable, "-c", "exit(130)"])
-    with pytest.raises(ablation.RunInterrupted, match="rope2d-mrope seed 0 stopped by SIGINT; its checkpoint is"):
-        ablation.run_ablation(plan, tmp_path / "out")
+    monkeypatch.setattr(runner, "train_command", lambda *a, **k: [sys.executable, "-c", "exit(130)"])
+    with pytest.raises(runner.RunInterrupted, match="rope2d-mrope seed 0 stopped by SIGINT; its checkpoint is"):
+        runner.run_ablation(plan, tmp_path / "out")
 
 
 def test_ci_on_known_numbers():
@@ -214,7 +218,7 @@ def test_shipped_grid_and_bad_grids(tmp_path):
     assert place.splits == ["test", "compositional"]
     assert place.arms == [("rope2d", "mrope"), ("sincos2d", "mrope")] and place.base.name == "shapes_place.yaml"
     assert (place.level, place.label) == (1, "place")
-    scenes = resolve_data(str(place.base), place.train_size, "test", n=3).scenes
+    scenes = data_set(place.data, "test", n=3).scenes
     assert [len(s["objects"]) for s in scenes] == [1, 1, 1] and all(s["level"] == 1 for s in scenes)
     relation = load_plan(grid, "cpu-relation")
     assert (relation.level, relation.label, relation.base.name) == (2, "relation", "shapes_small.yaml")
@@ -224,10 +228,10 @@ def test_shipped_grid_and_bad_grids(tmp_path):
     bad.write_text(tiny_grid(tmp_path).read_text().replace("factors: [0.5, 1]", "factors: [0.75, 1]"))
     with pytest.raises(ValueError, match=r"factor 0.75 of the training size 32 gives 24 px, not a multiple .* 16"):
         load_plan(bad, "tiny")
-    scenes_elsewhere = tmp_path / "level.yaml"  # training on other scenes than the ones scored
-    scenes_elsewhere.write_text(tiny_grid(tmp_path).read_text().replace("data.batch_size: 8", "data.shapes.level: 1"))
-    with pytest.raises(ValueError, match="train sets data.shapes.level, but runs are scored on the scenes of"):
-        load_plan(scenes_elsewhere, "tiny")
+    overridden = tmp_path / "level.yaml"  # a train override of the scenes: runs are scored on what they trained on
+    overridden.write_text(tiny_grid(tmp_path).read_text().replace("data.batch_size: 8", "data.shapes.level: 1"))
+    levels = load_plan(overridden, "tiny")
+    assert levels.level == 1 and all(s["level"] == 1 for s in data_set(levels.data, "test", n=2).scenes)
     with pytest.raises(ValueError, match="no preset 'huge'"):
         load_plan(bad, "huge")
     with pytest.raises(ValueError, match="arm 'rope2d-xyz' is not in"):

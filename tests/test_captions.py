@@ -16,7 +16,7 @@ from mmrope.data.captions import (
 )
 from mmrope.data.collate import CaptionCollator
 from mmrope.data.images import ImageError, ImageTransform
-from mmrope.tokenizer import ByteTokenizer
+from mmrope.data.tokenizer import ByteTokenizer
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 NAMES = ["shapes_l1.png", "shapes_l2.png", "shapes_l3.png", "wide.png", "tall.jpg", "grey.png"]

@@ -5,17 +5,17 @@ that disagrees with the checkpoint, a full disk and a broken export end in one l
 from __future__ import annotations
 
 import json
-import os
+import random
 from pathlib import Path
 
 import pytest
 import torch
+from test_train import ROOT, tiny_args
 
-import train
 from mmrope.checkpoints import read_exported, write_exported
 from mmrope.inference import load
-from mmrope.lit import AtomicCheckpointIO
-from tests.test_train import tiny_args
+from mmrope.train import cli as train
+from mmrope.train.checkpoint_io import AtomicCheckpointIO
 
 MARKER_NAME = "pwned"
 
@@ -66,14 +66,14 @@ def test_a_crafted_pickle_is_refused_not_run(tmp_path, monkeypatch, capsys):
 def test_bad_checkpoint_files_stop_train_py_with_one_line(tmp_path, trained_checkpoint, capsys):
     good = torch.load(trained_checkpoint, weights_only=True)
     (tmp_path / "empty.ckpt").write_bytes(b"")
-    (tmp_path / "random.ckpt").write_bytes(os.urandom(4096))
+    (tmp_path / "random.ckpt").write_bytes(random.Random(0).randbytes(4096))
     (tmp_path / "truncated.ckpt").write_bytes(trained_checkpoint.read_bytes()[:4000])
     torch.save({"state_dict": {"layer.weight": torch.zeros(2)}}, tmp_path / "foreign.ckpt")
     narrower = {**good["mmrope"]["config"], "vision": {**good["mmrope"]["config"]["vision"], "dim": 32}}
     torch.save({**good, "mmrope": {**good["mmrope"], "config": narrower}}, tmp_path / "other_architecture.ckpt")
     weights_only = {k: v for k, v in good.items() if k not in ("optimizer_states", "loops")}
     torch.save(weights_only, tmp_path / "weights_only.ckpt")
-    cases = {"empty.ckpt": "empty file", "random.ckpt": "not a PyTorch checkpoint",
+    cases = {"empty.ckpt": "empty file", "random.ckpt": "cannot be read as a PyTorch checkpoint",
              "truncated.ckpt": "torn or truncated", "foreign.ckpt": "no 'mmrope' entry",
              "other_architecture.ckpt": "vision.patch_embed.weight has shape (64, 3, 8, 8), the config expects "
                                         "(32, 3, 8, 8)",
@@ -92,13 +92,12 @@ def test_model_settings_are_reconciled_with_the_checkpoint(tmp_path, trained_che
     """An explicit setting that disagrees is refused; settings left at their defaults take the checkpoint's values,
     and train.py says so."""
     args = ["validate", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
-            "--trainer.enable_progress_bar=false", f"--ckpt_path={trained_checkpoint}", "--data.image_size=32",
-            "--data.shapes.canvas=32", "--data.shapes.n_val=4", "--model.max_new_tokens=4"]
+            "--trainer.enable_progress_bar=false", f"--ckpt_path={trained_checkpoint}", "--data.shapes.n_val=4",
+            "--model.max_new_tokens=4"]
     assert train.main([*args, "--model.vision.dim=128"]) == 1  # 128 is the default, but given: refused
     err = capsys.readouterr().err
     assert "model.vision.dim=64, but the config asks for 128" in err and err.count("\n") == 1
-    assert train.main(["validate", "--config", str(Path(train.__file__).parent / "configs/shapes_small.yaml"),
-                       *args[1:]]) == 1
+    assert train.main(["validate", "--config", str(ROOT / "configs/shapes_small.yaml"), *args[1:]]) == 1
     assert "but the config asks for" in capsys.readouterr().err
     assert train.main(args) == 0
     assert "model settings left at their defaults are taken from" in capsys.readouterr().err

@@ -7,19 +7,16 @@ from mmrope.data.clips import (
     DISPLACEMENT,
     EVENT_TIME,
     ClipsDataset,
-    aggregate_clips,
     clip_captions,
     clip_state,
     clip_vocabulary_captions,
     frame_times,
-    parse_clip_caption,
     render_clip,
     sample_clip,
-    score_clip_caption,
-    score_clip_captions,
 )
 from mmrope.data.images import ImageTransform, sample_rng
 from mmrope.data.shapes import COLOUR_RGB, EDGE, GAP, SHAPES, SPLITS, held_out_combos
+from mmrope.eval.clips_scoring import aggregate_clips, parse_clip_caption, score_clip_caption, score_clip_captions
 
 
 def clips_of(kind, count, split="train"):

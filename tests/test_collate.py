@@ -1,10 +1,18 @@
 import pytest
 import torch
 
-from mmrope.data.collate import CaptionCollator, SkippedBatch, image_token_count, vision_block
+from mmrope.data.collate import CaptionCollator, SkippedBatch, image_token_count
 from mmrope.data.shapes import ShapesDataset
-from mmrope.special_tokens import EOS_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, PAD_ID, VISION_END_ID, VISION_START_ID
-from mmrope.tokenizer import ByteTokenizer, WordTokenizer
+from mmrope.data.tokenizer import ByteTokenizer, WordTokenizer
+from mmrope.model.tokens import (
+    EOS_ID,
+    IGNORE_INDEX,
+    IMAGE_TOKEN_ID,
+    PAD_ID,
+    VISION_END_ID,
+    VISION_START_ID,
+    vision_block,
+)
 
 
 def sample(h, w, caption, id="x"):

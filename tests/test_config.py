@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from mmrope.config import CaptionerConfig, TextConfig, VisionConfig
-from mmrope.rope import default_mrope_section
+from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
+from mmrope.model.rope import default_mrope_section
 
 
 def test_defaults_are_valid_and_derive_fields():

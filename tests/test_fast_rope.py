@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrope import fast_rope
-from mmrope.fast_rope import apply_rotary_fast, rotary
-from mmrope.rope import apply_rotary
+from mmrope.model import rotary_apply
+from mmrope.model.layers import Attention
+from mmrope.model.rope import apply_rotary
+from mmrope.model.rotary_apply import apply_rotary_fast, reference, select_rotary_apply
 
 B, H, N, D = 2, 3, 17, 16  # all different, so torch.compile's duck sizing ties no two dims
 TABLE_SHAPES = {"(n, k)": (N, D // 2), "(b, n, k)": (B, N, D // 2), "(b, h, n, k)": (B, H, N, D // 2)}
@@ -59,7 +60,7 @@ def test_compiled_matches_reference(table, dtype):
 def _check_qk(table: str, dtype: torch.dtype, device: str, kv_heads: int = H, n: int = N, head_dim: int = D) -> None:
     """q and k in one call, as the attention layer makes it: strided views of one qkv projection, GQA (k with fewer
     heads), learnable tables; outputs and every gradient against the reference applied to each."""
-    from mmrope.triton_rope import apply_rotary_qk_triton
+    from mmrope.model.triton_rope import apply_rotary_qk_triton
 
     g = torch.Generator().manual_seed(1)
     qkv = torch.randn(B, n, H + 2 * kv_heads, head_dim, generator=g).to(dtype).to(device)
@@ -82,7 +83,7 @@ def _check_qk(table: str, dtype: torch.dtype, device: str, kv_heads: int = H, n:
 def check_triton(device: str) -> None:
     """The Triton kernel against the reference on every table shape and dtype: one tensor, contiguous and strided,
     and q with k in one call (GQA, strided out of one qkv projection), and tiles smaller than a sample."""
-    from mmrope.triton_rope import apply_rotary_triton
+    from mmrope.model.triton_rope import apply_rotary_triton
 
     for table in TABLE_SHAPES:
         for dtype in TOLERANCE:
@@ -99,7 +100,7 @@ def check_triton(device: str) -> None:
 def _check_tiles(device: str) -> None:
     """Small tiles, so that a sample spans several programs: 1 token x 2 of the 3 heads (the last head block
     half masked) and 2 tokens x 4 heads (the last token block half masked), turning both ways."""
-    from mmrope.triton_rope import rotate
+    from mmrope.model.triton_rope import rotate
 
     g = torch.Generator().manual_seed(2)
     q = torch.randn(B, H, N, D, generator=g).to(device)
@@ -134,12 +135,13 @@ def test_triton_kernel_matches_reference_on_gpu():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_dispatch_takes_the_kernel(monkeypatch):
-    from mmrope import triton_rope
+    from mmrope.model import triton_rope
 
     calls = []
     monkeypatch.setattr(triton_rope, "apply_rotary_qk_triton",
                         lambda q, k, *t: calls.append("triton") or (apply_rotary(q, *t), apply_rotary(k, *t)))
     monkeypatch.delenv("MMROPE_FAST_ROPE", raising=False)
+    rotary = select_rotary_apply("auto")
     x, cos, sin = torch.randn(1, 1, 3, 4, device="cuda"), torch.ones(3, 2, device="cuda"), torch.zeros(3, 2,
                                                                                                          device="cuda")
     assert torch.equal(rotary(x, x, cos, sin)[1], x) and calls == ["triton"]
@@ -147,33 +149,51 @@ def test_cuda_dispatch_takes_the_kernel(monkeypatch):
     assert calls == ["triton"]  # float64 goes to the reference
 
 
-def test_dispatch_uses_reference_unless_asked(monkeypatch):
+def test_the_rotary_apply_is_chosen_once_at_build(monkeypatch):
+    from test_model import tiny_config
+
+    from mmrope.model.captioner import Captioner
+
     calls = []
-    monkeypatch.setattr(fast_rope, "apply_rotary_fast", lambda *a: calls.append("fast") or apply_rotary(*a))
+    monkeypatch.setattr(rotary_apply, "apply_rotary_fast", lambda *a: calls.append("fast") or apply_rotary(*a))
     x, cos, sin = torch.randn(1, 1, 3, 4), torch.ones(3, 2), torch.zeros(3, 2)
-    monkeypatch.delenv("MMROPE_FAST_ROPE", raising=False)  # default: the reference on a CPU
-    assert torch.equal(rotary(x, x, cos, sin)[0], x) and calls == []
+    monkeypatch.delenv("MMROPE_FAST_ROPE", raising=False)
+    auto = select_rotary_apply()  # the default: the reference on a CPU
+    assert torch.equal(auto(x, x, cos, sin)[0], x) and calls == []
     monkeypatch.setenv("MMROPE_FAST_ROPE", "0")
-    assert torch.equal(rotary(x, x, cos, sin)[0], x) and calls == []
+    assert select_rotary_apply() is reference
     monkeypatch.setenv("MMROPE_FAST_ROPE", "1")
-    assert torch.equal(rotary(x, x, cos, sin)[1], x) and calls == ["fast", "fast"]
+    fused = select_rotary_apply()
+    assert torch.equal(fused(x, x, cos, sin)[1], x) and calls == ["fast", "fast"]
+    assert select_rotary_apply("reference") is reference  # explicit choices are not overridden
+    with pytest.raises(ValueError, match="rotary_apply='triton' is unknown"):
+        select_rotary_apply("triton")
+
+    monkeypatch.setenv("MMROPE_FAST_ROPE", "0")
+    model = Captioner(tiny_config())  # built under "0": its choice no longer reads the environment
+    monkeypatch.setenv("MMROPE_FAST_ROPE", "1")
+    attentions = [m for m in model.modules() if isinstance(m, Attention)]
+    assert attentions and all(m.rotary is reference for m in attentions)
+    model.train()(torch.randn(1, 3, 32, 32), torch.tensor([[3] + [5] * 4 + [4, 10]]))
+    assert calls == ["fast", "fast"]  # unchanged: the model never took the fused path
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_model_on_gpu_matches_the_reference_path(monkeypatch):
-    """The whole captioner on CUDA (every rotation through the kernel) against MMROPE_FAST_ROPE=0: loss and grads."""
+    """The whole captioner on CUDA (every rotation through the kernel) against the reference: loss and grads."""
     from test_model import caption_batch, tiny_config
 
-    from mmrope.model import Captioner
+    from mmrope.model.captioner import Captioner
 
     torch.manual_seed(0)
     model = Captioner(tiny_config()).cuda()
     images, input_ids, attention_mask, labels = (t.cuda() if isinstance(t, torch.Tensor) else [i.cuda() for i in t]
                                                  for t in caption_batch([(32, 48), (48, 32)], [[7, 8], [9]]))
     results = []
-    for mode in ("auto", "0"):
-        monkeypatch.setenv("MMROPE_FAST_ROPE", mode)
+    for mode in ("auto", "reference"):
+        for attention in (m for m in model.modules() if isinstance(m, Attention)):
+            attention.rotary = select_rotary_apply(mode)
         model.zero_grad()
         loss = model(images, input_ids, attention_mask, labels).loss
         loss.backward()

@@ -6,13 +6,13 @@ import itertools
 import pytest
 import torch
 
-from mmrope.config import CaptionerConfig, TextConfig, VisionConfig
-from mmrope.generation import image_prompts, suppress_special_tokens
-from mmrope.model import Captioner
-from mmrope.positions import get_rope_index
-from mmrope.special_tokens import EOS_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, NUM_SPECIAL, PAD_ID
+from mmrope.model.captioner import Captioner
+from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
+from mmrope.model.decoder_positions import SCHEMES as DECODER_SCHEMES
+from mmrope.model.generation import image_prompts, suppress_special_tokens
+from mmrope.model.tokens import EOS_ID, IGNORE_INDEX, NUM_SPECIAL, PAD_ID
 
-SCHEMES = ["mrope", "mrope_interleaved", "flat"]
+SCHEMES = list(DECODER_SCHEMES)  # every registered scheme: a new one is tested here without an edit
 MIXED_SIZES = [(32, 32), (32, 48), (48, 48), (48, 32)]  # 4, 6, 9, 6 image tokens: prompts need left padding
 
 
@@ -102,15 +102,22 @@ def test_batched_mixed_sizes_equal_one_by_one(scheme, strategy):
     assert batched == [model.generate([img], **kwargs)[0].tolist() for img in images]
 
 
-def test_rope_deltas_are_per_row():
-    """Left padding shifts slots, not positions: each prompt's deltas make its next token continue its own ids."""
-    images = random_images(MIXED_SIZES[:2])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_rope_deltas_continue_each_rows_own_ids(scheme):
+    """Left padding shifts slots, not positions: the deltas of a padded batch give each row's next token the id its
+    own unpadded sequence gives it."""
+    model = trained_model(scheme)
     grid_thw = torch.tensor([[1, 4, 4], [1, 4, 6]])
     input_ids, attention_mask = image_prompts(grid_thw, merge=2)
     assert attention_mask.tolist() == [[0, 0] + [1] * 6, [1] * 8]
-    _, deltas = get_rope_index(input_ids, grid_thw, attention_mask=attention_mask, image_token_id=IMAGE_TOKEN_ID)
-    assert (8 + deltas).flatten().tolist() == [4, 5]  # vs, 2x2 block (ids 1..2), ve=3 -> 4; vs, 2x3 block, ve=4 -> 5
-    assert len(images) == 2
+    _, deltas = model.position_ids(input_ids, grid_thw, attention_mask)
+    next_ids = model.scheme.decode_position_ids(input_ids.shape[1], deltas)  # (3, 2, 1)
+    for row in range(2):
+        alone = torch.cat((input_ids[row][attention_mask[row].bool()], torch.tensor([NUM_SPECIAL + 1])))[None]
+        ids, _ = model.position_ids(alone, grid_thw[row:row + 1])
+        assert next_ids[:, row, 0].tolist() == ids[:, 0, -1].tolist()
+    if scheme == "mrope":  # vs, 2x2 block (ids 1..2), ve = 3 -> 4; vs, 2x3 block, ve = 4 -> 5
+        assert next_ids[0, :, 0].tolist() == [4, 5]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -172,7 +172,7 @@ def test_bad_checkpoints_are_one_line_errors(trained_checkpoint, tmp_path):
     cases = {cut: "cannot be read as a PyTorch checkpoint", text: "cannot be read as a PyTorch checkpoint",
              foreign: "no 'mmrope' entry", narrower: "vision.patch_embed.weight has shape (64, 3, 8, 8), the "
                                                      "config expects (32, 3, 8, 8)",
-             learned: "missing vision.pos_embed", folder: "tokenizer.json: missing",
+             learned: "missing vision.positions.pos_embed", folder: "tokenizer.json: missing",
              tmp_path / "nowhere.ckpt": "no such checkpoint file or exported folder"}
     for path, words in cases.items():
         with pytest.raises(ValueError) as e:
@@ -198,7 +198,7 @@ def test_eval_prints_a_table_per_size_and_writes_json(trained_checkpoint, tmp_pa
 
 
 def test_eval_on_a_caption_dataset(trained_checkpoint):
-    from mmrope.evaluation import evaluate, resolve_data
+    from mmrope.eval.evaluation import evaluate, resolve_data
 
     eval_set = resolve_data(str(SAMPLES / "captions.csv"), train_size=32)
     rows, skipped = evaluate(load(trained_checkpoint), eval_set, [32, 48], resize="native")
@@ -208,7 +208,7 @@ def test_eval_on_a_caption_dataset(trained_checkpoint):
 
 def test_a_folder_that_cannot_be_listed_does_not_stop_the_others(tmp_path, monkeypatch):
     """Running as root no folder is unreadable, so the refusal is simulated where the listing happens."""
-    from mmrope.commands import expand_inputs
+    from mmrope.cli.caption import expand_inputs
 
     good = tmp_path / "good.png"
     Image.new("RGB", (32, 32)).save(good)

@@ -5,10 +5,11 @@ import itertools
 import pytest
 import torch
 
-from mmrope.config import CaptionerConfig, TextConfig, VisionConfig
-from mmrope.model import Captioner, flops_per_token, matmul_weights, num_parameters
-from mmrope.special_tokens import EOS_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, PAD_ID, VISION_END_ID, VISION_START_ID
-from mmrope.vision import sincos_2d
+from mmrope.model.captioner import Captioner
+from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
+from mmrope.model.encoder_positions import sincos_2d
+from mmrope.model.flops import flops_per_token, matmul_weights, num_parameters
+from mmrope.model.tokens import EOS_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, PAD_ID, VISION_END_ID, VISION_START_ID
 
 ENCODINGS = ["rope2d", "rope2d_mixed", "rope1d_flat", "sincos2d", "learned", "none"]
 SCHEMES = ["mrope", "mrope_interleaved", "flat"]
@@ -167,7 +168,7 @@ def test_absolute_sincos_moves_with_a_shift():
 def test_learned_table_resamples_to_a_new_grid():
     torch.manual_seed(0)
     model = Captioner(tiny_config("learned"))
-    pos_embed = model.vision.pos_embed  # trained at 32 px: a 4x4 grid
+    pos_embed = model.vision.positions.pos_embed  # trained at 32 px: a 4x4 grid
     at_training_size = pos_embed(4, 4, merge=2)
     assert torch.equal(at_training_size, pos_embed.weight[[0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15]])
     assert pos_embed(6, 8, merge=2).shape == (48, 32)
@@ -182,7 +183,7 @@ def test_learned_table_resamples_to_a_new_grid():
 
 def test_mixed_frequencies_are_flagged_for_no_weight_decay():
     model = Captioner(tiny_config("rope2d_mixed", depth=2))
-    assert model.vision.rope.freqs.no_weight_decay and model.vision.rope.freqs.shape == (2, 2, 2, 8)
+    assert model.vision.positions.rope.freqs.no_weight_decay and model.vision.positions.rope.freqs.shape == (2, 2, 2, 8)
 
 
 def test_parameter_and_flop_helpers():
@@ -206,7 +207,7 @@ def test_parameter_and_flop_helpers():
 
 
 def test_right_padded_masks_are_recognised():
-    from mmrope.text import is_right_padded
+    from mmrope.model.text import is_right_padded
 
     assert is_right_padded(torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 0]]))
     assert not is_right_padded(torch.tensor([[0, 1, 1]]))  # left padding (generation) keeps its mask

@@ -5,13 +5,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mmrope.rope import (
+from mmrope.model.rope import (
     AxialRotaryEmbedding,
     MixedRotaryEmbedding,
     MultimodalRotaryEmbedding,
     RotaryEmbedding,
     apply_rotary,
-    create_rope,
     default_mrope_section,
     rotate_half,
 )
@@ -108,7 +107,7 @@ def test_worked_example_float64():
 
 @pytest.mark.parametrize("rope_type", ["rope1d", "mrope"])
 def test_bf16_inputs_keep_fp32_angles_at_large_positions(rope_type):
-    rope = create_rope(rope_type, 64)
+    rope = RotaryEmbedding(64) if rope_type == "rope1d" else MultimodalRotaryEmbedding(64)
     pos = torch.arange(4096, 4160)
     ids = pos if rope_type == "rope1d" else pos.view(1, 1, -1).expand(3, 1, -1)
     cos, sin = rope(ids)
@@ -150,7 +149,6 @@ def test_default_sections_follow_qwen2_vl_proportions():
     (lambda: MultimodalRotaryEmbedding(16, mrope_section=[2, 2, 2]), r"mrope_section=\[2, 2, 2\]"),
     (lambda: MultimodalRotaryEmbedding(16, mrope_section=[1, 7]), r"mrope_section=\[1, 7\]"),
     (lambda: MultimodalRotaryEmbedding(16, mrope_section=[0, 4, 4], interleaved=True), "interleaved"),
-    (lambda: create_rope("rope4d", 16), "rope4d"),
 ])
 def test_bad_arguments_raise_one_line_errors(make, match):
     with pytest.raises(ValueError, match=match) as err:

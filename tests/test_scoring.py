@@ -1,7 +1,7 @@
 import pytest
 
-from mmrope.data.scoring import aggregate, parse_caption, score_caption, score_captions
 from mmrope.data.shapes import sample_scene
+from mmrope.eval.shapes_scoring import aggregate, parse_caption, score_caption, score_captions
 
 
 def level2_scene(relation="left of"):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from mmrope.cli.data import register
 from mmrope.data.captions import CaptionDataset, load_imagefolder
-from mmrope.data.export import register
 from mmrope.data.images import ImageTransform, to_tensor
 from mmrope.data.shapes import (
     COUNT_WORDS,

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from mmrope.special_tokens import BOS_ID, EOS_ID, IMAGE_TOKEN_ID, NUM_SPECIAL, PAD_ID
-from mmrope.tokenizer import ByteTokenizer, WordTokenizer, build_tokenizer, load_tokenizer
+from mmrope.data.tokenizer import ByteTokenizer, WordTokenizer, build_tokenizer, load_tokenizer
+from mmrope.model.tokens import BOS_ID, EOS_ID, IMAGE_TOKEN_ID, NUM_SPECIAL, PAD_ID
 
 CAPTIONS = ["red circle left of blue square", "blue square right of red circle", "A cat, sitting on the mat."]
 

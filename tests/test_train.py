@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import train
-from mmrope.lit import CaptionModule
+from mmrope.train import cli as train
+from mmrope.train.datamodule import CaptionDataModule
+from mmrope.train.module import CaptionModule
 
 ROOT = Path(__file__).resolve().parents[1]
-# mmrope ablate's grids, not train.py configs: tests/test_ablation.py and tests/test_video.py read them
+# mmrope ablate's grids, not train.py configs: tests/test_ablation.py and tests/test_clips_end_to_end.py read them
 GRIDS = (ROOT / "configs/ablation/shapes.yaml", ROOT / "configs/ablation/clips.yaml")
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p not in GRIDS)
 
@@ -74,7 +75,7 @@ def test_tiny_run_writes_checkpoints_logs_and_samples(tmp_path):
     assert not list(ckpts.glob(".saving-*"))  # atomic writes leave no partial files
     losses = logged(tmp_path, "train/loss")
     assert sorted(losses) == list(range(8))  # the loss at every step
-    assert logged(tmp_path, "val/relation") and logged(tmp_path, "val/cider") is not None
+    assert logged(tmp_path, "val/relation") and logged(tmp_path, "val/cider")  # each logged at the validations
     assert list(tmp_path.glob("logs/version_*/samples/val_step*.png"))
     checkpoint = torch.load(ckpts / "last.ckpt", weights_only=True)  # no pickled objects
     assert checkpoint["mmrope"]["config"]["vision"]["pos_encoding"] == "rope2d"
@@ -149,8 +150,8 @@ def test_nonfinite_loss_stops_with_the_step_or_skips(tmp_path, monkeypatch, caps
 DDP_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {root!r})
-import train
-from mmrope.lit import CaptionModule
+from mmrope.train import cli as train
+from mmrope.train.module import CaptionModule
 
 def on_train_end(self):
     flat = torch.cat([p.detach().flatten() for p in self.parameters()])
@@ -249,6 +250,6 @@ def test_bad_optimiser_settings_name_the_field(tmp_path, capsys, flag, words):
 def test_the_decoder_mlp_width_follows_the_configs_dim():
     """jsonargparse takes its defaults from a TextConfig(); a width derived there (for dim 128) stuck to every
     config that set dim but not hidden_dim: shapes_small's decoder had a 352-wide MLP instead of 256."""
-    cli = train.CaptionCLI(train.CaptionModule, train.CaptionDataModule, run=False,
+    cli = train.CaptionCLI(CaptionModule, CaptionDataModule, run=False,
                            args=["--config", str(ROOT / "configs/shapes_small.yaml")])
     assert cli.model.model.text.blocks[0].mlp.fc2.in_features == 256

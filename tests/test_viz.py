@@ -1,5 +1,5 @@
 """The pictures: every ``mmrope viz`` figure writes a valid PNG, Mixed maps use the checkpoint's learned frequencies,
-and the explicit-softmax attention behind ``viz attention`` computes exactly what the model's SDPA computes."""
+and the attention weights behind ``viz attention`` come with outputs exactly equal to the model's SDPA path."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import torch
 from PIL import Image
 
 from mmrope import cli
-from mmrope.attention_maps import decoder_attention, explicit_attention, image_attention_maps
-from mmrope.config import CaptionerConfig, TextConfig, VisionConfig
-from mmrope.layers import Attention
-from mmrope.model import Captioner
-from mmrope.rope import MixedRotaryEmbedding, RotaryEmbedding
-from mmrope.special_tokens import NUM_SPECIAL
-from mmrope.text import attention_mask_4d
-from mmrope.viz import relative_similarity, similarity_maps
+from mmrope.model.captioner import Captioner
+from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
+from mmrope.model.layers import Attention
+from mmrope.model.rope import RotaryEmbedding
+from mmrope.model.text import attention_mask_4d
+from mmrope.model.tokens import NUM_SPECIAL
+from mmrope.viz.attention import decoder_attention, image_attention_maps
+from mmrope.viz.similarity import encoder_positions, relative_similarity, similarity_maps
 
 
 def tiny_model(pos_encoding: str = "rope2d", scheme: str = "mrope") -> Captioner:
@@ -41,7 +41,7 @@ def test_explicit_attention_equals_sdpa(mask):
     if mask == "padded":  # row 1 left-padded by 3
         key_mask = torch.tensor([[1] * 7, [0] * 3 + [1] * 4])
         kwargs["attn_mask"] = attention_mask_4d(key_mask, 7, 7, 0, x.device)
-    out, weights = explicit_attention(attn, x, rope, **kwargs)
+    out, weights = attn(x, rope, **kwargs, need_weights=True)
     torch.testing.assert_close(out, attn(x, rope, **kwargs), atol=1e-5, rtol=1e-5)
     assert weights.shape == (2, 4, 7, 7)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 7))
@@ -73,14 +73,15 @@ def test_decoder_attention_reproduces_the_model(scheme):
 
 def test_similarity_maps_read_the_learned_mixed_frequencies():
     model = tiny_model("rope2d_mixed")
+    freqs = model.vision.positions.rope.freqs
     with torch.no_grad():
-        model.vision.rope.freqs[1].mul_(3.0)  # layer 1 differs from layer 0
+        freqs[1].mul_(3.0)  # layer 1 differs from layer 0
     maps = similarity_maps(model, layer=1, head=1, grid=8)
     assert list(maps) == ["2D axial RoPE", "flattened 1D RoPE", "RoPE-Mixed (learned, layer 1), head 1"]
-    reference = MixedRotaryEmbedding(16, num_heads=2)
-    reference.freqs.data = model.vision.rope.freqs.detach()[1:2].clone()
+    reference = encoder_positions("rope2d_mixed", head_dim=16, num_heads=2)
+    reference.rope.freqs.data = freqs.detach()[1:2].clone()
     torch.testing.assert_close(maps["RoPE-Mixed (learned, layer 1), head 1"],
-                               relative_similarity("rope2d_mixed", 8, mixed=reference, head=1))
+                               relative_similarity(reference, 8, head=1))
     layer0 = similarity_maps(model, layer=0, head=1, grid=8)["RoPE-Mixed (learned, layer 0), head 1"]
     assert not torch.allclose(layer0, maps["RoPE-Mixed (learned, layer 1), head 1"])
     assert "RoPE-Mixed (init), head 0" in similarity_maps(tiny_model("rope2d"), grid=8)

@@ -15,14 +15,11 @@ from typing import NamedTuple
 
 import torch
 
-from mmrope.special_tokens import (
+from mmrope.model.tokens import (
     EOS_ID,
     IGNORE_INDEX,
-    IMAGE_TOKEN_ID,
     PAD_ID,
-    VIDEO_TOKEN_ID,
-    VISION_END_ID,
-    VISION_START_ID,
+    vision_block,
 )
 
 CLIP_MODES = ("block", "frames")
@@ -41,11 +38,6 @@ def image_token_count(height: int, width: int, patch_size: int, merge_size: int)
     if height % factor or width % factor:
         raise ValueError(f"image size {height}x{width} is not a multiple of patch_size*merge_size = {factor}")
     return (height // factor) * (width // factor)
-
-
-def vision_block(num_tokens: int, clip: bool = False) -> list[int]:
-    """The ids that stand for one image (or clip) in the decoder: the prompt a caption is generated from."""
-    return [VISION_START_ID] + [VIDEO_TOKEN_ID if clip else IMAGE_TOKEN_ID] * num_tokens + [VISION_END_ID]
 
 
 class CaptionCollator:

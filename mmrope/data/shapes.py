@@ -2,7 +2,7 @@
 
 Each scene is sampled from (split, seed, index) with its own ``random.Random`` and kept as a small JSON-friendly
 dict in normalised coordinates (x right, y down, both in [0, 1]), so the same scene renders at any canvas size.
-Captions come from fixed templates; ``mmrope.data.scoring`` parses them back.
+Captions come from fixed templates; ``mmrope.eval.shapes_scoring`` parses them back.
 
 Levels (``level``):
     1  one object and its place on a 3 x 3 grid:        "red circle in the top left", "blue square on the right"

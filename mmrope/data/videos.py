@@ -28,7 +28,7 @@ class Clip:
     path: str
 
 
-def is_clip(path: str | Path) -> bool:
+def is_clip_path(path: str | Path) -> bool:
     """True for a folder or an animated GIF / WebP / PNG; False for anything else, including unreadable files."""
     path = Path(path)
     if path.is_dir():

@@ -1,0 +1,199 @@
+"""A grid file and one of its presets, resolved into the runs of an ablation: which arms, seeds and steps, and how
+each run is scored. The grid format is documented in ``configs/ablation/shapes.yaml``.
+
+An arm is an (encoder ``pos_encoding``, decoder ``position_scheme``) pair, named ``<encoder>-<scheme>``; the names a
+grid may use are the model's registries (:data:`mmrope.model.encoder_positions.ENCODERS`,
+:data:`mmrope.model.decoder_positions.SCHEMES`). The base config and the preset's ``train`` overrides are resolved
+the way ``python -m mmrope.train`` resolves them (:func:`mmrope.train.config_reader.read_config`), so the scenes each
+run is scored on are the ones it trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+PRESET_KEYS = ("base", "arms", "encoders", "schemes", "seeds", "max_steps", "eval", "train")
+EVAL_KEYS = ("splits", "factors", "frames", "n", "batch_size", "max_new_tokens")
+SPLITS = ("val", "test", "compositional")
+
+
+@dataclass
+class Plan:
+    """One preset of a grid file, resolved: what to train, how long, and how to score it."""
+
+    grid: Path
+    preset: str
+    base: Path
+    arms: list[tuple[str, str]]  # (encoder, scheme)
+    seeds: list[int]
+    max_steps: int
+    train: dict[str, Any]  # dotted train keys added to every run
+    splits: list[str]
+    factors: list[float]
+    n: int
+    batch_size: int
+    max_new_tokens: int
+    train_size: int  # model.vision.image_size of the base config
+    frames: list[int] | None = None  # clip grids: the frame counts each run is scored at; None for images
+    clip_mode: str = "block"  # clip grids: data.clips.clip_mode of every run (a train override)
+    train_frames: int | None = None  # clip grids: data.clips.frames of the base config
+    level: int | None = None  # shapes grids: data.shapes.level of the base config (the scenes it is scored on)
+    data: dict | None = None  # the resolved data section every run trains on (base config + train overrides)
+
+    @property
+    def points(self) -> list[tuple[float, int | None]]:
+        """Every (factor, frames) each run is scored at, in table order."""
+        return [(f, n) for f in self.factors for n in (self.frames or [None])]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [round(f * self.train_size) for f in self.factors]
+
+    @property
+    def metric(self) -> str:
+        """The headline accuracy: relation on shapes, event on clips."""
+        return "relation" if self.frames is None else "event"
+
+    @property
+    def label(self) -> str:
+        """What the headline metric is called in tables, plots and file names: at level 1 the relation column
+        holds place accuracy (one object, nine places)."""
+        return "place" if self.level == 1 else self.metric
+
+    def eval_settings(self) -> dict:
+        clips = {} if self.frames is None else {"frames": self.frames, "clip_mode": self.clip_mode}
+        return {"splits": self.splits, "factors": self.factors, "sizes": self.sizes, **clips, "n": self.n,
+                "max_new_tokens": self.max_new_tokens, "data": str(self.base)}
+
+
+def arm_name(encoder: str, scheme: str) -> str:
+    return f"{encoder}-{scheme}"
+
+
+def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, max_steps: int | None = None,
+              arms: list[str] | None = None) -> Plan:
+    """Read ``grid`` (see configs/ablation/shapes.yaml) and resolve ``preset``; ``seeds``, ``max_steps`` and
+    ``arms`` (names such as ``rope2d-mrope``, any pair of the grid) override the file."""
+    import yaml
+
+    from mmrope.model.decoder_positions import SCHEMES
+    from mmrope.model.encoder_positions import ENCODERS
+    from mmrope.resources import find_config
+    from mmrope.train.config_reader import read_config
+
+    grid = find_config(grid)
+    try:
+        spec = yaml.safe_load(grid.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{grid}: cannot read the ablation grid ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("presets"), dict):
+        raise ValueError(f"{grid}: not an ablation grid: expected a mapping with encoders, schemes, eval and presets")
+    if preset not in spec["presets"]:
+        raise ValueError(f"{grid}: no preset {preset!r}: expected one of {', '.join(spec['presets'])}")
+    p = spec["presets"][preset] or {}
+    _check_keys(p, PRESET_KEYS, f"{grid}: presets.{preset}")
+    encoders = _names(spec.get("encoders"), ENCODERS, f"{grid}: encoders")
+    schemes = _names(spec.get("schemes"), SCHEMES, f"{grid}: schemes")
+
+    if arms is None and p.get("arms") is not None:
+        arms = p["arms"]
+    if arms is not None:
+        pairs = [_parse_arm(a, encoders, schemes, grid) for a in arms]
+    else:
+        pairs = list(product(_names(p.get("encoders", encoders), ENCODERS, f"{grid}: presets.{preset}.encoders"),
+                             _names(p.get("schemes", schemes), SCHEMES, f"{grid}: presets.{preset}.schemes")))
+    pairs = list(dict.fromkeys(pairs))  # an arm named twice would count its seeds twice
+    if not pairs:
+        raise ValueError(f"{grid}: presets.{preset} has no arms")
+
+    n_seeds = _positive(seeds if seeds is not None else p.get("seeds", spec.get("seeds", 1)), "seeds", grid)
+    steps = _positive(max_steps if max_steps is not None else p.get("max_steps"), "max_steps", grid)
+    _check_keys(spec.get("eval") or {}, EVAL_KEYS, f"{grid}: eval")
+    _check_keys(p.get("eval") or {}, EVAL_KEYS, f"{grid}: presets.{preset}.eval")
+    ev = {**(spec.get("eval") or {}), **(p.get("eval") or {})}
+    splits = list(ev.get("splits", ["test", "compositional"]))
+    if not splits or any(s not in SPLITS for s in splits):
+        raise ValueError(f"{grid}: eval.splits={splits}: expected some of {', '.join(SPLITS)}")
+    factors = [float(f) for f in ev.get("factors", [1])]
+    if not factors or any(f <= 0 for f in factors):
+        raise ValueError(f"{grid}: eval.factors={factors}: expected positive factors of the training size")
+
+    base = Path(os.path.normpath(grid.parent / (p.get("base") or "")))  # relative to the grid: a wheel's grids too
+    if not base.is_file():
+        raise ValueError(f"{grid}: presets.{preset}.base={p.get('base')!r} is not a file (relative paths are read "
+                         f"from the grid's folder, {grid.parent})")
+    train = p.get("train") or {}
+    if not isinstance(train, dict):
+        raise ValueError(f"{grid}: presets.{preset}.train must be a mapping of train keys to values")
+    resolved = read_config(["--config", str(base), *override_args(train)])
+    vision, data = resolved["model"]["vision"], resolved["data"]
+    frames = None
+    if data.get("dataset") == "clips":
+        frames = [int(f) for f in ev.get("frames", [data["clips"]["frames"]])]
+        if any(f < 2 for f in frames):
+            raise ValueError(f"{grid}: eval.frames={frames}: expected frame counts of at least 2")
+    elif "frames" in ev:
+        raise ValueError(f"{grid}: eval.frames is for clip grids, but {base} trains on {data.get('dataset', 'shapes')}")
+    size, window = int(vision["image_size"]), int(vision["patch_size"]) * int(vision["spatial_merge_size"])
+    for f in factors:
+        if f * size != round(f * size) or round(f * size) % window:
+            raise ValueError(f"{grid}: eval factor {f:g} of the training size {size} gives {f * size:g} px, not a "
+                             f"multiple of patch_size * spatial_merge_size = {window}")
+    n, batch_size, max_new_tokens = (_positive(ev.get(k, default), f"eval.{k}", grid)
+                                     for k, default in (("n", 500), ("batch_size", 100), ("max_new_tokens", 12)))
+    level = None if frames else int(data["shapes"]["level"])
+    return Plan(grid, preset, base, pairs, list(range(n_seeds)), steps, train, splits, factors, n, batch_size,
+                max_new_tokens, size, frames, data["clips"]["clip_mode"] if frames else "block",
+                int(data["clips"]["frames"]) if frames else None, level, data)
+
+
+def _check_keys(d: Any, allowed: tuple[str, ...], where: str) -> None:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a mapping")
+    unknown = [k for k in d if k not in allowed]
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r}: expected one of {', '.join(allowed)}")
+
+
+def _names(values: Any, registry: dict, where: str) -> list[str]:
+    allowed = tuple(registry)
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"{where} must be a non-empty list, some of {', '.join(allowed)}")
+    for v in values:
+        if v not in allowed:
+            raise ValueError(f"{where}: {v!r} is unknown: expected one of {', '.join(allowed)}")
+    return list(values)
+
+
+def _parse_arm(name: Any, encoders: list[str], schemes: list[str], grid: Path) -> tuple[str, str]:
+    encoder, _, scheme = str(name).partition("-")
+    if encoder not in encoders or scheme not in schemes:
+        raise ValueError(f"arm {name!r} is not in {grid}: expected <encoder>-<scheme> with an encoder of "
+                         f"{', '.join(encoders)} and a scheme of {', '.join(schemes)}")
+    return encoder, scheme
+
+
+def _positive(value: Any, name: str, grid: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{grid}: {name}={value!r}: expected a positive whole number")
+    return value
+
+
+def override_args(train: dict[str, Any]) -> list[str]:
+    """A preset's ``train`` mapping as command-line overrides, ``--key=value``."""
+    return [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in train.items()]
+
+
+def train_args(plan: Plan, encoder: str, scheme: str, seed: int, run_dir: Path, resume: bool = False) -> list[str]:
+    """The ``python -m mmrope.train`` arguments of one run (``mmrope.train.cli.main(args)`` takes them as they are)."""
+    extra = override_args(plan.train)
+    return ["fit", "--config", str(plan.base), f"--trainer.default_root_dir={run_dir}",
+            f"--trainer.max_steps={plan.max_steps}", f"--seed_everything={seed}", f"--data.seed={seed}",
+            f"--model.vision.pos_encoding={encoder}", f"--model.position_scheme={scheme}",
+            "--data.eval_sizes=[]",  # the scoring after training covers the sizes
+            "--trainer.enable_progress_bar=false", *extra, *(["--ckpt_path=last"] if resume else [])]

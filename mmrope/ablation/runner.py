@@ -1,0 +1,218 @@
+"""Running an ablation: train every arm of a grid for the same budget, score it at several resolutions, collect the
+rows. What ``mmrope ablate`` runs; :mod:`mmrope.ablation.report` turns the rows into tables and plots.
+
+An arm is an (encoder ``pos_encoding``, decoder ``position_scheme``) pair, named ``<encoder>-<scheme>``. Its runs
+differ from the grid's base config only in those two keys and the seed; every run trains for the same ``max_steps``
+and its ``last.ckpt`` is scored (the best checkpoint by validation would give some arms more selection than
+others). For arm A and seed k, ``<out>/A/seed<k>/`` holds:
+
+    checkpoints/, logs/   the training run
+    train.log             its output
+    arm.json              what it is trained with, checked on every visit: a changed budget is refused, never mixed
+    eval.json             the done marker: settings and scores, written atomically once the run is scored
+
+A run with ``last.ckpt`` but no marker resumes from it (``--ckpt_path last``, exact); one whose checkpoint already
+reached ``max_steps`` is only scored; a run with a marker is not touched again.
+
+Each run is a ``python -m mmrope.train`` subprocess rather than a call in this process. A crash, NaN or
+out-of-memory of one arm then cannot take the runner down, and no process-wide state leaks from one arm into the
+next: torch.compile's caches (whose recompile limit would quietly send later arms to eager mode), CUDA memory,
+logging and signal handlers.
+The price is Lightning's import, 5-15 s a run. Ctrl-C or SIGTERM is passed on to the run, which saves ``last.ckpt``
+after its current step; the same command then resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from mmrope.ablation.plan import Plan, arm_name, train_args
+
+
+def train_command(plan: Plan, encoder: str, scheme: str, seed: int, run_dir: Path, resume: bool = False) -> list[str]:
+    """One run as a command: the installed package's trainer, so a wheel needs no source checkout."""
+    return [sys.executable, "-m", "mmrope.train", *train_args(plan, encoder, scheme, seed, run_dir, resume)]
+
+
+def checkpoint_step(path: Path) -> int:
+    """The optimizer steps a Lightning checkpoint has taken."""
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Atomically: a file that exists is complete."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _check_signature(run_dir: Path, signature: dict) -> None:
+    path = run_dir / "arm.json"
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != signature:
+            diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in signature.items() if old.get(k) != v)
+            raise ValueError(f"{run_dir} was trained with other settings ({diff}): use another --out, or delete "
+                             "the folder to train it again")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(path, signature)
+
+
+def run_training(command: list[str], log_path: Path) -> int:
+    """Run ``command`` with its output appended to ``log_path`` -> its exit status, or 128 + signal if a Ctrl-C or
+    SIGTERM was passed on to it. The child has its own session, so a terminal's Ctrl-C reaches it only through here,
+    once: train.py then saves last.ckpt after its step and exits (a second Ctrl-C stops it at once)."""
+    forwarded: list[int] = []
+
+    def forward(signum: int) -> None:
+        forwarded.append(signum)
+        proc.send_signal(signum)
+
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {shlex.join(command)}\n")
+        log.flush()
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: forward(signum)) if main else None
+        try:
+            while True:
+                try:
+                    code = proc.wait()
+                    break
+                except KeyboardInterrupt:
+                    forward(signal.SIGINT)
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
+    return 128 + forwarded[0] if forwarded else code
+
+
+def score_run(plan: Plan, ckpt: Path, device: str | None = None) -> list[dict]:
+    """Score ``ckpt`` on every split at every size (and frame count) -> rows ``{split, factor, size, [frames,] n,
+    <metrics>}``."""
+    from mmrope.eval.evaluation import data_set, evaluate
+    from mmrope.inference import load
+
+    pipeline = load(ckpt, device=device)
+    if pipeline.config.vision.image_size != plan.train_size:
+        raise ValueError(f"{ckpt}: trained at {pipeline.config.vision.image_size} px, the grid's base config says "
+                         f"{plan.train_size}")
+    rows = []
+    for split in plan.splits:
+        eval_set = data_set(plan.data, split=split, n=plan.n)
+        clips = {} if plan.frames is None else {"frames": plan.frames, "clip_mode": plan.clip_mode}
+        results, _ = evaluate(pipeline, eval_set, plan.sizes, batch_size=plan.batch_size,
+                              max_new_tokens=plan.max_new_tokens, **clips)
+        factor = dict(zip(plan.sizes, plan.factors))
+        rows += [{"split": split, "factor": factor[r["size"]], **r} for r in results]
+    return rows
+
+
+class RunFailed(Exception):
+    """A training run exited with an error; the other runs go on."""
+
+
+class RunInterrupted(Exception):
+    """A training run stopped on Ctrl-C / SIGTERM after saving its last step."""
+
+
+def run_arm(plan: Plan, encoder: str, scheme: str, seed: int, out: Path, device: str | None = None,
+            say=None) -> list[dict]:
+    """Train (or resume) and score one run unless its marker says it is done -> its result rows."""
+    say = say or (lambda message: None)
+    run_dir = out / arm_name(encoder, scheme) / f"seed{seed}"
+    _check_signature(run_dir, {"base": str(plan.base), "encoder": encoder, "scheme": scheme, "seed": seed,
+                               "max_steps": plan.max_steps, "train": plan.train})
+    marker = run_dir / "eval.json"
+    if marker.exists():
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        if done.get("eval") == plan.eval_settings():
+            say("done before")
+            return done["rows"]
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    step = checkpoint_step(ckpt) if ckpt.exists() else 0
+    train_seconds = 0.0
+    if step < plan.max_steps:
+        what = f"resuming at step {step}" if step else "training"
+        say(f"{what} to {plan.max_steps} steps (log: {run_dir / 'train.log'})")
+        start = time.monotonic()
+        code = run_training(train_command(plan, encoder, scheme, seed, run_dir, resume=ckpt.exists()),
+                            run_dir / "train.log")
+        train_seconds = time.monotonic() - start
+        if code >= 128:  # train.py's clean stop: last.ckpt holds its last finished step
+            raise RunInterrupted(f"stopped by {_signal_name(code - 128)}; its checkpoint is {ckpt}: run the same "
+                                 "command again to resume")
+        if code < 0:
+            raise RunFailed(f"train.py was killed by {_signal_name(-code)}, out of memory perhaps "
+                            f"(see {run_dir / 'train.log'})")
+        if code:
+            raise RunFailed(f"train.py exited with status {code}: {_last_error(run_dir / 'train.log')}")
+        step = checkpoint_step(ckpt)
+        if step != plan.max_steps:
+            raise RunFailed(f"{ckpt} holds step {step}, not max_steps={plan.max_steps}")
+    start = time.monotonic()
+    rows = score_run(plan, ckpt, device)
+    eval_seconds = time.monotonic() - start
+    _write_json(marker, {"arm": arm_name(encoder, scheme), "seed": seed, "steps": step, "checkpoint": str(ckpt),
+                         "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
+                         "eval": plan.eval_settings(), "rows": rows})
+    at_1x = next((r.get(plan.metric) for r in rows if r["factor"] == 1 and r["split"] == plan.splits[0]), None)
+    score = f"; {plan.label} at 1x ({plan.splits[0]}) {at_1x:.3f}" if at_1x is not None else ""
+    trained = f"trained in {_duration(train_seconds)}, " if train_seconds else ""
+    say(f"{trained}scored in {_duration(eval_seconds)}{score}")
+    return rows
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _last_error(log_path: Path) -> str:
+    lines = [line.strip() for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+             if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["no output"])[-1][:300] + f" (see {log_path})"
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def run_ablation(plan: Plan, out: str | Path, device: str | None = None) -> tuple[list[dict], list[str]]:
+    """Every arm x seed of ``plan``, in order -> (result rows, one line per run that failed). Progress on stderr;
+    a run stopped by Ctrl-C / SIGTERM raises :class:`RunInterrupted` once its checkpoint is saved."""
+    out = Path(out)
+    runs = [(e, s, k) for e, s in plan.arms for k in plan.seeds]
+    rows, failures = [], []
+    for i, (encoder, scheme, seed) in enumerate(runs, 1):
+        prefix = f"[{i}/{len(runs)}] {arm_name(encoder, scheme)} seed {seed}"
+
+        def say(message: str, prefix: str = prefix) -> None:
+            print(f"{prefix}: {message}", file=sys.stderr, flush=True)
+
+        try:
+            run_rows = run_arm(plan, encoder, scheme, seed, out, device, say)
+        except RunFailed as e:
+            say(f"failed: {e}")
+            failures.append(f"{arm_name(encoder, scheme)} seed {seed}: {e}")
+            continue
+        except RunInterrupted as e:
+            raise RunInterrupted(f"{arm_name(encoder, scheme)} seed {seed} {e}") from None
+        rows += [{"encoder": encoder, "scheme": scheme, "seed": seed, **r} for r in run_rows]
+    return rows, failures

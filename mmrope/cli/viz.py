@@ -1,0 +1,143 @@
+"""``mmrope viz``: pictures of the position maths and of a model's attention.
+
+    mmrope viz similarity [--ckpt CKPT]          q·k against (Δrow, Δcol): 2D axial, flattened 1D, RoPE-Mixed
+    mmrope viz ids [--height 64 --width 96]      the (t, h, w) ids of an image + caption sequence
+    mmrope viz attention --ckpt CKPT IMAGE       where the decoder looked for each word it wrote
+
+Heavy imports stay inside the ``run_*`` functions so that ``mmrope --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    viz = subparsers.add_parser("viz", help="pictures of the position maths and of a model's attention",
+                                description="Write PNGs: q·k similarity maps, (t, h, w) ids, attention overlays.")
+    commands = viz.add_subparsers(dest="figure", metavar="FIGURE", required=True)
+
+    p = commands.add_parser(
+        "similarity", help="q·k against relative (Δrow, Δcol): 2D axial, flattened 1D and RoPE-Mixed",
+        description="q·k similarity (q = k = ones, so only position speaks) between the centre patch of a grid and "
+                    "every other patch, for 2D axial RoPE, flattened 1D RoPE and RoPE-Mixed. With a rope2d_mixed "
+                    "checkpoint, Mixed uses the learned frequencies of --layer and --head; otherwise a fresh "
+                    "initialisation, labelled 'init'. A checkpoint also sets head_dim and theta.")
+    p.add_argument("--ckpt", help="a checkpoint or exported folder (default: none; head_dim 64, theta 100)")
+    p.add_argument("--layer", type=int, default=0, help="encoder layer of the Mixed frequencies (default: 0)")
+    p.add_argument("--head", type=int, default=0, help="head of the Mixed frequencies (default: 0)")
+    p.add_argument("--grid", type=int, default=16, help="patch grid side (default: 16)")
+    p.add_argument("--out", type=Path, default=Path("viz_similarity.png"), help="(default: viz_similarity.png)")
+    p.set_defaults(func=run_viz_similarity)
+
+    p = commands.add_parser("ids", help="the (t, h, w) ids of an image (or clip) + caption sequence as a coloured "
+                                        "grid",
+                            description="The position ids the decoder gives [vision_start, image tokens, "
+                                        "vision_end, words]: three coloured rows t, h, w, one column per token. "
+                                        "--frames > 1 makes it a clip: a (t, h, w) block of video tokens.")
+    p.add_argument("--height", type=int, default=64, help="image height in pixels (default 64)")
+    p.add_argument("--width", type=int, default=96, help="image width in pixels (default 96)")
+    p.add_argument("--patch-size", type=int, default=8, help="(default 8)")
+    p.add_argument("--merge", type=int, default=2, help="spatial merge size (default 2, as Qwen2-VL)")
+    p.add_argument("--frames", type=int, default=1, help="temporal patches of a clip (default 1: an image)")
+    p.add_argument("--text", default="red circle left of blue square", help="the words after the image")
+    p.add_argument("--scheme", default="mrope", choices=("mrope", "flat"),
+                   help="mrope: Qwen2-VL ids (mrope_interleaved has the same ids); flat: the running index "
+                        "(default: mrope)")
+    p.add_argument("--out", type=Path, default=Path("viz_ids.png"), help="(default: viz_ids.png)")
+    p.set_defaults(func=run_viz_ids)
+
+    p = commands.add_parser(
+        "attention", help="a caption's attention over the image patches, one panel per word",
+        description="Caption IMAGE (greedy), then for each generated word show where the query that chose it "
+                    "attended over the image tokens (averaged over heads; one decoder layer or the mean of all), "
+                    "upsampled to the image and laid over it. Recomputed with an explicit softmax attention that "
+                    "reuses the model's weights and rotary tables (mmrope.viz.attention).")
+    p.add_argument("image", help="an image file")
+    p.add_argument("--ckpt", required=True, help="a checkpoint or exported folder")
+    p.add_argument("--layer", type=int, help="decoder layer, negative counts from the end (default: mean of all)")
+    p.add_argument("--size", type=int, help="image side in pixels (default: the training size)")
+    p.add_argument("--max-new-tokens", type=int, default=12, help="(default: 12)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cpu)", default="cpu")
+    p.add_argument("--out", type=Path, default=Path("viz_attention.png"), help="(default: viz_attention.png)")
+    p.set_defaults(func=run_viz_attention)
+
+
+def run_viz_similarity(args: argparse.Namespace) -> int:
+    from mmrope.viz.similarity import plot_similarity_maps, similarity_maps
+
+    if args.grid < 2 or args.head < 0:
+        raise ValueError(f"--grid {args.grid} --head {args.head}: expected a grid of at least 2 and a head >= 0")
+    model = None
+    if args.ckpt:
+        from mmrope.inference import load
+
+        model = load(args.ckpt, device="cpu").model
+    maps = similarity_maps(model, args.layer, args.head, args.grid)
+    v = model.config.vision if model is not None else None
+    head_dim, theta = (v.head_dim, v.rope_theta) if v else (64, 100.0)
+    title = f"q·k against relative offset ({args.grid}x{args.grid} grid, head_dim {head_dim}, theta {theta:g})"
+    path = plot_similarity_maps(maps, args.out, title=title)
+    print(f"{', '.join(maps)}: wrote {path}")
+    return 0
+
+
+def run_viz_ids(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmrope.model.positions import flat_position_ids, get_rope_index
+    from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, VISION_END_ID, VISION_START_ID
+    from mmrope.viz.figures import plot_position_ids
+
+    window = args.patch_size * args.merge
+    if args.height <= 0 or args.width <= 0 or args.patch_size <= 0 or args.height % window or args.width % window:
+        raise ValueError(f"image size {args.height}x{args.width} must be positive multiples of patch_size x merge "
+                         f"= {window}")
+    if args.frames < 1:
+        raise ValueError(f"--frames {args.frames}: expected at least 1")
+    grid = [args.frames, args.height // args.patch_size, args.width // args.patch_size]
+    rows, columns = grid[1] // args.merge, grid[2] // args.merge
+    n_media = args.frames * rows * columns
+    clip = args.frames > 1
+    words = args.text.split()
+    token = VIDEO_TOKEN_ID if clip else IMAGE_TOKEN_ID
+    ids = [VISION_START_ID] + [token] * n_media + [VISION_END_ID] + [100] * len(words)  # any word id
+    cells = [(k // (rows * columns), k % (rows * columns) // columns, k % columns) for k in range(n_media)]
+    labels = (["<vs>"] + [f"{'vid' if clip else 'img'} {f'{t},' if clip else ''}{i},{j}" for t, i, j in cells]
+              + ["<ve>"] + words)
+    grids = {"video_grid_thw" if clip else "image_grid_thw": torch.tensor([grid])}
+    ids_fn = flat_position_ids if args.scheme == "flat" else get_rope_index
+    position_ids, _ = ids_fn(torch.tensor([ids]), **grids, image_token_id=IMAGE_TOKEN_ID,
+                             video_token_id=VIDEO_TOKEN_ID, spatial_merge_size=args.merge)
+    media = f"{args.frames}-frame clip" if clip else "image"
+    title = (f"{args.scheme} ids: {args.height}x{args.width} {media}, patch {args.patch_size}, merge {args.merge} "
+             f"-> {args.frames}x{rows}x{columns} tokens")
+    path = plot_position_ids(labels, position_ids[:, 0], args.out, title=title)
+    print(f"wrote {path}")
+    return 0
+
+
+def run_viz_attention(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmrope.inference import load
+    from mmrope.viz.attention import image_attention_maps
+    from mmrope.viz.figures import plot_attention_overlay
+
+    pipeline = load(args.ckpt, device=args.device)
+    pixels = pipeline.preprocess(args.image, size=args.size)
+    with torch.inference_mode():
+        caption_ids = pipeline.model.generate([pixels.to(pipeline.device)], max_new_tokens=args.max_new_tokens)[0]
+    if len(caption_ids) == 0:
+        raise ValueError(f"{args.image}: the model wrote an empty caption: nothing to show")
+    maps = image_attention_maps(pipeline.model, pixels.to(pipeline.device), caption_ids, args.layer)
+    words = [pipeline.tokenizer.decode([t]) or "?" for t in caption_ids.tolist()]
+    which = "mean of layers" if args.layer is None else f"layer {args.layer}"
+    caption = pipeline.tokenizer.decode(caption_ids.tolist())
+    path = plot_attention_overlay(pixels, maps, words, args.out,
+                                  title=f'"{caption}": decoder attention over the image ({which}, mean of heads)')
+    print(f"{args.image}\t{caption}")
+    print(f"wrote {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,30 @@
+"""The model, in plain PyTorch: it imports nothing else of mmrope, so it can be lifted into any training loop.
+
+    config.py              VisionConfig, TextConfig, CaptionerConfig: the YAML's ``model:`` section, validated
+    rope.py                every rotary variant and the one apply function (the subject of the project)
+    positions.py           (t, h, w) ids of the joint sequence and (row, col) ids of encoder patches
+    encoder_positions.py   the encoder's ``pos_encoding`` plug-ins, one small class each
+    decoder_positions.py   the decoder's ``position_scheme`` plug-ins, one small class each
+    layers.py              RMSNorm, MLPs, attention with rotary q/k, GQA and a KV cache
+    rotary_apply.py        which rotary apply runs (reference, compiled, Triton), chosen at build
+    triton_rope.py         the fused rotary apply on CUDA
+    vision.py              the ViT encoder and the patch merger
+    text.py                the Llama-style decoder
+    captioner.py           encoder + decoder joined by the position scheme
+    generation.py          greedy, nucleus sampling and beam search
+    tokens.py              the reserved token ids and the layout of a media block
+    flops.py               parameter and FLOP counts
+"""
+
+import importlib
+
+_EXPORTS = {
+    "Captioner": "captioner", "Layout": "captioner", "CaptionerConfig": "config", "VisionConfig": "config",
+    "TextConfig": "config", "num_parameters": "flops", "flops_per_token": "flops",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"mmrope.model.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'mmrope.model' has no attribute {name!r}")

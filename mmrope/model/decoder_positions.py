@@ -1,0 +1,140 @@
+"""How the joint sequence knows where things are: one small class per ``position_scheme``, registered under it.
+
+A scheme is two decisions (the split the MRoPE-I paper, arXiv 2510.23095, makes): a *position design*, which ids
+each token of ``[vision_start, media tokens ..., vision_end, caption ...]`` gets, and a *frequency allocation*, which
+rotary pairs each id axis drives. It gives the ids of a batch and the rope deltas that continue them during cached
+decoding (:meth:`DecoderScheme.position_ids`, :meth:`DecoderScheme.decode_position_ids`), and turns ids into the
+half tables every attention layer applies (``forward``). :meth:`DecoderScheme.pair_frequencies` tells which axis
+each pair reads and how fast it turns: the spectrum diagnostic and the build-time warning read it. Adding a scheme is
+one class here (and its tests); the config's allowed strings and the ablation read :data:`SCHEMES`.
+
+Einstein legend: b batch, n tokens, k rotary pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+from mmrope.model.positions import decode_position_ids, flat_position_ids, get_rope_index
+from mmrope.model.registry import Registry
+from mmrope.model.rope import MultimodalRotaryEmbedding, default_mrope_section, mrope_axis_of_pair
+from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
+
+if TYPE_CHECKING:
+    from mmrope.model.config import CaptionerConfig
+
+AXES = ("t", "h", "w")
+SCHEMES = Registry("position_scheme")
+register_scheme = SCHEMES.register
+
+
+class DecoderScheme(nn.Module):
+    """What every scheme provides. Ids are (3, b, n) rows (t, h, w); a 1D scheme repeats one id on all three."""
+
+    name: ClassVar[str]
+    design: ClassVar[str] = ""  # the position design, in a few words
+    allocation: ClassVar[str] = ""  # the frequency allocation, in a few words
+    source: ClassVar[str] = ""
+    interleaved: ClassVar[bool] = False  # rotary pairs cycle t, h, w rather than taking contiguous sections
+
+    def __init__(self, config: CaptionerConfig):
+        super().__init__()
+        text = config.text
+        self.merge = config.vision.spatial_merge_size
+        self.tokens_per_second = config.tokens_per_second
+        self.rope = MultimodalRotaryEmbedding(text.head_dim, text.rope_theta, text.mrope_section, self.interleaved)
+
+    @classmethod
+    def default_section(cls, num_pairs: int) -> list[int]:
+        """``text.mrope_section`` when the config leaves it None: rotary pairs per (t, h, w)."""
+        return default_mrope_section(num_pairs, cls.interleaved)
+
+    @classmethod
+    def check(cls, config: CaptionerConfig) -> None:
+        """One line naming the field when ``config`` cannot hold this scheme."""
+
+    def position_ids(self, input_ids: torch.Tensor, grid_thw: torch.Tensor,
+                     attention_mask: torch.Tensor | None = None, clip: torch.Tensor | None = None,
+                     second_per_grid_t: Sequence[float] | torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids (3, b, n) and rope deltas (b, 1) of a batch: ``grid_thw`` (num_media, 3) of all media in order of
+        appearance, ``clip`` (num_media,) marks the clips, ``second_per_grid_t`` (one per clip) their timing."""
+        raise NotImplementedError
+
+    def decode_position_ids(self, cache_index: int | torch.Tensor, rope_deltas: torch.Tensor,
+                            length: int = 1) -> torch.Tensor:
+        """Ids (3, b, length) of the next tokens decoded at ``cache_index``: text continues the running index."""
+        return decode_position_ids(cache_index, rope_deltas, length)
+
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids (3, b, n) -> half tables ``(cos, sin)`` (b, n, k), shared by every layer."""
+        return self.rope(position_ids)
+
+    def pair_frequencies(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(radians per unit of id for each rotary pair (k,), the axis each reads (k,): 0 t, 1 h, 2 w)."""
+        return self.rope.inv_freq.double(), self.rope.axis_of_pair
+
+
+@register_scheme("mrope")
+class MRoPE(DecoderScheme):
+    """Qwen2-VL's M-RoPE. A media block of decoder grid (T, H, W) starting at s gives its token (t, i, j) the ids
+    (s + t, s + i, s + j); text continues after the block's largest id, with t = h = w, so on text alone it is 1D
+    RoPE. Chunked allocation: t takes the first (fastest) section of pairs, h the next, w the last (slowest). With
+    ``tokens_per_second`` a clip's t is its time (Qwen2.5-VL)."""
+
+    design = "(s+t, s+i, s+j) per media token; text continues after the block's largest id"
+    allocation = "chunked: t, h, w sections, fastest first"
+    source = "Qwen2-VL (arXiv 2409.12191); Qwen2.5-VL's absolute time"
+
+    def position_ids(self, input_ids, grid_thw, attention_mask=None, clip=None, second_per_grid_t=None):
+        clip = torch.zeros(len(grid_thw), dtype=torch.bool) if clip is None else clip.to(grid_thw.device)
+        time_scale = {}
+        if self.tokens_per_second is not None and bool(clip.any()):
+            if second_per_grid_t is None or len(second_per_grid_t) != int(clip.sum()):
+                raise ValueError(f"tokens_per_second={self.tokens_per_second} scales clip time: expected "
+                                 f"second_per_grid_t (temporal_patch_size / fps) for each of the {int(clip.sum())} "
+                                 f"clips, got {second_per_grid_t!r}")
+            time_scale = {"second_per_grid_t": torch.as_tensor(second_per_grid_t, dtype=torch.float64),
+                          "tokens_per_second": self.tokens_per_second}
+        return get_rope_index(input_ids, grid_thw[~clip], grid_thw[clip], attention_mask,
+                              image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID,
+                              spatial_merge_size=self.merge, **time_scale)
+
+
+@register_scheme("mrope_interleaved")
+class InterleavedMRoPE(MRoPE):
+    """M-RoPE's ids with the rotary pairs cycling t, h, w, t, h, w, ... (Qwen3-VL), so every axis gets fast and slow
+    pairs: chunked M-RoPE leaves w only the slowest ones, nearly still across a small grid."""
+
+    design = MRoPE.design
+    allocation = "interleaved: pairs cycle t, h, w"
+    source = "Qwen3-VL"
+    interleaved = True
+
+    @classmethod
+    def check(cls, config: CaptionerConfig) -> None:
+        try:
+            mrope_axis_of_pair(config.text.head_dim // 2, config.text.mrope_section, interleaved=True)
+        except ValueError as err:
+            raise ValueError(f"text.mrope_section={config.text.mrope_section} does not fit "
+                             f"position_scheme='mrope_interleaved': {err}") from None
+
+
+@register_scheme("flat")
+class FlatPositions(DecoderScheme):
+    """The running index on all three rows, media tokens in raster order: 1D RoPE over the flattened sequence, as a
+    text-only decoder would read it (nanoVLM, the prototype this project started from)."""
+
+    design = "the running index on all rows (media in raster order)"
+    allocation = "1D: every pair on the one index"
+    source = "1D RoPE (Su et al. 2021) over the flattened sequence"
+
+    def position_ids(self, input_ids, grid_thw, attention_mask=None, clip=None, second_per_grid_t=None):
+        return flat_position_ids(input_ids, attention_mask=attention_mask)
+
+    def pair_frequencies(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rope.inv_freq.double(), torch.full_like(self.rope.axis_of_pair, -1)  # -1: the one index

@@ -1,0 +1,218 @@
+"""How the encoder's patches know where they are: one small class per ``vision.pos_encoding``, registered under it.
+
+An encoding either adds a table to the patch embeddings (:meth:`EncoderPositions.embed`), or rotates every block's
+queries and keys (:meth:`EncoderPositions.rotary`, one ``(cos, sin)`` per block), or both. It gets the patches'
+(t, row, col) ids in the encoder's merge-window order (:func:`mmrope.model.positions.patch_positions`) and the grid
+they come from, so a new image size needs no change: the ids are recomputed. Adding an arm is one class here (and
+its tests); the config's allowed strings, the encoder, the plots and the ablation all read :data:`ENCODERS`.
+
+Einstein legend: n patches (t * h * w), c channels (vision dim), k rotary pairs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from mmrope.model.positions import raster_positions
+from mmrope.model.registry import Registry
+from mmrope.model.rope import AxialRotaryEmbedding, MixedRotaryEmbedding, RotaryEmbedding
+
+if TYPE_CHECKING:
+    from mmrope.model.config import VisionConfig
+
+Rope = tuple[torch.Tensor, torch.Tensor]
+Grid = tuple[int, int, int]  # (t, h, w): temporal patches and encoder patches down and across
+
+ENCODERS = Registry("vision.pos_encoding")
+register_encoder = ENCODERS.register
+
+
+class EncoderPositions(nn.Module):
+    """What every encoding provides; by itself, no position information."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""  # one line for tables and --help
+    source: ClassVar[str] = ""  # where it comes from
+    head_dim_multiple: ClassVar[int] = 1  # each head's channels must split this way ...
+    head_dim_reason: ClassVar[str] = ""  # ... because
+    absolute: ClassVar[bool] = False  # adds a table to the patch embeddings
+
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        self.depth = config.depth
+
+    @classmethod
+    def check(cls, config: VisionConfig) -> None:
+        """One line naming the field when ``config`` cannot hold this encoding."""
+        if config.head_dim % cls.head_dim_multiple:
+            raise ValueError(f"vision.head_dim={config.head_dim} (dim / num_heads) cannot be split for "
+                             f"vision.pos_encoding={cls.name!r}: expected a multiple of {cls.head_dim_multiple} "
+                             f"({cls.head_dim_reason})")
+
+    def embed(self, x: torch.Tensor, positions: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """Patch embeddings (b, n, c) with this encoding's table added; positions (n, 3) as (t, row, col)."""
+        return x
+
+    def rotary(self, positions: torch.Tensor, grid: Grid) -> list[Rope | None]:
+        """One ``(cos, sin)`` per block, built once per forward, or None where a block does not rotate."""
+        return [None] * self.depth
+
+
+@register_encoder("none")
+class NoPositions(EncoderPositions):
+    """Patches with no position information: attention sees a bag of patches."""
+
+    summary = "no positions"
+    source = "the floor every encoding is measured against"
+
+
+class RotaryPositions(EncoderPositions):
+    """An encoding that turns every block's queries and keys by the same tables: ``rope(ids(positions, grid))``."""
+
+    def __init__(self, config: VisionConfig):
+        super().__init__(config)
+        self.rope = self.make_rope(config)
+
+    def make_rope(self, config: VisionConfig) -> nn.Module:
+        raise NotImplementedError
+
+    def ids(self, positions: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """What the rotary module reads, from the (t, row, col) ids (n, 3)."""
+        return positions[:, 1:]
+
+    def rotary(self, positions: torch.Tensor, grid: Grid) -> list[Rope | None]:
+        return [self.rope(self.ids(positions, grid))] * self.depth  # (n, k), shared by every block
+
+
+@register_encoder("rope2d")
+class AxialRoPE2D(RotaryPositions):
+    """2D axial RoPE: half of each head's rotary pairs turn with the patch row, half with the column."""
+
+    summary = "2D axial RoPE on (row, col), theta `vision.rope_theta`"
+    source = "RoPE-ViT Axial (Heo et al. 2024); Qwen2-VL's vision tower"
+    head_dim_multiple, head_dim_reason = 4, "half of the rotary pairs per axis"
+
+    def make_rope(self, config: VisionConfig) -> nn.Module:
+        return AxialRotaryEmbedding(config.head_dim, config.rope_theta)
+
+
+@register_encoder("rope3d")
+class AxialRoPE3D(RotaryPositions):
+    """3D axial RoPE for clips: a quarter of the pairs turn with time, the rest as ``rope2d``."""
+
+    summary = "3D axial RoPE on (t, row, col) for clips: a quarter of the pairs turn with time, the rest as rope2d"
+    source = "Qwen2-VL's M-RoPE proportions, in the encoder"
+    head_dim_multiple = 8
+    head_dim_reason = "a quarter of the rotary pairs for time, the rest split between row and column"
+
+    def make_rope(self, config: VisionConfig) -> nn.Module:
+        return AxialRotaryEmbedding(config.head_dim, config.rope_theta, axes=3)
+
+    def ids(self, positions: torch.Tensor, grid: Grid) -> torch.Tensor:
+        return positions
+
+
+@register_encoder("rope2d_mixed")
+class MixedRoPE(EncoderPositions):
+    """RoPE-Mixed: learnable per-layer, per-head frequencies over (row, col), so a head can turn along a diagonal.
+    Its frequencies start from the paper's init (theta 10), not ``rope_theta``, and get no weight decay."""
+
+    summary = "RoPE-Mixed: learnable per-layer, per-head frequencies over (row, col), no weight decay"
+    source = "Heo et al. 2024 (RoPE-ViT)"
+    head_dim_multiple, head_dim_reason = 4, "rotary pairs initialised in axis-aligned couples"
+
+    def __init__(self, config: VisionConfig):
+        super().__init__(config)
+        self.rope = MixedRotaryEmbedding(config.head_dim, config.num_heads, depth=config.depth)
+
+    def rotary(self, positions: torch.Tensor, grid: Grid) -> list[Rope | None]:
+        cos, sin = self.rope(positions[:, 1:])  # (depth, 1, heads, n, k): every layer its own frequencies
+        return list(zip(cos, sin))
+
+
+@register_encoder("rope1d_flat")
+class FlatRoPE(RotaryPositions):
+    """1D RoPE on the raster index t * h * w + row * w + col: vertical neighbours sit w apart, and w changes with
+    the image size. The flattened baseline."""
+
+    summary = "1D RoPE on the raster index (t·H·W +) row·W + col, same theta: the flattened baseline"
+    source = "1D RoPE (Su et al. 2021) over a raster scan"
+    head_dim_multiple, head_dim_reason = 2, "channels rotate in pairs"
+
+    def make_rope(self, config: VisionConfig) -> nn.Module:
+        return RotaryEmbedding(config.head_dim, config.rope_theta)
+
+    def ids(self, positions: torch.Tensor, grid: Grid) -> torch.Tensor:
+        _, h, w = grid
+        return positions[:, 0] * h * w + positions[:, 1] * w + positions[:, 2]
+
+
+def sincos_2d(positions: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2D sin-cos embedding (MAE, timm): the first half of the channels encode the row, the second the column.
+    positions (n, 2) -> (n, dim), each axis as [sin(p * w_i), cos(p * w_i)] with w_i = temperature^(-i / (dim/4)).
+    timm's ``build_sincos2d_pos_embed`` holds the same values in the order [sin row, sin col, cos row, cos col]."""
+    omega = temperature ** (-torch.arange(dim // 4, device=positions.device, dtype=torch.float32) / (dim // 4))
+    angles = positions.float().unsqueeze(-1) * omega  # (n, rc, dim/4), rc = (row, col)
+    return rearrange(torch.cat((angles.sin(), angles.cos()), dim=-1), "n rc c -> n (rc c)")
+
+
+@register_encoder("sincos2d")
+class SinCos2D(EncoderPositions):
+    """A fixed 2D sin-cos table added to the patch embeddings: absolute positions, counted in patches."""
+
+    summary = "fixed 2D sin-cos added to the patch embeddings"
+    source = "MAE (He et al. 2022)"
+    absolute = True
+
+    @classmethod
+    def check(cls, config: VisionConfig) -> None:
+        if config.dim % 4:
+            raise ValueError(f"vision.dim={config.dim} cannot hold a 2D sin-cos embedding: expected a multiple of 4 "
+                             "(sin and cos of the row and of the column)")
+
+    def embed(self, x: torch.Tensor, positions: torch.Tensor, grid: Grid) -> torch.Tensor:
+        return x + sincos_2d(positions[:, 1:], x.shape[-1]).to(x.dtype)
+
+
+class LearnedPosEmbed(nn.Module):
+    """Absolute table at the training grid (ViT, nanoVLM); bicubically resampled for any other grid with timm's
+    ``resample_abs_pos_embed`` (align_corners=False, no antialias, as DeiT fine-tunes at a new size)."""
+
+    def __init__(self, dim: int, grid: int):
+        super().__init__()
+        self.grid = grid
+        self.weight = nn.Parameter(torch.zeros(grid * grid, dim))  # raster order
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, h: int, w: int, merge: int) -> torch.Tensor:
+        """Table for an h x w patch grid, in merge-window order -> (h * w, c)."""
+        from timm.layers import resample_abs_pos_embed
+
+        table = self.weight
+        if (h, w) != (self.grid, self.grid):
+            table = resample_abs_pos_embed(table.float()[None], new_size=[h, w], old_size=[self.grid, self.grid],
+                                           num_prefix_tokens=0, interpolation="bicubic", antialias=False)
+            table = table[0].to(self.weight.dtype)
+        return table[raster_positions(h, w, merge, device=table.device)]
+
+
+@register_encoder("learned")
+class LearnedTable(EncoderPositions):
+    """A learned absolute table at the training grid (``vision.image_size``), resampled for other grids."""
+
+    summary = "absolute table at `vision.image_size`, bicubically resampled for other sizes"
+    source = "ViT (Dosovitskiy et al. 2021), DeiT's resampling"
+    absolute = True
+
+    def __init__(self, config: VisionConfig):
+        super().__init__(config)
+        self.merge = config.spatial_merge_size
+        self.pos_embed = LearnedPosEmbed(config.dim, config.image_size // config.patch_size)
+
+    def embed(self, x: torch.Tensor, positions: torch.Tensor, grid: Grid) -> torch.Tensor:
+        t, h, w = grid
+        return x + self.pos_embed(h, w, self.merge).repeat(t, 1)

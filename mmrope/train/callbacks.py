@@ -1,0 +1,177 @@
+"""Callbacks every training run gets: ``last.ckpt`` that is the last step and ``best-<step>.ckpt``, a clean stop on
+Ctrl-C or SIGTERM with the state of the last finished step on disk, and a stop when the training data cannot be read.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from mmrope.data.collate import SkippedBatch
+
+log = logging.getLogger("mmrope")
+
+
+class TrainingInterrupted(Exception):
+    """Raised after Ctrl-C / SIGTERM once the state of the last finished step is safely on disk."""
+
+    def __init__(self, signum: int, step: int, path: Path):
+        self.signum, self.step, self.path = signum, step, path
+        super().__init__(f"{signal.Signals(signum).name} at step {step}: saved {path}; "
+                         "continue with --ckpt_path last")
+
+
+def default_callbacks(root: str | Path, monitor: str) -> list[Callback]:
+    """Checkpoints in a fixed folder under the run's root (not under the logger's version folder), so that
+    ``--ckpt_path last`` finds them after a restart; a clean stop on Ctrl-C; a stop when the data cannot be read."""
+    folder = Path(root) / "checkpoints"
+    return [LastAndBestCheckpoint(folder, monitor), GracefulInterrupt(folder), BadDataGuard()]
+
+
+class LastAndBestCheckpoint(ModelCheckpoint):
+    """``best-<step>.ckpt``, the best by ``monitor``, and ``last.ckpt``: the state after the last finished step.
+
+    Lightning's ``save_last`` writes ``last`` only when it also writes a new best, and nothing at the end of
+    training, so a run whose last validation did not improve, or that ends between validations, would leave a
+    ``last.ckpt`` some steps behind. Here ``last.ckpt`` is written at every validation, at the end of training and
+    when a run is interrupted (:meth:`write_last`), always to the same name: a resumed run overwrites it rather than
+    writing ``last-v1.ckpt`` beside it.
+    """
+
+    def __init__(self, folder: str | Path, monitor: str):
+        super().__init__(dirpath=folder, filename="best-{step}", monitor=monitor, mode="max", save_last=True,
+                         auto_insert_metric_name=False, enable_version_counter=False)
+        self._last_step = -1
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self.write_last(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.write_last(trainer)
+
+    def write_last(self, trainer) -> None:
+        """Write ``last.ckpt`` for the current step, unless it already holds it or this is not a training run."""
+        if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.global_step == self._last_step:
+            return
+        self._last_step = trainer.global_step
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class GracefulInterrupt(Callback):
+    """Ctrl-C or SIGTERM: finish the step in flight, write ``last.ckpt`` (atomically), then stop.
+
+    The checkpoint is written at the end of the step, the point Lightning's own mid-epoch checkpoints are taken
+    from, so it holds the weights, optimizer, schedule and data position of one consistent step; the run stops at
+    the next hook, once the step's metrics are logged. It is written through :class:`LastAndBestCheckpoint`, so the
+    resumed run goes on writing the same ``last.ckpt``. A second Ctrl-C stops at once.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder, self.signum, self.saved, self._previous = Path(folder), None, None, {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # asked twice: give up on the clean stop
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s received: stopping after this step", signal.Signals(signum).name)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stop = self.signum is not None
+        if trainer.world_size > 1:  # all ranks stop at the same step, or the collectives hang
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop and self.saved is None:
+            checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, LastAndBestCheckpoint)]
+            if checkpoints:
+                checkpoints[0].write_last(trainer)
+                self.saved = Path(checkpoints[0].last_model_path)
+            else:  # a config that brings its own ModelCheckpoint
+                self.saved = self.folder / "last.ckpt"
+                trainer.save_checkpoint(self.saved, weights_only=False)
+
+    def _stop_if_saved(self, trainer, *args) -> None:
+        if self.saved is not None:
+            raise TrainingInterrupted(self.signum or signal.SIGTERM, trainer.global_step, self.saved)
+
+    on_train_batch_start = on_train_epoch_end = _stop_if_saved
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.training or trainer.state.fn == "fit":
+            self._stop_if_saved(trainer)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+class BadDataError(ValueError):
+    """The training data cannot be read: every sample of an epoch, or more than ``data.max_skipped_fraction``."""
+
+
+class BadDataGuard(Callback):
+    """Stops a run whose training images cannot be read, with one line, instead of letting it train on a sliver of
+    its data or, when nothing can be read, cycle through empty epochs without ever taking a step.
+
+    Unreadable samples are skipped (each named once in a warning by the dataset); this counts them. The run stops
+    when an epoch ends without one readable sample, or, once ``min(500, len(train set))`` samples were drawn, when
+    more than ``data.max_skipped_fraction`` of them were skipped. Under DDP the ranks agree before stopping.
+    """
+
+    CHECK_EVERY = 20  # steps between checks of the share (each is a collective under DDP)
+    MIN_SAMPLES = 500  # drawn before the share is judged, so a few bad images early on do not stop a run
+
+    def __init__(self):
+        self.read = self.skipped = self.epoch_read = self.epoch_skipped = self.batches = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epoch_read = self.epoch_skipped = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        skipped = batch.num_skipped if isinstance(batch, SkippedBatch) else int(batch.get("num_skipped", 0))
+        read = 0 if isinstance(batch, SkippedBatch) else len(batch["input_ids"])
+        self.read, self.skipped = self.read + read, self.skipped + skipped
+        self.epoch_read, self.epoch_skipped = self.epoch_read + read, self.epoch_skipped + skipped
+        self.batches += 1
+        if self.batches % self.CHECK_EVERY == 0:
+            self._check_share(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        _stop_if(trainer, self.epoch_read == 0 and self.epoch_skipped > 0,
+                 f"no training sample of epoch {trainer.current_epoch} could be read ({self.epoch_skipped} skipped; "
+                 "the warnings above name the files): check data.train and data.image_dir")
+        self._check_share(trainer)
+
+    def _check_share(self, trainer) -> None:
+        limit = getattr(trainer.datamodule, "max_skipped_fraction", None) if trainer.datamodule else None
+        total = self.read + self.skipped
+        enough = total >= min(self.MIN_SAMPLES, _train_set_size(trainer) or self.MIN_SAMPLES)
+        _stop_if(trainer, limit is not None and enough and self.skipped > limit * total,
+                 f"{self.skipped} of the {total} training samples drawn so far could not be read, over "
+                 f"data.max_skipped_fraction={limit} (the warnings above name the files): fix the data, or raise the "
+                 "limit to train on what can be read")
+
+
+def _stop_if(trainer, stop: bool, message: str) -> None:
+    """Raise :class:`BadDataError` when ``stop`` holds on any rank (all ranks agree, or the collectives hang)."""
+    if trainer.world_size > 1:
+        stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+    if stop:
+        raise BadDataError(message)
+
+
+def _train_set_size(trainer) -> int | None:
+    try:
+        return len(trainer.train_dataloader.dataset)
+    except (AttributeError, TypeError):
+        return None

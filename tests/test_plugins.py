@@ -1,0 +1,126 @@
+"""Position encodings as plug-ins: the config's allowed strings are the registries' names, every registered encoder
+and scheme builds, trains a step and generates through the one model, and the hand-written maths agrees with timm's
+where timm has the same thing (RoPE-Mixed, 2D sin-cos, the resampling of an absolute table)."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import pytest
+import torch
+
+from mmrope.model.captioner import Captioner
+from mmrope.model.config import CaptionerConfig, PosEncoding, PositionScheme, TextConfig, VisionConfig
+from mmrope.model.decoder_positions import SCHEMES
+from mmrope.model.encoder_positions import ENCODERS, LearnedPosEmbed, sincos_2d
+from mmrope.model.positions import patch_positions
+from mmrope.model.rope import MixedRotaryEmbedding, apply_rotary
+
+
+def test_the_configs_strings_are_the_registries():
+    assert get_args(PosEncoding) == tuple(ENCODERS) and get_args(PositionScheme) == tuple(SCHEMES)
+    with pytest.raises(ValueError, match="vision.pos_encoding='rope9' is unknown: expected one of 'none', 'rope2d'"):
+        VisionConfig(pos_encoding="rope9")
+    for name, cls in {**ENCODERS, **SCHEMES}.items():
+        assert cls.name == name and cls.__doc__, name  # every plug-in says what it is
+
+
+def tiny(pos_encoding: str, scheme: str) -> Captioner:
+    torch.manual_seed(0)
+    vision = VisionConfig(image_size=32, dim=32, depth=2, num_heads=2, pos_encoding=pos_encoding,
+                          temporal_patch_size=2 if pos_encoding == "rope3d" else 1)
+    return Captioner(CaptionerConfig(vision, TextConfig(vocab_size=16, dim=32, depth=1, num_heads=2, num_kv_heads=1),
+                                     scheme))
+
+
+@pytest.mark.parametrize("encoding", list(ENCODERS))
+def test_every_encoder_trains_and_generates(encoding):
+    model = tiny(encoding, "mrope")
+    images = [torch.randn(3, 32, 48), torch.randn(3, 48, 32)]  # sizes the table was not made for
+    input_ids = torch.tensor([[3] + [5] * 6 + [4, 10, 11], [3] + [5] * 6 + [4, 12, 2]])
+    loss = model(images, input_ids, labels=input_ids).loss
+    loss.backward()
+    grads = [p.grad for p in model.vision.parameters() if p.requires_grad]
+    assert torch.isfinite(loss) and all(g is not None for g in grads)
+    assert [len(c) for c in model.generate(images, max_new_tokens=3)] == [3, 3]
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_every_scheme_trains_and_generates(scheme):
+    model = tiny("rope2d", scheme)
+    images = [torch.randn(3, 32, 48)]
+    input_ids = torch.tensor([[3] + [5] * 6 + [4, 10, 11]])
+    loss = model(images, input_ids, labels=input_ids).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    frequencies, axes = model.scheme.pair_frequencies()
+    assert frequencies.shape == axes.shape == (8,) and (frequencies > 0).all()
+    assert model.generate(images, max_new_tokens=2)[0].shape == (2,)
+
+
+def test_a_module_given_parts_of_a_config_derives_the_rest_for_its_scheme():
+    """Before, the training module built a throwaway config with the default scheme, whose chunked section then
+    failed the interleaved check."""
+    from mmrope.train.module import CaptionModule
+
+    module = CaptionModule(text={}, position_scheme="mrope_interleaved")
+    assert module.config.text.mrope_section == [6, 5, 5]
+
+
+def test_rope_mixed_matches_timm():
+    from timm.layers.pos_embed_sincos import get_mixed_freqs
+
+    depth, heads, head_dim, grid = 2, 3, 16, (4, 5)
+    ours = MixedRotaryEmbedding(head_dim, heads, depth=depth)
+    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()
+    cos, sin = ours(torch.stack((rows, cols), -1))  # (depth, 1, heads, n, k)
+    # timm keeps (2, depth, heads, pairs) as (x, y) = (col, row); ours is (depth, 2, heads, pairs) as (row, col)
+    freqs = ours.freqs.detach().permute(1, 0, 2, 3).flip(0)
+    embed = get_mixed_freqs(freqs, cols.float(), rows.float())  # (depth, heads, n, 2 * head_dim): [sin | cos]
+    sin_t, cos_t = embed.chunk(2, dim=-1)
+    q = torch.randn(1, heads, len(rows), head_dim)
+    for layer in range(depth):
+        timm_q = q * cos_t[layer] + _rotate_half_timm(q) * sin_t[layer]  # timm's apply_rot_embed(half=False)
+        torch.testing.assert_close(apply_rotary(_ours(q), cos[layer], sin[layer]), _ours(timm_q), rtol=1e-5,
+                                   atol=1e-5)
+
+
+def _rotate_half_timm(x):
+    """timm's ``rot``: adjacent pairs (x0, x1) -> (-x1, x0), the GPT-J layout."""
+    return torch.stack((-x[..., 1::2], x[..., ::2]), -1).reshape(x.shape)
+
+
+def _ours(x):
+    """timm's GPT-J layout (pairs adjacent) in ours (pair k couples channels k and k + d/2)."""
+    return torch.cat((x[..., ::2], x[..., 1::2]), -1)
+
+
+def test_sincos_2d_holds_timms_values():
+    from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+
+    dim, grid = 32, (3, 5)
+    theirs = build_sincos2d_pos_embed(list(grid), dim=dim, temperature=10000)  # (n, dim): sin r, sin c, cos r, cos c
+    ours = sincos_2d(patch_positions(1, *grid)[:, 1:], dim)  # (n, dim): sin r, cos r, sin c, cos c
+    q = dim // 4
+    reordered = torch.cat((ours[:, :q], ours[:, 2 * q:3 * q], ours[:, q:2 * q], ours[:, 3 * q:]), -1)
+    torch.testing.assert_close(reordered, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_learned_table_resamples_as_deit_does():
+    import torch.nn.functional as F
+
+    table = LearnedPosEmbed(dim=8, grid=4)
+    resampled = table(6, 4, merge=1)  # raster order with merge 1
+    image = table.weight.detach().T.reshape(1, 8, 4, 4)
+    expected = F.interpolate(image, size=(6, 4), mode="bicubic", align_corners=False).reshape(8, 24).T
+    torch.testing.assert_close(resampled.detach(), expected)
+    assert torch.equal(table(4, 4, merge=1), table.weight)  # its own grid: the table itself
+
+
+def test_image_statistics_are_timms_clip_constants():
+    from timm.data.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    from mmrope.data.images import MEAN, STD
+
+    assert (MEAN, STD) == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
