@@ -211,12 +211,15 @@ def test_results_with_several_seeds_show_intervals(tmp_path):
 def test_shipped_grid_and_bad_grids(tmp_path):
     grid = ROOT / "configs/ablation/shapes.yaml"
     gpu = load_plan(grid, "gpu")
-    assert len(gpu.arms) == 6 * 3 and gpu.sizes == [64, 96, 128, 192, 256] and gpu.seeds == [0, 1, 2]
+    assert len(gpu.arms) == 8 * 3 and gpu.sizes == [64, 96, 128, 192, 256] and gpu.seeds == [0, 1, 2]
     cpu = load_plan(grid, "cpu", max_steps=10, arms=["rope2d_mixed-mrope"])
     assert cpu.arms == [("rope2d_mixed", "mrope")] and cpu.max_steps == 10 and cpu.sizes == [32, 48, 64, 96, 128]
     place = load_plan(grid, "cpu")  # level-1 scenes: the model is trained and scored on places
     assert place.splits == ["test", "compositional"]
-    assert place.arms == [("rope2d", "mrope"), ("sincos2d", "mrope")] and place.base.name == "shapes_place.yaml"
+    assert place.base.name == "shapes_place.yaml" and len(place.arms) == 8
+    assert {s for e, s in place.arms if e == "rope2d"} == {"mrope", "mrope_interleaved", "flat"}  # every scheme
+    assert {e for e, s in place.arms if s == "mrope_interleaved"} == {
+        "rope2d", "rope1d_flat", "sincos2d", "learned", "rope2d_learned", "rope2d_norm"}  # every encoder family
     assert (place.level, place.label) == (1, "place")
     scenes = data_set(place.data, "test", n=3).scenes
     assert [len(s["objects"]) for s in scenes] == [1, 1, 1] and all(s["level"] == 1 for s in scenes)

@@ -12,7 +12,9 @@ def test_defaults_are_valid_and_derive_fields():
     config = CaptionerConfig()
     assert config.vision.head_dim == 32 and config.text.head_dim == 32
     assert config.text.mlp_hidden_dim % 32 == 0 and config.text.mlp_hidden_dim >= 2 / 3 * 4 * config.text.dim
-    assert config.text.mrope_section == default_mrope_section(16) == [4, 6, 6]
+    assert config.position_scheme == "mrope_interleaved"  # chunked leaves head_dim 32's w axis nearly still
+    assert config.text.mrope_section == default_mrope_section(16, interleaved=True) == [6, 5, 5]
+    assert CaptionerConfig(position_scheme="mrope").text.mrope_section == default_mrope_section(16) == [4, 6, 6]
 
 
 def test_mrope_section_default_follows_the_scheme():

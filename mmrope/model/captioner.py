@@ -11,6 +11,7 @@ Einstein legend: b batch, n tokens, c decoder dim, v vocab.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -19,13 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrope.model.config import CaptionerConfig
-from mmrope.model.decoder_positions import SCHEMES, DecoderScheme
+from mmrope.model.decoder_positions import AXIS_NAMES, SCHEMES, DecoderScheme, still_axes
 from mmrope.model.generation import Prompt, generate
 from mmrope.model.rotary_apply import select_rotary_apply
 from mmrope.model.text import TextDecoder, is_right_padded
 from mmrope.model.tokens import IGNORE_INDEX, IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
 from mmrope.model.vision import VisionEncoder, clip_mask
 
+log = logging.getLogger("mmrope")
 Images = Sequence[torch.Tensor] | torch.Tensor  # images (3, H, W) and clips (T, 3, H, W), or a (b, 3, H, W) batch
 
 
@@ -51,6 +53,7 @@ class Captioner(nn.Module):
         rotary = select_rotary_apply(config.rotary_apply)
         self.vision = VisionEncoder(config.vision, out_dim=config.text.dim, rotary=rotary)
         self.text = TextDecoder(config.text, SCHEMES[config.position_scheme](config), rotary)
+        warn_still_axes(config, self.scheme)
 
     @property
     def scheme(self) -> DecoderScheme:
@@ -125,6 +128,18 @@ class Captioner(nn.Module):
         without the final EOS. ``options``: those of :func:`mmrope.model.generation.generate` (``max_new_tokens``,
         ``strategy`` "greedy" | "beam" | "sample", ``num_beams``, ``temperature``, ``top_p``, ...)."""
         return generate(self, images, **options)
+
+
+def warn_still_axes(config: CaptionerConfig, scheme: DecoderScheme) -> None:
+    """One log line per axis of the training image's decoder grid that ``scheme`` turns by almost nothing from edge
+    to edge (:func:`mmrope.model.decoder_positions.still_axes`): such a decoder can hardly tell that axis apart."""
+    v = config.vision
+    side = v.image_size // (v.patch_size * v.spatial_merge_size)
+    for axis, turn in still_axes(scheme, (1, side, side)).items():
+        log.warning("position_scheme=%r turns the decoder's %s (%s axis) by at most %.2g rad across the %dx%d grid "
+                    "of a %d px training image, so it can hardly tell them apart; mrope_interleaved turns every axis: "
+                    "see `mmrope viz spectrum`", config.position_scheme, AXIS_NAMES[axis], axis, turn, side, side,
+                    v.image_size)
 
 
 def _check_slots(slots: int, media_tokens: int) -> None:

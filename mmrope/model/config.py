@@ -185,7 +185,10 @@ class CaptionerConfig:
 
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    position_scheme: PositionScheme = "mrope"  # see mmrope.model.decoder_positions and README "Model"
+    # see mmrope.model.decoder_positions and README "Model". Interleaved, not Qwen2-VL's chunked mrope: with head_dim 32
+    # chunked sections turn the w axis by under 0.01 rad across a small grid, and the decoder cannot read columns
+    # (docs/ablation.md measures both)
+    position_scheme: PositionScheme = "mrope_interleaved"
     # Qwen2.5-VL's absolute time for clips: a temporal patch's t id is floor(seconds since the clip's start *
     # tokens_per_second), so a clip sampled at another frame rate keeps its ids on the same time scale.
     # None: t ids count temporal patches (Qwen2-VL).

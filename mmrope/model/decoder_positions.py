@@ -22,12 +22,11 @@ from torch import nn
 from mmrope.model.positions import decode_position_ids, flat_position_ids, get_rope_index
 from mmrope.model.registry import Registry
 from mmrope.model.rope import MultimodalRotaryEmbedding, default_mrope_section, mrope_axis_of_pair
-from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
+from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, VISION_END_ID, VISION_START_ID
 
 if TYPE_CHECKING:
     from mmrope.model.config import CaptionerConfig
 
-AXES = ("t", "h", "w")
 SCHEMES = Registry("position_scheme")
 register_scheme = SCHEMES.register
 
@@ -70,13 +69,54 @@ class DecoderScheme(nn.Module):
         """Ids (3, b, length) of the next tokens decoded at ``cache_index``: text continues the running index."""
         return decode_position_ids(cache_index, rope_deltas, length)
 
+    def angles(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """Ids (3, b, n) -> the angle each rotary pair of each token turns by (b, n, k), or (b, heads, n, k) for a
+        scheme whose heads differ."""
+        return self.rope.angles(position_ids)
+
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Ids (3, b, n) -> half tables ``(cos, sin)`` (b, n, k), shared by every layer."""
-        return self.rope(position_ids)
+        angles = self.angles(position_ids)
+        return angles.cos(), angles.sin()
 
     def pair_frequencies(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(radians per unit of id for each rotary pair (k,), the axis each reads (k,): 0 t, 1 h, 2 w)."""
         return self.rope.inv_freq.double(), self.rope.axis_of_pair
+
+    @torch.no_grad()
+    def grid_turns(self, grid: Sequence[int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """How far each rotary pair turns across a media block of decoder grid ``grid`` = (t, h, w) merged tokens,
+        measured on the ids this scheme gives such a block: for each axis the grid spans, (radians between
+        neighbours, radians between the first and the last token along it), each (k,), the largest over the block
+        (and over heads). What the decoder can tell apart along an axis is bounded by the second."""
+        t, h, w = grid
+        clip = t > 1
+        n = t * h * w
+        input_ids = torch.tensor([[VISION_START_ID] + [VIDEO_TOKEN_ID if clip else IMAGE_TOKEN_ID] * n
+                                   + [VISION_END_ID]])
+        grid_thw = torch.tensor([[t, h * self.merge, w * self.merge]])
+        timing = [1.0] if clip and self.tokens_per_second is not None else None
+        ids, _ = self.position_ids(input_ids, grid_thw, clip=torch.tensor([clip]), second_per_grid_t=timing)
+        angles = self.angles(ids.double())[..., 1:n + 1, :]  # (1, [heads,] n, k)
+        angles = angles.reshape(-1, t, h, w, angles.shape[-1])  # (1 or heads, t, h, w, k)
+        turns = {}
+        for axis, dim, size in (("t", 1, t), ("h", 2, h), ("w", 3, w)):
+            if size > 1:
+                step = (angles.narrow(dim, 1, 1) - angles.narrow(dim, 0, 1)).abs()
+                span = (angles.narrow(dim, size - 1, 1) - angles.narrow(dim, 0, 1)).abs()
+                turns[axis] = (step.flatten(0, -2).amax(0), span.flatten(0, -2).amax(0))
+        return turns
+
+
+ALMOST_STILL = 0.1  # radians: an axis whose fastest pair turns less than this across a grid barely tells its ends apart
+AXIS_NAMES = {"t": "time", "h": "rows", "w": "columns"}
+
+
+def still_axes(scheme: DecoderScheme, grid: Sequence[int]) -> dict[str, float]:
+    """The axes of ``grid`` along which no rotary pair of ``scheme`` turns by :data:`ALMOST_STILL` or more from one
+    end to the other -> {axis: the largest turn}. The model-build warning and ``mmrope viz spectrum`` ask this."""
+    return {axis: float(span.max()) for axis, (_, span) in scheme.grid_turns(grid).items()
+            if float(span.max()) < ALMOST_STILL}
 
 
 @register_scheme("mrope")

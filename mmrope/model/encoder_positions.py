@@ -11,6 +11,7 @@ Einstein legend: n patches (t * h * w), c channels (vision dim), k rotary pairs.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -216,3 +217,32 @@ class LearnedTable(EncoderPositions):
     def embed(self, x: torch.Tensor, positions: torch.Tensor, grid: Grid) -> torch.Tensor:
         t, h, w = grid
         return x + self.pos_embed(h, w, self.merge).repeat(t, 1)
+
+
+@register_encoder("rope2d_learned")
+class LearnedPlusRoPE2D(AxialRoPE2D, LearnedTable):
+    """A learned absolute table added to the patch embeddings and 2D axial RoPE in every block: token contents carry
+    where a patch is, attention scores how far apart two patches are. Qwen3-VL's vision tower (a table interpolated
+    to each image) and CoMP's C-RoPE combine the two."""
+
+    summary = "learned absolute table (as `learned`) + 2D axial RoPE (as `rope2d`)"
+    source = "Qwen3-VL's vision tower; CoMP (arXiv 2503.18931) C-RoPE"
+    absolute = True
+
+
+@register_encoder("rope2d_norm")
+class NormalizedRoPE2D(AxialRoPE2D):
+    """2D axial RoPE on normalised coordinates: a patch centre's row and column scaled to [-1, 1] of the image,
+    (i + 0.5) / h * 2 - 1, each axis by its own side, and pair j turning 2π · rope_theta^(-4j/d) rad per unit
+    (DINOv3, ``normalize_coords="separate"``, base 100). The same place in the image gets the same angle at every
+    resolution, where ``rope2d`` counts patches: the encoding built for images of sizes never seen in training.
+    (DINOv3 also jitters and rescales the coordinates in training; not here.)"""
+
+    summary = "2D axial RoPE on patch centres scaled to [-1, 1] per axis, pair j at 2π·theta^(-4j/d) rad per unit"
+    source = "DINOv3 (Siméoni et al. 2025)"
+
+    def ids(self, positions: torch.Tensor, grid: Grid) -> torch.Tensor:
+        _, h, w = grid
+        sides = torch.tensor([h, w], device=positions.device, dtype=torch.float32)
+        return 2 * math.pi * ((positions[:, 1:] + 0.5) / sides * 2 - 1)  # (n, 2) in radians before the frequency
+

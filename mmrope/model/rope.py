@@ -223,8 +223,11 @@ class MultimodalRotaryEmbedding(_FixedFrequencies):
         self._set_inv_freq(inverse_frequencies(num_pairs, theta))
         self.register_buffer("axis_of_pair", mrope_axis_of_pair(num_pairs, section, interleaved), persistent=False)
 
-    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def angles(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """Ids (3, b, n) -> the angle of every rotary pair (b, n, k), in float32 (float64 for float64 ids)."""
         if position_ids.ndim != 3 or position_ids.shape[0] != 3:
             raise ValueError(f"M-RoPE position ids have shape {tuple(position_ids.shape)}: expected (3, batch, seq)")
-        positions = position_ids.permute(1, 2, 0)  # (b, n, 3)
-        return _cos_sin(_angles_from_axes(positions, self.axis_of_pair, self.inv_freq))
+        return _angles_from_axes(position_ids.permute(1, 2, 0), self.axis_of_pair, self.inv_freq)  # (b, n, 3) ids
+
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _cos_sin(self.angles(position_ids))

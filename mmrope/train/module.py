@@ -44,7 +44,7 @@ class CaptionModule(L.LightningModule):
     """
 
     def __init__(self, vision: VisionConfig = VisionConfig(), text: TextConfig = TextConfig(),  # noqa: B008
-                 position_scheme: PositionScheme = "mrope",
+                 position_scheme: PositionScheme = "mrope_interleaved",
                  tokens_per_second: float | None = None, rotary_apply: RotaryApply = "auto",
                  optim: OptimConfig = OptimConfig(), max_new_tokens: int = 24,  # noqa: B008
                  on_nonfinite: Literal["raise", "skip"] = "raise", compile: bool = False,
