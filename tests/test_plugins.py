@@ -124,3 +124,64 @@ def test_image_statistics_are_timms_clip_constants():
     from mmrope.data.images import MEAN, STD
 
     assert (MEAN, STD) == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+
+
+def _rotated_dot(positions, grid, a, b, head_dim=16):
+    """q·k of the patches at raster indices a and b (q = k = ones), under an encoder plug-in's first table."""
+    cos, sin = positions.rotary(patch_positions(1, *grid), (1, *grid))[0]
+    ones = torch.ones(1, 1, 1, head_dim)
+    q = apply_rotary(ones, cos[a:a + 1], sin[a:a + 1])
+    k = apply_rotary(ones, cos[b:b + 1], sin[b:b + 1])
+    return float((q * k).sum())
+
+
+def test_normalised_rope_sees_the_same_image_distance_at_every_size():
+    """DINOv3's coordinates: half the image apart is half the image apart, at 8x8 patches as at 16x16, where
+    rope2d counts patches."""
+    from mmrope.viz.similarity import encoder_positions
+
+    norm, axial = encoder_positions("rope2d_norm", head_dim=16), encoder_positions("rope2d", head_dim=16)
+    for enc, same in ((norm, True), (axial, False)):
+        small = _rotated_dot(enc, (8, 8), 0, 4)  # row 0, columns 0 and 4 of 8
+        large = _rotated_dot(enc, (16, 16), 0, 8)  # row 0, columns 0 and 8 of 16: the same fraction of the image
+        assert (abs(small - large) < 1e-5) == same
+    # relative: shifting both patches by the same number of patches keeps q·k (within one grid)
+    assert abs(_rotated_dot(norm, (8, 8), 0, 9) - _rotated_dot(norm, (8, 8), 18, 27)) < 1e-5
+    cos, _ = norm.rotary(patch_positions(1, 8, 8), (1, 8, 8))[0]
+    assert cos.shape == (64, 8) and cos.dtype == torch.float32
+
+
+def test_hybrid_adds_the_learned_table_and_rotates_as_rope2d():
+    from mmrope.model.config import VisionConfig
+
+    torch.manual_seed(0)
+    config = VisionConfig(dim=32, num_heads=2, depth=2, image_size=32)
+    hybrid = ENCODERS["rope2d_learned"](config)
+    learned, axial = ENCODERS["learned"](config), ENCODERS["rope2d"](config)
+    learned.pos_embed.weight.data = hybrid.pos_embed.weight.data.clone()
+    ids, grid = patch_positions(1, 4, 6, merge=2), (1, 4, 6)
+    x = torch.randn(2, 24, 32)
+    assert torch.equal(hybrid.embed(x, ids, grid), learned.embed(x, ids, grid))
+    for a, b in zip(hybrid.rotary(ids, grid), axial.rotary(ids, grid)):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert hybrid.absolute and [n for n, _ in hybrid.named_parameters()] == ["pos_embed.weight"]
+
+
+def test_a_scheme_that_leaves_an_axis_still_is_named_at_build(caplog):
+    import logging
+
+    from mmrope.model.decoder_positions import ALMOST_STILL, still_axes
+
+    caplog.set_level(logging.WARNING, logger="mmrope")
+    chunked = Captioner(CaptionerConfig(position_scheme="mrope"))  # head_dim 32, 64 px: a 4x4 grid
+    assert still_axes(chunked.scheme, (1, 4, 4)).keys() == {"w"}
+    assert still_axes(chunked.scheme, (1, 4, 4))["w"] == pytest.approx(3 * 10000 ** (-20 / 32))  # pair 10, 3 steps
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "turns the decoder's columns (w axis) by at most 0.0095 rad" in warnings[0]
+    assert "\n" not in warnings[0]
+    caplog.clear()
+    interleaved = Captioner(CaptionerConfig(position_scheme="mrope_interleaved"))
+    assert not caplog.records and not still_axes(interleaved.scheme, (1, 4, 4))
+    turns = interleaved.scheme.grid_turns((1, 4, 4))
+    assert float(turns["w"][1].max()) == pytest.approx(3 * 10000 ** (-4 / 32))  # pair 2, three steps
+    assert float(turns["w"][1].max()) > ALMOST_STILL

@@ -129,3 +129,17 @@ def test_viz_attention_writes_an_overlay(tmp_path, trained_checkpoint, capsys):
     assert cli.main(["viz", "attention", "--ckpt", str(trained_checkpoint), str(image), "--layer", "9",
                      "--out", str(tmp_path / "bad.png")]) == 1
     assert "layer 9 does not exist" in capsys.readouterr().err
+
+
+def test_viz_spectrum_names_the_still_axis(tmp_path, capsys):
+    out = tmp_path / "spectrum.png"
+    assert cli.main(["viz", "spectrum", "--config", "configs/shapes_small.yaml", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    still = [line for line in table.splitlines() if "still" in line]
+    assert len(still) == 1 and still[0].startswith("| mrope | w | 0.00316 | 0.00949 |")  # chunked, head_dim 32
+    assert "| mrope_interleaved | w | 0.316 | 0.949 |" in table
+    assert_png(out)
+    assert cli.main(["viz", "spectrum", "--schemes", "flat", "--grid", "3,2,2", "--out", str(out)]) == 0
+    assert "| flat | t |" in capsys.readouterr().out
+    assert cli.main(["viz", "spectrum", "--grid", "1,4", "--out", str(out)]) == 1
+    assert "--grid '1,4': expected three positive whole numbers" in capsys.readouterr().err

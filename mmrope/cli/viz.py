@@ -3,6 +3,7 @@
     mmrope viz similarity [--ckpt CKPT]          q·k against (Δrow, Δcol): 2D axial, flattened 1D, RoPE-Mixed
     mmrope viz ids [--height 64 --width 96]      the (t, h, w) ids of an image + caption sequence
     mmrope viz attention --ckpt CKPT IMAGE       where the decoder looked for each word it wrote
+    mmrope viz spectrum [--config CONFIG]        how far each decoder rotary pair turns along t, h, w
 
 Heavy imports stay inside the ``run_*`` functions so that ``mmrope --help`` answers at once.
 """
@@ -48,6 +49,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: mrope)")
     p.add_argument("--out", type=Path, default=Path("viz_ids.png"), help="(default: viz_ids.png)")
     p.set_defaults(func=run_viz_ids)
+
+    p = commands.add_parser(
+        "spectrum", help="how far each decoder rotary pair turns along t, h and w, per step and across a grid",
+        description="For each decoder position scheme, the angle every rotary pair turns between neighbouring media "
+                    "tokens and from one end of the grid to the other, along t, h and w, measured on the ids the "
+                    "scheme gives a media block of that grid. An axis whose fastest pair turns under 0.1 rad across "
+                    "the grid is one the decoder can hardly tell apart (the same test warns at model build). Prints "
+                    "a table and writes a PNG.")
+    p.add_argument("--config", help="a training YAML: its model (head_dim, theta) and its training grid "
+                                    "(default: the model defaults)")
+    p.add_argument("--schemes", help="comma-separated schemes (default: every registered one)")
+    p.add_argument("--grid", help="decoder grid T,H,W in merged tokens (default: 1 x the training image's grid)")
+    p.add_argument("--out", type=Path, default=Path("viz_spectrum.png"), help="(default: viz_spectrum.png)")
+    p.set_defaults(func=run_viz_spectrum)
 
     p = commands.add_parser(
         "attention", help="a caption's attention over the image patches, one panel per word",
@@ -140,4 +155,36 @@ def run_viz_attention(args: argparse.Namespace) -> int:
                                   title=f'"{caption}": decoder attention over the image ({which}, mean of heads)')
     print(f"{args.image}\t{caption}")
     print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def run_viz_spectrum(args: argparse.Namespace) -> int:
+    from mmrope.model.config import CaptionerConfig
+    from mmrope.model.decoder_positions import SCHEMES
+    from mmrope.viz.spectrum import plot_spectrum, spectrum, spectrum_table
+
+    config = CaptionerConfig()
+    if args.config:
+        from mmrope.resources import find_config
+        from mmrope.train.config_reader import read_config
+
+        model = read_config(["--config", str(find_config(args.config))])["model"]
+        config = CaptionerConfig.from_dict({k: model[k] for k in ("vision", "text", "position_scheme",
+                                                                   "tokens_per_second")})
+    v = config.vision
+    side = v.image_size // (v.patch_size * v.spatial_merge_size)
+    grid = (1, side, side)
+    if args.grid:
+        try:
+            grid = tuple(int(x) for x in args.grid.split(","))
+        except ValueError:
+            grid = ()
+        if len(grid) != 3 or min(grid) < 1:
+            raise ValueError(f"--grid {args.grid!r}: expected three positive whole numbers T,H,W, e.g. 1,4,4")
+    schemes = [s.strip() for s in args.schemes.split(",") if s.strip()] if args.schemes else list(SCHEMES)
+    turns = spectrum(config, schemes, grid)
+    print(f"head_dim {config.text.head_dim}, theta {config.text.rope_theta:g}, grid {'x'.join(map(str, grid))} "
+          "(t x h x w merged tokens)")
+    print(spectrum_table(turns, grid))
+    print(f"wrote {plot_spectrum(turns, grid, args.out)}", file=sys.stderr)
     return 0

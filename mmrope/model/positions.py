@@ -73,32 +73,35 @@ def _media_ids(is_media: torch.Tensor, grid_thw: torch.Tensor | None, merge: int
         if n_tokens:
             raise ValueError(f"input_ids hold {n_tokens} {kind} tokens but no {kind}_grid_thw was given")
         return None
-    grid = torch.as_tensor(grid_thw, device=is_media.device).long().reshape(-1, 3)
-    if ((grid[:, 1:] % merge) != 0).any() or (grid <= 0).any():
-        raise ValueError(f"{kind}_grid_thw {grid.tolist()} must hold positive (T, H, W) with H and W divisible by "
-                         f"spatial_merge_size={merge}")
+    grid = grid_thw if isinstance(grid_thw, torch.Tensor) and grid_thw.dtype == torch.long and grid_thw.ndim == 2 \
+        else torch.as_tensor(grid_thw, device=is_media.device).long().reshape(-1, 3)
     t, h, w = grid[:, 0], grid[:, 1] // merge, grid[:, 2] // merge  # decoder grid
     counts = t * h * w
-    if n_tokens != int(counts.sum()):
+    ends = counts.cumsum(0)
+    # one host sync for all three checks: a bad grid, or a token count that does not match it
+    if bool((grid[:, 1:] % merge != 0).any() | (grid <= 0).any() | (ends[-1] != n_tokens)):
+        if ((grid[:, 1:] % merge) != 0).any() or (grid <= 0).any():
+            raise ValueError(f"{kind}_grid_thw {grid.tolist()} must hold positive (T, H, W) with H and W divisible "
+                             f"by spatial_merge_size={merge}")
         raise ValueError(f"input_ids hold {n_tokens} {kind} tokens but {kind}_grid_thw {grid.tolist()} with "
                          f"spatial_merge_size={merge} needs {int(counts.sum())} ({counts.tolist()} per {kind})")
-    ends = counts.cumsum(0)
+    starts = ends - counts  # ordinal of each block's first token among the media tokens
     ordinal = torch.arange(n_tokens, device=flat.device)
     block = torch.searchsorted(ends, ordinal, right=True)  # which grid each media token belongs to
-    offset = ordinal - (ends - counts)[block]
-    hw = (h * w)[block]
-    ti, ii, ji = offset // hw, (offset % hw) // w[block], offset % w[block]
+    offset = ordinal - starts[block]  # index of each media token inside its block
+    hw, w_tok = (h * w)[block], w[block]
+    ti, rest = offset // hw, offset % hw
+    ii, ji = rest // w_tok, rest % w_tok
     t_max = t - 1
     if time_scale is not None:  # Qwen2.5-VL absolute time: t * seconds_per_grid * tokens_per_second, floored
         scale = torch.as_tensor(time_scale, dtype=torch.float64, device=flat.device).reshape(-1)
         ti = (ti.double() * scale[block]).floor().long()
         t_max = ((t - 1).double() * scale).floor().long()
-    # Each block must be one contiguous run of tokens within one row.
+    # Each block must be one contiguous run of tokens within one row: its k-th token sits k after its first.
     where = flat.nonzero().squeeze(1)  # flat position of each media token
-    block_first = torch.zeros_like(counts)
-    block_first[block[offset == 0]] = where[offset == 0]
-    first, row_len = block_first[block], is_media.shape[1]
-    if (where != first + offset).any() or (where // row_len != first // row_len).any():
+    first = where[starts]  # flat position of each block's first token
+    row_len = is_media.shape[1]
+    if bool((where != first[block] + offset).any() | (first % row_len + counts > row_len).any()):
         raise ValueError(f"{kind} tokens do not form one contiguous run per {kind} of the sizes "
                          f"{kind}_grid_thw gives ({counts.tolist()} tokens)")
     extent = torch.stack((t_max, h - 1, w - 1), dim=-1).amax(dim=-1)  # largest id offset in each block

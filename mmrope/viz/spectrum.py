@@ -1,0 +1,70 @@
+"""The rotary spectrum of decoder schemes: how far each pair turns along t, h and w, per step and across a grid.
+
+A decoder can only tell two media tokens apart along an axis if some rotary pair turns noticeably between them. With
+Qwen2-VL's chunked M-RoPE at head_dim 32 the w axis gets only the slowest pairs, which turn under 0.01 rad across a
+4 x 4 grid: the columns look alike. :func:`spectrum` measures this for any registered scheme, on the ids the scheme
+itself gives a media block of the grid (:meth:`mmrope.model.decoder_positions.DecoderScheme.grid_turns`), and
+:func:`plot_spectrum` draws it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from mmrope.model.config import CaptionerConfig
+from mmrope.model.decoder_positions import ALMOST_STILL, SCHEMES
+from mmrope.viz.figures import pyplot, save
+
+AXIS_COLOURS = {"t": "C0", "h": "C1", "w": "C2"}
+
+
+def spectrum(config: CaptionerConfig, schemes: list[str], grid: tuple[int, int, int]) -> dict[str, dict]:
+    """For each scheme (``config`` with its ``position_scheme`` replaced): {axis: (radians between neighbours (k,),
+    radians from end to end (k,))} for the axes ``grid`` = (t, h, w) decoder tokens spans."""
+    out = {}
+    for name in schemes:
+        if name not in SCHEMES:
+            raise ValueError(f"scheme {name!r} is unknown: expected some of {', '.join(SCHEMES)}")
+        text = dataclasses.replace(config.text, mrope_section=None)  # each scheme's own default section
+        scheme_config = dataclasses.replace(config, text=text, position_scheme=name)
+        out[name] = SCHEMES[name](scheme_config).grid_turns(grid)
+    return out
+
+
+def spectrum_table(turns: dict[str, dict], grid: tuple[int, int, int]) -> str:
+    """Markdown: per scheme and axis, the fastest pair's turn per step and across the grid, and whether the axis is
+    still (under :data:`~mmrope.model.decoder_positions.ALMOST_STILL` rad from end to end)."""
+    t, h, w = grid
+    lines = [f"| scheme | axis | radians per step (fastest pair) | radians across the {t}x{h}x{w} grid | |",
+             "| --- | --- | ---: | ---: | --- |"]
+    for name, axes in turns.items():
+        for axis, (step, span) in axes.items():
+            still = "still: the decoder can hardly tell this axis apart" if float(span.max()) < ALMOST_STILL else ""
+            lines.append(f"| {name} | {axis} | {float(step.max()):.3g} | {float(span.max()):.3g} | {still} |")
+    return "\n".join(lines)
+
+
+def plot_spectrum(turns: dict[str, dict], grid: tuple[int, int, int], path: str | Path, title: str = "") -> Path:
+    """One row per scheme: each rotary pair's turn per step (left) and from one end of the grid to the other
+    (right), coloured by the axis it reads, log scale; the dashed line is the build-time warning's threshold."""
+    plt = pyplot()
+    fig, axes = plt.subplots(len(turns), 2, figsize=(10, 2.2 * len(turns) + 0.6), squeeze=False, sharey="col")
+    for row, (name, by_axis) in enumerate(turns.items()):
+        for col, what in enumerate(("radians per step", "radians across the grid")):
+            ax = axes[row, col]
+            for axis, values in by_axis.items():
+                v = values[col].float()
+                pairs = (v > 0).nonzero().flatten()  # the pairs that read this axis at all
+                ax.plot(pairs.numpy(), v[pairs].numpy(), "o", color=AXIS_COLOURS[axis], markersize=4, label=axis)
+            ax.set_yscale("log")
+            ax.set_xlim(-0.5, len(next(iter(by_axis.values()))[0]) - 0.5 if by_axis else 0.5)
+            ax.axhline(ALMOST_STILL, color="grey", linestyle="--", linewidth=0.8)
+            ax.set_title(f"{name}: {what}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if row == len(turns) - 1:
+                ax.set_xlabel("rotary pair k (fastest first)")
+        axes[row, 0].legend(fontsize=7, loc="lower left", title="axis", title_fontsize=7)
+    fig.suptitle(title or f"decoder rotary spectrum over a {'x'.join(map(str, grid))} (t x h x w) media block "
+                          f"(dashed: {ALMOST_STILL} rad)", fontsize=10)
+    return save(fig, path)
