@@ -15,6 +15,7 @@ from mmrope.model.decoder_positions import SCHEMES
 from mmrope.model.encoder_positions import ENCODERS, LearnedPosEmbed, sincos_2d
 from mmrope.model.positions import patch_positions
 from mmrope.model.rope import MixedRotaryEmbedding, apply_rotary
+from mmrope.model.tokens import vision_block
 
 
 def test_the_configs_strings_are_the_registries():
@@ -25,12 +26,24 @@ def test_the_configs_strings_are_the_registries():
         assert cls.name == name and cls.__doc__, name  # every plug-in says what it is
 
 
+def test_the_readme_lists_every_registered_arm_as_the_registry_describes_it():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    for name, cls in ENCODERS.items():
+        assert f"| `{name}`" in readme and cls.summary in readme and cls.source in readme, name
+    for name, cls in SCHEMES.items():
+        assert f"| `{name}`" in readme and cls.design in readme and cls.allocation in readme, name
+
+
 def tiny(pos_encoding: str, scheme: str) -> Captioner:
     torch.manual_seed(0)
     vision = VisionConfig(image_size=32, dim=32, depth=2, num_heads=2, pos_encoding=pos_encoding,
                           temporal_patch_size=2 if pos_encoding == "rope3d" else 1)
-    return Captioner(CaptionerConfig(vision, TextConfig(vocab_size=16, dim=32, depth=1, num_heads=2, num_kv_heads=1),
-                                     scheme))
+    heads = {"dim": 32, "num_heads": 2, "num_kv_heads": 1}
+    if scheme == "mhrope":  # whole key/value heads for each of t, h and w: three, of head_dim 16 as the others
+        heads = {"dim": 96, "num_heads": 6, "num_kv_heads": 3}
+    return Captioner(CaptionerConfig(vision, TextConfig(vocab_size=16, depth=1, **heads), scheme))
 
 
 @pytest.mark.parametrize("encoding", list(ENCODERS))
@@ -49,12 +62,14 @@ def test_every_encoder_trains_and_generates(encoding):
 def test_every_scheme_trains_and_generates(scheme):
     model = tiny("rope2d", scheme)
     images = [torch.randn(3, 32, 48)]
-    input_ids = torch.tensor([[3] + [5] * 6 + [4, 10, 11]])
+    block = vision_block(6, row_length=3 if model.scheme.row_breaks else None)  # 2 x 3 merged tokens
+    input_ids = torch.tensor([block + [10, 11]])
     loss = model(images, input_ids, labels=input_ids).loss
     loss.backward()
     assert torch.isfinite(loss)
     frequencies, axes = model.scheme.pair_frequencies()
-    assert frequencies.shape == axes.shape == (8,) and (frequencies > 0).all()
+    assert frequencies.shape == axes.shape[-1:] == (8,)  # axes (heads, k) for MHRoPE
+    assert (frequencies >= 0).all() and (frequencies > 0).any()  # 0: a NoPE pair (HoPE's slowest)
     assert model.generate(images, max_new_tokens=2)[0].shape == (2,)
 
 

@@ -54,8 +54,8 @@ def test_decoder_attention_reproduces_the_model(scheme):
     model = tiny_model(scheme=scheme)
     image = torch.randn(3, 32, 48)  # not square: 2 x 3 image tokens
     caption = torch.tensor([NUM_SPECIAL + 3, NUM_SPECIAL + 7, NUM_SPECIAL + 1])
-    logits, weights, image_index = decoder_attention(model, image, caption)
-    n_image = len(image_index)
+    attention = decoder_attention(model, image, caption)
+    logits, weights, n_image = attention.logits, attention.weights, len(attention.media_index)
     assert n_image == 6 and weights.shape == (2, 4, n_image + 2 + 3, n_image + 2 + 3)
     input_ids = torch.cat((torch.tensor([3] + [5] * n_image + [4]), caption)).unsqueeze(0)
     with torch.no_grad():
@@ -69,6 +69,50 @@ def test_decoder_attention_reproduces_the_model(scheme):
     assert (image_attention_maps(model, image, caption).sum((1, 2)) <= 1 + 1e-6).all()
     with pytest.raises(ValueError, match="layer 5 does not exist"):
         image_attention_maps(model, image, caption, layer=5)
+
+
+def test_attention_maps_of_a_clip_follow_its_temporal_patches():
+    torch.manual_seed(0)
+    vision = VisionConfig(image_size=32, dim=32, depth=2, num_heads=2, pos_encoding="rope3d", temporal_patch_size=2)
+    model = Captioner(CaptionerConfig(vision, TextConfig(dim=32, depth=2, num_heads=4, num_kv_heads=2))).eval()
+    clip = torch.randn(4, 3, 32, 48)  # 2 temporal patches of 2 frames, each 2 x 3 merged tokens
+    caption = torch.tensor([NUM_SPECIAL + 3, NUM_SPECIAL + 7])
+    attention = decoder_attention(model, clip, caption)
+    n_video = 2 * 2 * 3
+    input_ids = torch.cat((torch.tensor([3] + [6] * n_video + [4]), caption)).unsqueeze(0)  # video tokens
+    assert attention.input_ids.tolist() == input_ids[0].tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(attention.logits, model([clip], input_ids).logits[0], atol=1e-5, rtol=1e-5)
+    maps = image_attention_maps(model, clip, caption)
+    assert maps.shape == (2, 2, 2, 3)  # (words, t, h, w)
+    expected = attention.weights.mean((0, 1))[n_video + 2, 1:n_video + 1].reshape(2, 2, 3)
+    torch.testing.assert_close(maps[1], expected)
+    assert image_attention_maps(model, list(clip), caption).shape == (2, 4, 2, 3)  # one image block per frame
+
+
+def test_training_curves_and_eval_plots(tmp_path):
+    """curves.png from a CSV as Lightning's logger writes it (a row per logging call, the other cells empty), and
+    eval's results.png against size, or frame count for clips."""
+    from mmrope.viz.curves import plot_eval_results, plot_training_curves, read_metrics
+
+    rows = ["epoch,step,train/loss,train/lr,val/loss,val/relation,val@96/relation,val/cider,val/num_samples"]
+    rows += [f"0,{step},{3.0 / (step + 1)},0.001,,,,," for step in range(10)]
+    rows += ["0,4,,,1.5,0.25,0.125,1.5,64", "0,9,,,1.25,0.5,nan,2.0,64"]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    series = read_metrics(tmp_path / "metrics.csv")
+    assert [step for step, _ in series["train/loss"]] == list(range(10))
+    assert series["val@96/relation"] == [(4, 0.125)]  # the NaN left out
+    assert series["val/relation"] == [(4, 0.25), (9, 0.5)]
+    assert_png(plot_training_curves(tmp_path / "metrics.csv", tmp_path / "curves.png"))
+    (tmp_path / "empty.csv").write_text("epoch,step,val/relation\n0,4,0.5\n")
+    assert plot_training_curves(tmp_path / "empty.csv", tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+    sizes = [{"size": s, "n": 8, "bleu4": 0.3, "cider": 2.0, "exact": 0.1, "relation": 0.2} for s in (32, 48, 64)]
+    assert_png(plot_eval_results(sizes, tmp_path / "results.png", train_size=32, title="shapes"))
+    clips = [{"size": s, "frames": f, "n": 8, "bleu4": 0.3, "cider": 2.0, "event": 0.2} for s in (48, 64)
+             for f in (4, 8)]
+    assert_png(plot_eval_results(clips, tmp_path / "clips.png", train_size=48))
 
 
 def test_similarity_maps_read_the_learned_mixed_frequencies():
@@ -136,8 +180,10 @@ def test_viz_spectrum_names_the_still_axis(tmp_path, capsys):
     assert cli.main(["viz", "spectrum", "--config", "configs/shapes_small.yaml", "--out", str(out)]) == 0
     table = capsys.readouterr().out
     still = [line for line in table.splitlines() if "still" in line]
-    assert len(still) == 1 and still[0].startswith("| mrope | w | 0.00316 | 0.00949 |")  # chunked, head_dim 32
+    assert "| mrope | w | 0.00316 | 0.00949 | still" in table  # chunked at head_dim 32: the slowest pairs for w
     assert "| mrope_interleaved | w | 0.316 | 0.949 |" in table
+    assert all("| w |" in line for line in still)  # only columns, only under chunked sections
+    assert "| mhrope | | | | not shown: text.num_kv_heads=1 cannot hold" in table  # needs 3 key/value heads
     assert_png(out)
     assert cli.main(["viz", "spectrum", "--schemes", "flat", "--grid", "3,2,2", "--out", str(out)]) == 0
     assert "| flat | t |" in capsys.readouterr().out

@@ -5,10 +5,12 @@ Each row of ``input_ids`` is the joint sequence the decoder reads (Qwen2-VL's la
     [VISION_START, IMAGE x N, VISION_END, caption tokens ..., EOS, PAD ...]
     labels:  -100  -100 x N     -100    caption tokens ..., EOS, -100 ...
 
-where N = (H / (patch_size * merge_size)) * (W / (patch_size * merge_size)) merged image tokens. A clip (T frames)
-is one block of ceil(T / temporal_patch_size) * N video tokens (``clip_mode="block"``), or T image blocks in a row,
-one per frame (``clip_mode="frames"``: the frames-as-separate-images arm). Labels are aligned with ``input_ids``;
-the model shifts them (logits[:, :-1] predict labels[:, 1:]).
+where N = (H / (patch_size * merge_size)) * (W / (patch_size * merge_size)) merged image tokens. With ``row_breaks``
+(a scheme that reads media rows closed by break tokens: Pixtral's) every row of the decoder grid but the last is
+followed by IMAGE_BREAK, so the block is ``[VISION_START, row 1, IMAGE_BREAK, ..., row H', VISION_END]``. A clip
+(T frames) is one block of ceil(T / temporal_patch_size) * N video tokens (``clip_mode="block"``), or T image blocks
+in a row, one per frame (``clip_mode="frames"``: the frames-as-separate-images arm). Labels are aligned with
+``input_ids``; the model shifts them (logits[:, :-1] predict labels[:, 1:]).
 """
 
 from typing import NamedTuple
@@ -18,6 +20,8 @@ import torch
 from mmrope.model.tokens import (
     EOS_ID,
     IGNORE_INDEX,
+    IMAGE_BREAK_ID,
+    NUM_SPECIAL,
     PAD_ID,
     vision_block,
 )
@@ -56,18 +60,24 @@ class CaptionCollator:
 
     A sample holds an ``"image"`` or a ``"video"`` (with its ``"fps"``). Returns a :class:`SkippedBatch` when every
     sample was None (skip the step). Captions longer than ``max_caption_tokens - 1`` tokens are cut so that caption
-    plus EOS fits in ``max_caption_tokens``.
+    plus EOS fits in ``max_caption_tokens``. ``row_breaks``: the model's scheme reads break tokens after media rows
+    (``DecoderScheme.row_breaks``); its tokenizer must then keep the break's id free.
     """
 
     def __init__(self, tokenizer, patch_size: int = 8, merge_size: int = 2, max_caption_tokens: int = 64,
-                 temporal_patch_size: int = 1, clip_mode: str = "block"):
+                 temporal_patch_size: int = 1, clip_mode: str = "block", row_breaks: bool = False):
         if max_caption_tokens < 1:
             raise ValueError(f"max_caption_tokens must be at least 1 (room for EOS), got {max_caption_tokens}")
         if clip_mode not in CLIP_MODES:
             raise ValueError(f"clip_mode={clip_mode!r} is unknown: expected one of {', '.join(CLIP_MODES)}")
+        reserved = getattr(tokenizer, "num_special", NUM_SPECIAL)
+        if row_breaks and reserved <= IMAGE_BREAK_ID:
+            raise ValueError(f"the position scheme closes media rows with break tokens (id {IMAGE_BREAK_ID}), but "
+                             f"the tokenizer reserves only {reserved} ids (saved before the break token "
+                             "existed), so that id is text: build a new tokenizer")
         self.tokenizer, self.patch_size, self.merge_size = tokenizer, patch_size, merge_size
         self.max_caption_tokens = max_caption_tokens
-        self.temporal_patch_size, self.clip_mode = temporal_patch_size, clip_mode
+        self.temporal_patch_size, self.clip_mode, self.row_breaks = temporal_patch_size, clip_mode, row_breaks
 
     def media(self, sample: dict) -> tuple[list[torch.Tensor], list[float]]:
         """A sample's media as the decoder will read them, and the seconds per temporal patch of each clip."""
@@ -93,7 +103,8 @@ class CaptionCollator:
                 except ValueError as e:
                     raise ValueError(f"sample {s['id']}: {e}") from None
                 t = -(-m.shape[0] // self.temporal_patch_size) if m.ndim == 4 else 1
-                prompt += vision_block(t * n, clip=m.ndim == 4)
+                row_length = w // (self.patch_size * self.merge_size) if self.row_breaks else None
+                prompt += vision_block(t * n, clip=m.ndim == 4, row_length=row_length)
                 grids.append((t, h // self.patch_size, w // self.patch_size))
             caption = self.tokenizer.encode(s["caption"])[: self.max_caption_tokens - 1] + [EOS_ID]
             rows.append(prompt + caption)

@@ -1,8 +1,11 @@
 """Tokenizers: bytes (nothing to train) and words (trained on the training captions in a second).
 
-Both share one interface and the reserved ids of ``special_tokens`` (0..6), with ordinary tokens after them, so
-the model never needs to know which one it was given. Neither adds special tokens in ``encode``: the collator
+Both share one interface and the reserved ids of ``mmrope.model.tokens`` (0..7), with ordinary tokens after them,
+so the model never needs to know which one it was given. Neither adds special tokens in ``encode``: the collator
 builds the joint sequence ``[VISION_START, IMAGE x N, VISION_END, caption ..., EOS]`` itself.
+
+A tokenizer saved before the break token (id 7) existed reserved 7 ids: its JSON has no ``num_special``, so it
+loads with 7 and its ordinary ids stay where they were (id 7 is then its first byte or its ``<unk>``).
 
 A tokenizer is saved as a small JSON file beside the checkpoint and loaded back with ``load_tokenizer``; nothing is
 downloaded. The ``tokenizers`` library would give BPE, but captions of a few hundred words do not need it.
@@ -15,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from mmrope.model.tokens import BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID, SPECIAL_TOKENS
+from mmrope.model.tokens import BOS_ID, EOS_ID, NUM_SPECIAL, NUM_SPECIAL_BEFORE_BREAK, PAD_ID, SPECIAL_TOKENS
 
 # words (letters, digits, apostrophes inside words) or single punctuation marks
 _WORD_RE = re.compile(r"[\w]+(?:'[\w]+)*|[^\w\s]")
@@ -25,12 +28,15 @@ _NO_SPACE_AFTER = set("([{")
 
 
 class Tokenizer:
-    """What both tokenizers share: the special ids, decoding them, and saving to JSON."""
+    """What both tokenizers share: the special ids, decoding them, and saving to JSON. ``num_special``: the reserved
+    ids this tokenizer keeps free, ordinary ids start after them (:data:`NUM_SPECIAL`, or 7 for one saved before
+    the break token existed)."""
 
     kind: str
     pad_id = PAD_ID
     bos_id = BOS_ID
     eos_id = EOS_ID
+    num_special = NUM_SPECIAL
 
     @property
     def vocab_size(self) -> int:
@@ -60,18 +66,21 @@ class ByteTokenizer(Tokenizer):
 
     kind = "byte"
 
+    def __init__(self, num_special: int = NUM_SPECIAL):
+        self.num_special = _check_num_special(num_special)
+
     @property
     def vocab_size(self) -> int:
-        return NUM_SPECIAL + 256
+        return self.num_special + 256
 
     def encode(self, text: str) -> list[int]:
-        return [b + NUM_SPECIAL for b in text.encode("utf-8")]
+        return [b + self.num_special for b in text.encode("utf-8")]
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         parts, run = [], bytearray()  # consecutive bytes are decoded together so multi-byte characters survive
         for i in map(self._check_id, ids):
-            if i >= NUM_SPECIAL:
-                run.append(i - NUM_SPECIAL)
+            if i >= self.num_special:
+                run.append(i - self.num_special)
                 continue
             if not skip_special:
                 parts.append(run.decode("utf-8", errors="replace"))
@@ -81,11 +90,11 @@ class ByteTokenizer(Tokenizer):
         return "".join(parts)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind}
+        return {"kind": self.kind, "num_special": self.num_special}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ByteTokenizer":
-        return cls()
+        return cls(d.get("num_special", NUM_SPECIAL_BEFORE_BREAK))
 
     def __repr__(self) -> str:
         return f"ByteTokenizer(vocab_size={self.vocab_size})"
@@ -100,9 +109,10 @@ class WordTokenizer(Tokenizer):
 
     kind = "word"
     unk_token = "<unk>"
-    unk_id = NUM_SPECIAL
 
-    def __init__(self, words: Iterable[str]):
+    def __init__(self, words: Iterable[str], num_special: int = NUM_SPECIAL):
+        self.num_special = _check_num_special(num_special)
+        self.unk_id = self.num_special
         self.words = list(words)  # ordinary tokens, in id order
         reserved = set(SPECIAL_TOKENS) | {self.unk_token}
         bad = [w for w in self.words if w in reserved or not w]
@@ -110,7 +120,7 @@ class WordTokenizer(Tokenizer):
             raise ValueError(f"word tokenizer vocabulary holds a reserved or empty token: {bad[0]!r}")
         if len(set(self.words)) != len(self.words):
             raise ValueError("word tokenizer vocabulary holds duplicate words")
-        self.offset = NUM_SPECIAL + 1  # id of words[0]
+        self.offset = self.num_special + 1  # id of words[0]
         self.word_to_id = {w: i + self.offset for i, w in enumerate(self.words)}
 
     @staticmethod
@@ -137,12 +147,12 @@ class WordTokenizer(Tokenizer):
 
     def id_to_token(self, i: int) -> str:
         i = self._check_id(i)
-        if i < NUM_SPECIAL:
+        if i < self.num_special:
             return SPECIAL_TOKENS[i]
         return self.unk_token if i == self.unk_id else self.words[i - self.offset]
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
-        tokens = [self.id_to_token(i) for i in ids if not (skip_special and self._check_id(i) < NUM_SPECIAL)]
+        tokens = [self.id_to_token(i) for i in ids if not (skip_special and self._check_id(i) < self.num_special)]
         text = ""
         for t in tokens:
             glue = not text or t in _NO_SPACE_BEFORE or text[-1] in _NO_SPACE_AFTER
@@ -150,17 +160,24 @@ class WordTokenizer(Tokenizer):
         return text
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "words": self.words}
+        return {"kind": self.kind, "num_special": self.num_special, "words": self.words}
 
     @classmethod
     def from_dict(cls, d: dict) -> "WordTokenizer":
         words = d.get("words")
         if not words or not isinstance(words, list):
             raise ValueError("word tokenizer JSON needs a non-empty 'words' list")
-        return cls(d["words"])
+        return cls(d["words"], d.get("num_special", NUM_SPECIAL_BEFORE_BREAK))
 
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size})"
+
+
+def _check_num_special(num_special: int) -> int:
+    if isinstance(num_special, bool) or num_special not in (NUM_SPECIAL_BEFORE_BREAK, NUM_SPECIAL):
+        raise ValueError(f"tokenizer num_special={num_special!r}: expected {NUM_SPECIAL} (or "
+                         f"{NUM_SPECIAL_BEFORE_BREAK} for a tokenizer saved before the break token)")
+    return num_special
 
 
 TOKENIZERS = {"byte": ByteTokenizer, "word": WordTokenizer}

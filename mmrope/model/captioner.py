@@ -3,6 +3,7 @@
 Per sample the decoder reads ``[vision_start, image tokens ..., vision_end, caption tokens ..., eos]``, with one such
 block per image or clip of the sample. The merger projects the encoder's tokens to the decoder's width; they replace
 the ``IMAGE_TOKEN_ID`` slots (images) and ``VIDEO_TOKEN_ID`` slots (clips) in order of appearance over the batch.
+Break tokens that close media rows under a scheme that reads them (Pixtral's) are ordinary embedded tokens, not slots.
 ``position_scheme`` (:mod:`mmrope.model.decoder_positions`) gives the joint sequence its (t, h, w) ids, computed once
 per forward, and the decoder its rotary tables.
 

@@ -22,7 +22,7 @@ from torch import nn
 from mmrope.model.positions import decode_position_ids, flat_position_ids, get_rope_index
 from mmrope.model.registry import Registry
 from mmrope.model.rope import MultimodalRotaryEmbedding, default_mrope_section, mrope_axis_of_pair
-from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, VISION_END_ID, VISION_START_ID
+from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, vision_block
 
 if TYPE_CHECKING:
     from mmrope.model.config import CaptionerConfig
@@ -39,6 +39,9 @@ class DecoderScheme(nn.Module):
     allocation: ClassVar[str] = ""  # the frequency allocation, in a few words
     source: ClassVar[str] = ""
     interleaved: ClassVar[bool] = False  # rotary pairs cycle t, h, w rather than taking contiguous sections
+    # each row of a media block but the last ends in a break token (Pixtral): the collator, generation's prompts and
+    # every other place that lays out a block read this (:func:`mmrope.model.tokens.vision_block`'s row_length)
+    row_breaks: ClassVar[bool] = False
 
     def __init__(self, config: CaptionerConfig):
         super().__init__()
@@ -92,12 +95,12 @@ class DecoderScheme(nn.Module):
         t, h, w = grid
         clip = t > 1
         n = t * h * w
-        input_ids = torch.tensor([[VISION_START_ID] + [VIDEO_TOKEN_ID if clip else IMAGE_TOKEN_ID] * n
-                                   + [VISION_END_ID]])
+        input_ids = torch.tensor([vision_block(n, clip, w if self.row_breaks else None)])
         grid_thw = torch.tensor([[t, h * self.merge, w * self.merge]])
         timing = [1.0] if clip and self.tokens_per_second is not None else None
         ids, _ = self.position_ids(input_ids, grid_thw, clip=torch.tensor([clip]), second_per_grid_t=timing)
-        angles = self.angles(ids.double())[..., 1:n + 1, :]  # (1, [heads,] n, k)
+        is_media = (input_ids[0] == IMAGE_TOKEN_ID) | (input_ids[0] == VIDEO_TOKEN_ID)
+        angles = self.angles(ids.double())[..., is_media, :]  # (1, [heads,] n, k)
         angles = angles.reshape(-1, t, h, w, angles.shape[-1])  # (1 or heads, t, h, w, k)
         turns = {}
         for axis, dim, size in (("t", 1, t), ("h", 2, h), ("w", 3, w)):
@@ -178,3 +181,9 @@ class FlatPositions(DecoderScheme):
 
     def pair_frequencies(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rope.inv_freq.double(), torch.full_like(self.rope.axis_of_pair, -1)  # -1: the one index
+
+
+# Last, on purpose: the schemes in mmrope.model.schemes subclass DecoderScheme and register themselves in SCHEMES, so
+# they need this module complete; importing them here registers them whenever SCHEMES is read (config.py builds its
+# allowed strings from SCHEMES at import).
+import mmrope.model.schemes  # noqa: E402, F401

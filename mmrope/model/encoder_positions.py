@@ -6,6 +6,11 @@ queries and keys (:meth:`EncoderPositions.rotary`, one ``(cos, sin)`` per block)
 they come from, so a new image size needs no change: the ids are recomputed. Adding an arm is one class here (and
 its tests); the config's allowed strings, the encoder, the plots and the ablation all read :data:`ENCODERS`.
 
+A rotation that is not a set of channel-pair turns (ComRoPE-LD's 8 x 8 blocks) cannot be written as ``(cos, sin)``:
+such an encoding returns its own per-block rope from :meth:`EncoderPositions.rotary` and names the function that
+applies it in :meth:`EncoderPositions.rotary_apply`, which the encoder hands to every block instead of the build's
+``(cos, sin)`` apply. Every other encoding keeps that apply, so its numbers do not change.
+
 Einstein legend: n patches (t * h * w), c channels (vision dim), k rotary pairs.
 """
 
@@ -20,12 +25,20 @@ from torch import nn
 
 from mmrope.model.positions import raster_positions
 from mmrope.model.registry import Registry
-from mmrope.model.rope import AxialRotaryEmbedding, MixedRotaryEmbedding, RotaryEmbedding
+from mmrope.model.rope import (
+    AxialRotaryEmbedding,
+    ComRoPELDEmbedding,
+    GoldenGateRotaryEmbedding,
+    MixedRotaryEmbedding,
+    RotaryEmbedding,
+    apply_block_rotation_qk,
+)
 
 if TYPE_CHECKING:
     from mmrope.model.config import VisionConfig
+    from mmrope.model.rotary_apply import RotaryApply
 
-Rope = tuple[torch.Tensor, torch.Tensor]
+Rope = tuple[torch.Tensor, ...]  # (cos, sin) half tables, or what the encoding's rotary_apply takes after q and k
 Grid = tuple[int, int, int]  # (t, h, w): temporal patches and encoder patches down and across
 
 ENCODERS = Registry("vision.pos_encoding")
@@ -61,6 +74,11 @@ class EncoderPositions(nn.Module):
     def rotary(self, positions: torch.Tensor, grid: Grid) -> list[Rope | None]:
         """One ``(cos, sin)`` per block, built once per forward, or None where a block does not rotate."""
         return [None] * self.depth
+
+    def rotary_apply(self, default: RotaryApply) -> RotaryApply:
+        """The function every block turns q and k with, ``apply(q, k, *rope)`` for each rope :meth:`rotary` returns:
+        ``default``, the build's ``(cos, sin)`` apply, unless the encoding's rotation is not a set of pair turns."""
+        return default
 
 
 @register_encoder("none")
@@ -246,3 +264,69 @@ class NormalizedRoPE2D(AxialRoPE2D):
         sides = torch.tensor([h, w], device=positions.device, dtype=torch.float32)
         return 2 * math.pi * ((positions[:, 1:] + 0.5) / sides * 2 - 1)  # (n, 2) in radians before the frequency
 
+
+def golden_gate_coordinates(positions: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Golden Gate RoPE's patch coordinates: rows evenly from -sqrt(h/w) to sqrt(h/w), columns from -sqrt(w/h) to
+    sqrt(w/h), first patch to last (``torch.linspace``), so every image spans the same area, 4, whatever its aspect.
+    (t, row, col) ids (n, 3) -> (n, 2) float32 (row, col). E.g. a 2 x 4 grid: rows -0.707, 0.707; columns -1.414,
+    -0.471, 0.471, 1.414."""
+    _, h, w = grid
+    coords = []
+    for ids, side, half in ((positions[:, 1], h, math.sqrt(h / w)), (positions[:, 2], w, math.sqrt(w / h))):
+        step = 2 * half / (side - 1) if side > 1 else 0.0  # linspace(-half, half, 1) is [-half]
+        coords.append(ids.float() * step - half)
+    return torch.stack(coords, dim=-1)
+
+
+@register_encoder("rope2d_golden")
+class GoldenGateRoPE2D(RotaryPositions):
+    """Golden Gate RoPE: every rotary pair turns along its own fixed direction of the (row, col) plane, the directions
+    spread by the golden angle of the half-turn, so a head attends along diagonals with nothing learned.
+
+    Pair k of head h (k < K = head_dim / 2) turns by f_k * (y cos phi + x sin phi) on the coordinates (y, x) of
+    :func:`golden_gate_coordinates`, with f_k = 0.2 * 100^(k / (K - 1)) rad per unit and phi = (h * K + k) * pi (1 -
+    sqrt 5) / 2. This is the author's ``UniformRoPE`` (Jerry Xiong, archibox/ropend/positional_embeddings.py, the code
+    of "On N-dimensional Rotary Positional Embeddings", jerryxio.ng/posts/nd-rope, 2025) at the final defaults of its
+    ImageNet script: min_freq 0.2, max_freq 20, no zero frequencies, directions per head (``sep_rope_heads``), and
+    spacing pi (1 - sqrt 5) / 2, which the author recommends over the full-turn golden angle pi (1 - sqrt 5) of the
+    post's ImageNet runs. ``vision.rope_theta`` is not read. Coordinates are set by each image's own grid (the code's
+    build-time rule), so, as with ``rope2d_norm``, one patch is a shorter step on a larger grid."""
+
+    summary = "Golden Gate RoPE: fixed per-head directions by the half-turn golden angle, f 0.2-20 on centred coords"
+    source = "Jerry Xiong 2025, jerryxio.ng/posts/nd-rope (archibox UniformRoPE)"
+    head_dim_multiple, head_dim_reason = 2, "channels rotate in pairs"
+
+    def make_rope(self, config: VisionConfig) -> nn.Module:
+        return GoldenGateRotaryEmbedding(config.head_dim, config.num_heads)
+
+    def ids(self, positions: torch.Tensor, grid: Grid) -> torch.Tensor:
+        return golden_gate_coordinates(positions, grid)
+
+
+@register_encoder("comrope_ld")
+class ComRoPELD(EncoderPositions):
+    """ComRoPE-LD: every layer learns commuting angle matrices A_axis = theta_axis (P - Pᵀ) per block of 8 channels, and
+    a patch at (y, x) turns each block by exp(y A_row + x A_col) (:class:`mmrope.model.rope.ComRoPELDEmbedding`), so
+    q(p1)·k(p2) depends only on p1 - p2 for any learned P and theta. Coordinates are patch centres scaled to [0, 1]
+    per axis, ((row + 0.5) / h, (col + 0.5) / w), the paper's "relative scaling and center offset" (its training-time
+    position perturbation is not used here). Blocks of 8, the paper's largest, cannot be written as (cos, sin) pair
+    turns: the tables are the rotations and :meth:`rotary_apply` applies them. P and theta get no weight decay."""
+
+    summary = "ComRoPE-LD: learned commuting angle matrices theta_axis (P - Pᵀ), 8x8 block rotations, no weight decay"
+    source = "Yu et al. 2025 (ComRoPE, CVPR, arXiv 2506.03737), the authors' ComRoPELDAttention"
+    block_size: ClassVar[int] = 8
+    head_dim_multiple, head_dim_reason = block_size, "channels rotate in blocks of 8"
+
+    def __init__(self, config: VisionConfig):
+        super().__init__(config)
+        self.rope = ComRoPELDEmbedding(config.head_dim, config.num_heads, depth=config.depth,
+                                       block_size=self.block_size)
+
+    def rotary(self, positions: torch.Tensor, grid: Grid) -> list[Rope | None]:
+        _, h, w = grid
+        sides = torch.tensor([h, w], device=positions.device, dtype=torch.float32)
+        rotations = self.rope((positions[:, 1:] + 0.5) / sides)  # (depth, heads, n, blocks, 8, 8)
+        return [(r,) for r in rotations]
+
+    def rotary_apply(self, default: RotaryApply) -> RotaryApply:
+        return apply_block_rotation_qk

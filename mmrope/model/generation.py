@@ -1,9 +1,10 @@
 """Caption generation: greedy, nucleus sampling and beam search, over a KV cache or recomputing everything.
 
 Each prompt is one image or clip, or several in a row, each as ``[vision_start, image x N_i, vision_end]`` (video
-tokens for a clip); prompts of different lengths are left-padded to the longest, so every row's next token sits in
-the same slot. Each row keeps its own M-RoPE delta (``get_rope_index`` on the padded prompt), and the token decoded
-at slot c takes the id c + delta on all three rows.
+tokens for a clip; break tokens closing the rows where the model's scheme asks for them); prompts of different
+lengths are left-padded to the longest, so every row's next token sits in the same slot. Each row keeps its own rope
+delta (the scheme's ids of the padded prompt), and the token decoded at slot c takes the id c + delta on all three
+rows.
 With ``use_cache=False`` every step runs the whole model on the whole sequence, positions recomputed from scratch:
 the slow reference the cached path must match token for token.
 
@@ -42,19 +43,23 @@ STRATEGIES = ("greedy", "sample", "beam")
 
 
 def suppress_special_tokens(logits: torch.Tensor) -> torch.Tensor:
-    """-inf on every reserved id except EOS, so the search ranges over EOS and the real vocabulary."""
+    """-inf on every reserved id except EOS, so the search ranges over EOS and the real vocabulary. (With a
+    tokenizer saved before the break token existed, id 7 is its first byte or ``<unk>``: never emitted either.)"""
     banned = [i for i in range(NUM_SPECIAL) if i != EOS_ID]
     return logits.float().index_fill(-1, torch.tensor(banned, device=logits.device), -math.inf)
 
 
 def image_prompts(grid_thw: torch.Tensor, merge: int, clip: torch.Tensor | None = None,
-                  media_per_prompt: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One vision block per medium of ``grid_thw`` (num_media, 3), video tokens where ``clip``; consecutive media
+                  media_per_prompt: Sequence[int] | None = None, row_breaks: bool = False,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One vision block per medium of ``grid_thw`` (num_media, 3), video tokens where ``clip``, a break token after
+    each row but the last with ``row_breaks`` (the scheme's :attr:`~DecoderScheme.row_breaks`); consecutive media
     form one prompt, ``media_per_prompt`` of them (default: one each) -> left-padded (input_ids, attention_mask)
     (b, p)."""
     counts = (grid_thw.prod(-1) // merge**2).tolist()
+    row_lengths = (grid_thw[:, 2] // merge).tolist() if row_breaks else [None] * len(counts)
     clip = [False] * len(counts) if clip is None else clip.tolist()
-    blocks = [vision_block(n, c) for n, c in zip(counts, clip)]
+    blocks = [vision_block(n, c, row) for n, c, row in zip(counts, clip, row_lengths)]
     prompts, start = [], 0
     for size in [1] * len(blocks) if media_per_prompt is None else media_per_prompt:
         prompts.append([token for block in blocks[start:start + size] for token in block])
@@ -80,7 +85,7 @@ class _Session:
         clip = clip_mask(media)
         media_tokens, grid_thw = model.vision(media)
         input_ids, attention_mask = image_prompts(grid_thw, model.config.vision.spatial_merge_size, clip,
-                                                  [len(p) for p in prompts])
+                                                  [len(p) for p in prompts], model.scheme.row_breaks)
         self.length = input_ids.shape[1]  # slots filled so far
         if self.length + max_new_tokens > model.config.text.max_seq_len:
             raise ValueError(f"prompt of {self.length} tokens + max_new_tokens={max_new_tokens} exceeds "
@@ -140,11 +145,13 @@ Prompt = torch.Tensor | Sequence[torch.Tensor]
 def generate(model: CaptionModel, images: Sequence[Prompt] | torch.Tensor, max_new_tokens: int = 32,
              strategy: str = "greedy", num_beams: int = 4, length_penalty: float = 1.0, temperature: float = 1.0,
              top_p: float = 1.0, use_cache: bool = True, generator: torch.Generator | None = None,
-             second_per_grid_t: Sequence[float] | None = None) -> list[torch.Tensor]:
+             second_per_grid_t: Sequence[float] | None = None, num_return_sequences: int = 1) -> list[torch.Tensor]:
     """Caption each prompt of ``images`` -> one 1-D long tensor of new token ids per prompt, on the CPU, without the
     EOS that ended it. A prompt is an image (3, H, W), a clip (T, 3, H, W), or a list of them read in order (a clip
     given as separate frames); sizes may differ. A (b, 3, H, W) tensor is b images. ``second_per_grid_t`` holds
-    one value per clip, in order, when the model's ``tokens_per_second`` is set.
+    one value per clip, in order, when the model's ``tokens_per_second`` is set. With beam search,
+    ``num_return_sequences`` n (at most ``num_beams``) gives n per prompt, best first (prompt i's at i * n ... i * n
+    + n - 1), the first of them what n = 1 gives.
 
     greedy  the most likely token at every step
     sample  nucleus sampling (Holtzman et al. 2020): softmax(logits / temperature), the smallest set of tokens whose
@@ -157,6 +164,9 @@ def generate(model: CaptionModel, images: Sequence[Prompt] | torch.Tensor, max_n
         raise ValueError(f"max_new_tokens={max_new_tokens}, num_beams={num_beams}, temperature={temperature}, "
                          f"top_p={top_p}: expected max_new_tokens >= 1, num_beams >= 1, temperature > 0 and "
                          "0 < top_p <= 1")
+    if num_return_sequences != 1 and (strategy != "beam" or not 1 <= num_return_sequences <= num_beams):
+        raise ValueError(f"num_return_sequences={num_return_sequences}: expected strategy='beam' and at most "
+                         f"num_beams={num_beams} sequences")
     device = next(model.parameters()).device
     prompts = [[m.to(device)] if isinstance(m, torch.Tensor) else [x.to(device) for x in m] for m in images]
     timing, clips = [], list(second_per_grid_t or [])
@@ -173,7 +183,8 @@ def generate(model: CaptionModel, images: Sequence[Prompt] | torch.Tensor, max_n
         rows = torch.arange(len(prompts), device=device).repeat_interleave(beams)
         session = _Session(model, prompts, timing, rows, max_new_tokens, use_cache)
         if strategy == "beam":
-            return _beam_search(session, len(prompts), num_beams, max_new_tokens, length_penalty)
+            return _beam_search(session, len(prompts), num_beams, max_new_tokens, length_penalty,
+                                num_return_sequences)
         return _sample(session, max_new_tokens, strategy == "sample", temperature, top_p, generator)
     finally:
         model.train(was_training)
@@ -211,8 +222,9 @@ def _until_eos(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def _beam_search(session: _Session, batch: int, num_beams: int, max_new_tokens: int,
-                 length_penalty: float) -> list[torch.Tensor]:
-    """Per image, keep the ``num_beams`` highest-scoring unfinished sequences (score: sum of log-probabilities).
+                 length_penalty: float, num_return: int = 1) -> list[torch.Tensor]:
+    """Per image, keep the ``num_beams`` highest-scoring unfinished sequences (score: sum of log-probabilities) ->
+    the ``num_return`` best hypotheses of each image, best first, images one after another.
 
     A sequence that ends (EOS, or ``max_new_tokens`` reached) is a hypothesis scored ``logprob / len**length_penalty``
     with len its token count, EOS included. As in Hugging Face, an EOS counts only when it ranks among the image's
@@ -220,12 +232,14 @@ def _beam_search(session: _Session, batch: int, num_beams: int, max_new_tokens: 
     only fall, so a beam with sum s can reach at most s / max_new_tokens**lp (lp > 0) or s / (len + 1)**lp (lp <= 0).
     With ``length_penalty=0`` one beam is exactly greedy search (with lp > 0 it may outlive greedy's EOS, since a
     longer sequence can score better); with as many beams as candidates at every step it is exhaustive search.
+    With ``num_return`` n, an image stops once no running beam can beat its n-th best hypothesis: its best is the
+    same as with n = 1, since the hypotheses it finds meanwhile score lower.
     """
     k = num_beams
     scores = torch.full((batch, k), -math.inf)
     scores[:, 0] = 0.0  # all beams start from the same prompt: keep one of them
     sequences = torch.zeros(batch * k, 0, dtype=torch.long)
-    best: list[tuple[float, list[int]]] = [(-math.inf, [])] * batch
+    best = [[(-math.inf, [])] * num_return for _ in range(batch)]  # per image, best first
     done = [False] * batch
     logits = session.start()
     for t in range(max_new_tokens):
@@ -245,9 +259,8 @@ def _beam_search(session: _Session, batch: int, num_beams: int, max_new_tokens: 
                     break
                 beam, token = divmod(index, vocab)
                 if token == EOS_ID:
-                    final = score / (t + 1) ** length_penalty
-                    if rank < k and final > best[i][0]:
-                        best[i] = (final, sequences[i * k + beam].tolist())
+                    if rank < k:
+                        _keep(best[i], score / (t + 1) ** length_penalty, sequences[i * k + beam].tolist())
                     continue
                 rows[i * k + kept], tokens[i * k + kept], scores[i, kept] = i * k + beam, token, score
                 kept += 1
@@ -255,15 +268,23 @@ def _beam_search(session: _Session, batch: int, num_beams: int, max_new_tokens: 
         if t == max_new_tokens - 1:  # the running beams end here, without EOS
             for i in range(batch):
                 for kept in range(k):
-                    final = scores[i, kept].item() / max_new_tokens**length_penalty
-                    if not done[i] and final > best[i][0]:
-                        best[i] = (final, sequences[i * k + kept].tolist())
+                    if not done[i]:
+                        _keep(best[i], scores[i, kept].item() / max_new_tokens**length_penalty,
+                              sequences[i * k + kept].tolist())
             break
         reach = max_new_tokens if length_penalty > 0 else t + 2  # the length that flatters a running beam most
-        done = [done[i] or best[i][0] >= scores[i, 0].item() / reach**length_penalty for i in range(batch)]
+        done = [done[i] or best[i][-1][0] >= scores[i, 0].item() / reach**length_penalty for i in range(batch)]
         if all(done):
             break
         device = logits.device
         session.reorder(rows.to(device))
         logits = session.step(tokens.to(device))
-    return [torch.tensor(tokens, dtype=torch.long) for _, tokens in best]
+    return [torch.tensor(tokens, dtype=torch.long) for hypotheses in best for _, tokens in hypotheses]
+
+
+def _keep(hypotheses: list[tuple[float, list[int]]], score: float, tokens: list[int]) -> None:
+    """Put (score, tokens) among ``hypotheses`` (best first, their number fixed) when it beats the worst; of equal
+    scores the one found first ranks higher."""
+    if score > hypotheses[-1][0]:
+        hypotheses.insert(next(j for j, (s, _) in enumerate(hypotheses) if score > s), (score, tokens))
+        hypotheses.pop()

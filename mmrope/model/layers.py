@@ -59,10 +59,13 @@ class Attention(nn.Module):
     """Self-attention with rotary q/k and grouped-query heads (``num_kv_heads`` < ``num_heads``), through SDPA.
 
     ``rope`` is a ``(cos, sin)`` half table any :mod:`mmrope.model.rope` module returns; ``rotary`` is the apply
-    chosen at build (:func:`mmrope.model.rotary_apply.select_rotary_apply`). ``kv_cache`` (text decoding) stores
-    this call's keys and values at ``cache_index`` and attends over everything it holds. ``need_weights`` returns the
-    attention weights (b, h, n, s) too, from an explicit softmax(q·kᵀ/√d + mask) on the same q, k and v: SDPA never
-    hands them out, and the attention maps must come from this code path, not a copy of it.
+    chosen at build (:func:`mmrope.model.rotary_apply.select_rotary_apply`). A table with one head per key/value
+    head, (b, g, n, k) as MHRoPE gives, turns k as it is and each query head by its group's table, the one of the
+    keys the repeat below hands it (:func:`mmrope.model.rope.apply_rotary` repeats the table; the Triton kernel
+    declines such tables). ``kv_cache`` (text decoding) stores this call's keys and values at ``cache_index`` and
+    attends over everything it holds. ``need_weights`` returns the attention weights (b, h, n, s) too, from an
+    explicit softmax(q·kᵀ/√d + mask) on the same q, k and v: SDPA never hands them out, and the attention maps must
+    come from this code path, not a copy of it.
     """
 
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None, qkv_bias: bool = False,

@@ -11,6 +11,9 @@ block's largest id + 1; text tokens get t = h = w. Example, merge 2, image grid 
     h       0  1  2  3   4   4   4   5   5   5    7   8  9
     w       0  1  2  3   4   5   6   4   5   6    7   8  9        rope_delta = 9 + 1 - 13 = -3
 
+Schemes that place media ids themselves (V2PE's fractional steps, Circle-RoPE's ring) hand their per-token offsets
+to :func:`placed_position_ids`, which lays text around them by the same rules: float32 ids, float64 rope deltas.
+
 Encoder side. The patch merger fuses each m x m window of patches into one decoder token, so the encoder keeps the
 patches of a window contiguous (Qwen2-VL's order): windows in raster order, patches within a window in raster order,
 and a clip's temporal patches one after another. :func:`grid_positions`, :func:`raster_positions` and
@@ -18,6 +21,8 @@ and a clip's temporal patches one after another. :func:`grid_positions`, :func:`
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -170,6 +175,81 @@ def flat_position_ids(input_ids: torch.Tensor, image_grid_thw: torch.Tensor | No
 
 
 def decode_position_ids(cache_index: int | torch.Tensor, rope_deltas: torch.Tensor, length: int = 1) -> torch.Tensor:
-    """Ids (3, b, length) of the next ``length`` tokens decoded at ``cache_index``: cache_index + delta, all rows."""
+    """Ids (3, b, length) of the next ``length`` tokens decoded at ``cache_index``: cache_index + delta, all rows.
+
+    Integer deltas give long ids. Float deltas (float64, from :func:`placed_position_ids`) give the float32 ids such
+    schemes hand the rotary maths: the sum is exact in float64, so the id is the one the full sequence gives."""
     steps = torch.arange(length, device=rope_deltas.device) + cache_index
-    return (steps.unsqueeze(0) + rope_deltas).unsqueeze(0).expand(3, -1, -1)
+    ids = steps.unsqueeze(0) + rope_deltas
+    if ids.is_floating_point():
+        ids = ids.to(FLOAT_ID_DTYPE)
+    return ids.unsqueeze(0).expand(3, -1, -1)
+
+
+FLOAT_ID_DTYPE = torch.float32  # fractional ids: what the rotary maths computes its angles in
+ADVANCE_QUANTUM = 2.0**-20  # a block's advance is a multiple of this: text ids stay exact float64 sums
+
+
+class MediaTokens(NamedTuple):
+    """Every media token of a batch, blocks in order of appearance over the batch (images and clips alike): what a
+    scheme that places its media ids itself (:func:`placed_position_ids`) computes them from. m media tokens."""
+
+    where: torch.Tensor  # (m,) flat index into (b * n)
+    block: torch.Tensor  # (m,) the medium it belongs to: a row of ``grid``
+    offset: torch.Tensor  # (m,) its index inside its block
+    thw: torch.Tensor  # (3, m) long: its (t, i, j) on its block's decoder grid (t-major raster order)
+    grid: torch.Tensor  # (num_media, 3) long: each block's decoder grid (T, H, W), merged tokens
+
+
+def media_tokens(input_ids: torch.Tensor, grid_thw: torch.Tensor | None, attention_mask: torch.Tensor | None = None,
+                 *, token_ids: tuple[int, ...], spatial_merge_size: int) -> MediaTokens | None:
+    """The media tokens (ids in ``token_ids``, real under ``attention_mask``) of ``input_ids`` (b, n), matched to
+    ``grid_thw`` (num_media, 3) encoder-patch grids in order of appearance; each block must be one contiguous run of
+    its grid's size. None when there are no media."""
+    real = _real_token_mask(input_ids, attention_mask)
+    is_media = torch.zeros_like(real)
+    for token_id in token_ids:
+        is_media |= input_ids == token_id
+    found = _media_ids(is_media & real, grid_thw, spatial_merge_size, None, "media")
+    if found is None:
+        return None
+    thw, offset, _, _, where = found
+    grid = torch.as_tensor(grid_thw, device=input_ids.device).long().reshape(-1, 3)
+    grid = torch.stack((grid[:, 0], grid[:, 1] // spatial_merge_size, grid[:, 2] // spatial_merge_size), dim=-1)
+    block = (offset == 0).long().cumsum(0) - 1
+    return MediaTokens(where, block, offset, thw, grid)
+
+
+def placed_position_ids(input_ids: torch.Tensor, media: MediaTokens | None, relative: torch.Tensor | None,
+                        advance: torch.Tensor | None, attention_mask: torch.Tensor | None = None,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids of a batch whose scheme places each media token itself -> (position_ids (3, b, n) float32, rope_deltas
+    (b, 1) float64). Same padding rules as :func:`get_rope_index`.
+
+    A block starts at s, the id its first token would get if it were text; its token m takes s + ``relative[:, m]``
+    ((3, m), any float) and the text after it continues at s + ``advance[block]`` ((num_media,)), where
+    M-RoPE would continue at s + its largest offset + 1. Text ids are the running index plus the advances beyond the
+    token counts of the blocks before them. Advances are rounded to multiples of :data:`ADVANCE_QUANTUM`, so that
+    every text id, and the delta, is an exact float64 sum: ``cache_index + delta`` (:func:`decode_position_ids`)
+    then gives the next token the float32 id the full sequence gives it, bit for bit.
+    """
+    real = _real_token_mask(input_ids, attention_mask)
+    b, n = input_ids.shape
+    compact = (real.long().cumsum(1) - 1).double()  # running index over real tokens
+    shift_at_end = torch.zeros(b * n, dtype=torch.float64, device=input_ids.device)
+    offset = torch.zeros(b * n, dtype=torch.float64, device=input_ids.device)  # index inside a block; 0 for text
+    placed = torch.zeros(3, b * n, dtype=torch.float64, device=input_ids.device)  # relative ids; 0 for text
+    if media is not None:
+        counts = torch.bincount(media.block, minlength=len(media.grid))
+        offset[media.where] = media.offset.double()
+        placed[:, media.where] = relative.double()
+        advance = (advance.double() / ADVANCE_QUANTUM).round() * ADVANCE_QUANTUM
+        last = media.offset == counts[media.block] - 1
+        shift_at_end[media.where[last]] = (advance - counts.double())[media.block[last]]
+    shift = shift_at_end.view(b, n).cumsum(1)
+    shift_before = torch.cat((shift.new_zeros(b, 1), shift[:, :-1]), dim=1)  # blocks that ended strictly before
+    start = compact - offset.view(b, n) + shift_before  # text: its own id; media: the id its block starts at
+    position_ids = start.unsqueeze(0) + placed.view(3, b, n)
+    position_ids = position_ids.masked_fill_(~real, PAD_POSITION).to(FLOAT_ID_DTYPE)
+    rope_deltas = (real.sum(1) - n).double() + shift[:, -1]
+    return position_ids, rope_deltas.unsqueeze(1)

@@ -1,8 +1,10 @@
-"""Rotary position embeddings: 1D, 2D and 3D axial, RoPE-Mixed and M-RoPE, in one rotation layout.
+"""Rotary position embeddings: 1D, 2D and 3D axial, RoPE-Mixed, Golden Gate, M-RoPE and ComRoPE-LD.
 
-Every variant answers one question, "by what angle does rotary pair k of this token turn?", and returns the answer
-as a half table ``(cos, sin)`` of shape ``(..., seq, head_dim / 2)``. One function, :func:`apply_rotary`, turns any
-such table into a rotation, so the variants differ only in how they build their angles.
+Every variant but one answers one question, "by what angle does rotary pair k of this token turn?", and returns the
+answer as a half table ``(cos, sin)`` of shape ``(..., seq, head_dim / 2)``. One function, :func:`apply_rotary`, turns
+any such table into a rotation, so the variants differ only in how they build their angles. The exception is
+ComRoPE-LD (:class:`ComRoPELDEmbedding`), whose rotation turns blocks of 8 channels at once, not pairs: it returns
+the block rotations themselves, and :func:`apply_block_rotation` applies them.
 
 Layout: rotate-half (GPT-NeoX / Llama / Qwen2-VL). Pair k couples channel k with channel k + head_dim/2::
 
@@ -29,11 +31,19 @@ from torch import nn
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` (b, h, n, d) by the half tables ``cos``/``sin`` of shape (n, k), (b, n, k) or (b, h, n, k)."""
+    """Rotate ``x`` (b, h, n, d) by the half tables ``cos``/``sin`` of shape (n, k), (b, n, k) or (b, h, n, k).
+
+    A (b, g, n, k) table with g < h heads, g dividing h, holds one table per key/value head (MHRoPE): query head j
+    takes table j // (h / g), the group whose keys ``Attention`` repeats for it, and keys (g heads) take it as it is.
+    """
     if cos.shape[-1] * 2 != x.shape[-1]:
         raise ValueError(f"rotary table has {cos.shape[-1]} pairs but head_dim is {x.shape[-1]}: expected head_dim / 2")
     if cos.ndim == 3:  # (b, n, k): the same angles for every head
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    elif cos.ndim == 4 and cos.shape[1] not in (1, x.shape[1]):  # a table per key/value head: repeat over each group
+        if x.shape[1] % cos.shape[1]:
+            raise ValueError(f"rotary table has {cos.shape[1]} heads but x has {x.shape[1]}: expected a divisor")
+        cos, sin = (t.repeat_interleave(x.shape[1] // cos.shape[1], dim=1) for t in (cos, sin))
     x1, x2 = x.to(_rotary_dtype(x.dtype, cos.dtype)).chunk(2, dim=-1)
     out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     return out.to(x.dtype)
@@ -173,6 +183,115 @@ class MixedRotaryEmbedding(nn.Module):
         # elementwise, not einsum: autocast would run a matmul in bf16
         angles = row * fy + col * fx  # (depth, b, heads, n, k)
         return _cos_sin(angles)
+
+
+# Golden Gate RoPE's spacing between consecutive directions, in radians: -pi/golden ratio. A pair turning along -u is
+# the pair turning along u with its two channels swapped, so directions only matter modulo pi, and this is the golden
+# angle of that half-turn (pi - pi/phi = pi/phi^2), which spreads any number of directions about evenly over it.
+GOLDEN_SPACING = math.pi * (1 - math.sqrt(5)) / 2
+
+
+def golden_gate_frequencies(num_heads: int, num_pairs: int, min_freq: float = 0.2, max_freq: float = 20.0,
+                            spacing: float = GOLDEN_SPACING) -> torch.Tensor:
+    """Golden Gate RoPE's frequency vectors (heads, k, 2) over (row, col), in float64.
+
+    Pair k of head h turns with magnitude f_k = min_freq * (max_freq / min_freq)^(k / (k_total - 1)) (log-spaced,
+    lowest first) along the direction phi = (h * k_total + k) * ``spacing``: the directions run on from head to head,
+    so every head gets its own. The vector is f_k * (cos phi, sin phi), its first entry multiplying the row."""
+    magnitude = min_freq * (max_freq / min_freq) ** torch.linspace(0, 1, num_pairs, dtype=torch.float64)  # (k,)
+    phi = torch.arange(num_heads * num_pairs, dtype=torch.float64).view(num_heads, num_pairs) * spacing
+    return magnitude[:, None] * torch.stack((phi.cos(), phi.sin()), dim=-1)
+
+
+class GoldenGateRotaryEmbedding(_FixedFrequencies):
+    """Golden Gate RoPE (Jerry Xiong, "On N-dimensional Rotary Positional Embeddings", 2025): fixed directions.
+
+    Like RoPE-Mixed every pair turns along a direction of the plane, angle_k = row * fy_k + col * fx_k, but the
+    directions are fixed and spread by :data:`GOLDEN_SPACING` (:func:`golden_gate_frequencies`), so no parameter is
+    learned and a head still attends along diagonals. Positions (n, 2) or (b, n, 2) -> tables (b or 1, heads, n, k);
+    q(p1)·k(p2) depends only on p1 - p2. ``inv_freq`` holds the frequency vectors (heads, k, 2).
+    """
+
+    def __init__(self, head_dim: int, num_heads: int, min_freq: float = 0.2, max_freq: float = 20.0):
+        super().__init__()
+        _check_head_dim(head_dim, 2, "Golden Gate RoPE")
+        self.head_dim, self.num_heads, self.min_freq, self.max_freq = head_dim, num_heads, min_freq, max_freq
+        self._set_inv_freq(golden_gate_frequencies(num_heads, head_dim // 2, min_freq, max_freq))
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = _rotary_dtype(positions.dtype, self.inv_freq.dtype)
+        pos = positions.to(dtype)
+        if pos.ndim == 2:
+            pos = pos.unsqueeze(0)  # (1, n, 2)
+        row, col = pos[:, None, :, 0, None], pos[:, None, :, 1, None]  # (b, 1, n, 1)
+        fy, fx = self.inv_freq.to(dtype)[:, None].unbind(-1)  # (heads, 1, k) each
+        return _cos_sin(row * fy + col * fx)  # (b, heads, n, k); elementwise, so autocast keeps float32
+
+
+class ComRoPELDEmbedding(nn.Module):
+    """ComRoPE-LD (Yu et al., "ComRoPE: Scalable and Robust Rotary Position Embedding Parameterized by Trainable
+    Commuting Angle Matrices", CVPR 2025, arXiv 2506.03737; the authors' ``ComRoPELDAttention``, Longin-Yu/ComRoPE).
+
+    The channels of each head are cut into blocks of ``block_size`` (block j = channels j*b .. j*b + b - 1), and a
+    token at position x turns block j by the b x b rotation
+
+        R_j(x) = exp(sum_axis x_axis * A_axis,j),   A_axis,j = theta_axis,j * (P_j - P_jᵀ)    ("linearly dependent")
+
+    with P_j (b x b, one per head) and theta_axis,j (one per axis, shared by the heads) learned in every layer. All
+    angle matrices of a block are multiples of one skew-symmetric matrix, so they commute, R_j(x)ᵀ R_j(y) = R_j(y - x)
+    and q(p1)·k(p2) depends only on p1 - p2 whatever the parameters (the paper's Theorem 1). Init as the authors':
+    P ~ N(0, ``init_std``²), theta ~ N(0, 1), drawn from a generator of their own (``seed``, as RoPE-Mixed's
+    directions) so that building the encoding leaves the global random stream, and with it the init of every other
+    weight, as it is for the other arms. Both are flagged ``no_weight_decay``: decay would shrink the angle matrices
+    towards 0, where R = I and the encoding is NoPE (the same reason as RoPE-Mixed's frequencies).
+
+    Positions (n, axes) -> rotations (depth, heads, n, blocks, b, b), built once per forward with
+    ``torch.matrix_exp`` as the authors do; layer i applies ``rotations[i]`` with :func:`apply_block_rotation`.
+    """
+
+    def __init__(self, head_dim: int, num_heads: int, depth: int = 1, block_size: int = 8, axes: int = 2,
+                 init_std: float = 1.0, seed: int = 0):
+        super().__init__()
+        _check_head_dim(head_dim, block_size, f"ComRoPE-LD (rotation blocks of {block_size} channels)")
+        self.head_dim, self.num_heads, self.depth, self.block_size = head_dim, num_heads, depth, block_size
+        blocks = head_dim // block_size
+        g = torch.Generator().manual_seed(seed)
+        base = torch.randn(depth, num_heads, blocks, block_size, block_size, generator=g) * init_std
+        self.base = nn.Parameter(base)  # P: (layer, head, block, b, b)
+        self.scales = nn.Parameter(torch.randn(depth, axes, blocks, generator=g))  # theta: (layer, axis, block)
+        self.base.no_weight_decay = self.scales.no_weight_decay = True
+
+    def generators(self) -> torch.Tensor:
+        """The skew-symmetric P - Pᵀ of every layer, head and block -> (depth, heads, blocks, b, b)."""
+        return self.base - self.base.transpose(-1, -2)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        dtype = _rotary_dtype(positions.dtype, self.base.dtype)
+        with torch.autocast(positions.device.type, enabled=False):  # matrix_exp's products stay in float32
+            pos = positions.to(dtype)[None, :, :, None]  # (1, n, axes, 1)
+            turns = (pos * self.scales.to(dtype)[:, None]).sum(2)  # (depth, n, blocks): sum_axis theta * x
+            generators = self.generators().to(dtype)[:, :, None]  # (depth, heads, 1, blocks, b, b)
+            return torch.matrix_exp(turns[:, None, :, :, None, None] * generators)  # (depth, heads, n, blocks, b, b)
+
+
+def apply_block_rotation(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Turn ``x`` (b, h, n, d) by block rotations (h, n, blocks, s, s) or (b, h, n, blocks, s, s): block j of the
+    channels (j*s .. j*s + s - 1) is multiplied by ``rotation[..., j, :, :]``. Maths in float32, as in
+    :func:`apply_rotary`."""
+    blocks, size = rotation.shape[-3], rotation.shape[-1]
+    if blocks * size != x.shape[-1]:
+        raise ValueError(f"block rotation has {blocks} blocks of {size} channels but head_dim is {x.shape[-1]}")
+    dtype = _rotary_dtype(x.dtype, rotation.dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        x_blocks = x.to(dtype).unflatten(-1, (blocks, size)).unsqueeze(-1)  # (b, h, n, blocks, s, 1)
+        out = (rotation.to(dtype) @ x_blocks).squeeze(-1)
+    return out.flatten(-2).to(x.dtype)
+
+
+def apply_block_rotation_qk(q: torch.Tensor, k: torch.Tensor,
+                            rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k through :func:`apply_block_rotation`: the rotary apply of an encoding whose rope is ``(rotation,)``."""
+    return apply_block_rotation(q, rotation), apply_block_rotation(k, rotation)
 
 
 def default_mrope_section(num_pairs: int, interleaved: bool = False) -> list[int]:

@@ -3,6 +3,8 @@
 Both tokenizers put these ids at the start of their vocabulary, so a checkpoint's special ids never depend on which
 tokenizer trained it. The joint sequence the decoder sees is
 ``[VISION_START, IMAGE x N, VISION_END, caption tokens ..., EOS]`` (Qwen2-VL's layout, without the chat template).
+A scheme whose media rows end in break tokens (Pixtral's, ``DecoderScheme.row_breaks``) reads an image of 2 x 3
+merged tokens as ``[VISION_START, IMAGE x 3, IMAGE_BREAK, IMAGE x 3, VISION_END, ...]``.
 """
 
 PAD_ID = 0
@@ -12,13 +14,25 @@ VISION_START_ID = 3
 VISION_END_ID = 4
 IMAGE_TOKEN_ID = 5
 VIDEO_TOKEN_ID = 6
+IMAGE_BREAK_ID = 7  # ends each row of a media block but the last (Pixtral's [IMG_BREAK]); an ordinary embedded token
 
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<vision_start>", "<vision_end>", "<image>", "<video>")
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<vision_start>", "<vision_end>", "<image>", "<video>", "<image_break>")
 NUM_SPECIAL = len(SPECIAL_TOKENS)
+NUM_SPECIAL_BEFORE_BREAK = 7  # reserved ids of tokenizers saved before IMAGE_BREAK_ID existed
 
 IGNORE_INDEX = -100  # label value the loss skips (padding, image block)
 
 
-def vision_block(num_tokens: int, clip: bool = False) -> list[int]:
-    """The ids that stand for one image (or clip) in the decoder: the prompt a caption is generated from."""
-    return [VISION_START_ID] + [VIDEO_TOKEN_ID if clip else IMAGE_TOKEN_ID] * num_tokens + [VISION_END_ID]
+def vision_block(num_tokens: int, clip: bool = False, row_length: int | None = None) -> list[int]:
+    """The ids that stand for one image (or clip) in the decoder: the prompt a caption is generated from.
+
+    With ``row_length`` (merged tokens per row of the decoder grid) a break token ends every row but the last, whose
+    end the vision end marks, as Pixtral's [IMG_END] replaces its last [IMG_BREAK]; a clip's frames are rows one
+    after another. E.g. ``vision_block(6, row_length=3)`` is ``[3, 5, 5, 5, 7, 5, 5, 5, 4]``."""
+    media = VIDEO_TOKEN_ID if clip else IMAGE_TOKEN_ID
+    if row_length is None:
+        return [VISION_START_ID] + [media] * num_tokens + [VISION_END_ID]
+    if row_length <= 0 or num_tokens % row_length:
+        raise ValueError(f"a media block of {num_tokens} tokens cannot be cut into rows of {row_length}")
+    rows = ([media] * row_length + [IMAGE_BREAK_ID]) * (num_tokens // row_length)
+    return [VISION_START_ID] + rows[:-1] + [VISION_END_ID]

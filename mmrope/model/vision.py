@@ -81,6 +81,7 @@ class VisionEncoder(nn.Module):
         self.patch_embed = nn.Conv2d(c.in_channels * c.temporal_patch_size, c.dim, kernel_size=c.patch_size,
                                      stride=c.patch_size)
         self.positions = ENCODERS[c.pos_encoding](c)
+        rotary = self.positions.rotary_apply(rotary)  # the build's (cos, sin) apply, unless the encoding brings its own
         self.blocks = nn.ModuleList([Block(c.dim, c.num_heads, c.mlp_ratio, rotary) for _ in range(c.depth)])
         self.merger = PatchMerger(c.dim, out_dim, c.spatial_merge_size)
 
