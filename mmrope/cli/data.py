@@ -1,4 +1,5 @@
-"""``mmrope data shapes``: write the shapes benchmark to disk as an imagefolder (PNGs plus ``metadata.jsonl``).
+"""``mmrope data shapes``: write the shapes benchmark to disk as an imagefolder (PNGs plus ``metadata.jsonl``);
+``mmrope data shard`` and ``mmrope data index`` (WebDataset shards) are in :mod:`mmrope.cli.shards`.
 
 The same arguments give byte-identical files: scenes depend only on (split, seed, index), PNGs are written with
 fixed settings and no timestamp, and JSON keys are sorted. Heavy imports stay inside the functions so that
@@ -8,11 +9,13 @@ fixed settings and no timestamp, and JSON keys are sorted. Heavy imports stay in
 import argparse
 from pathlib import Path
 
+from mmrope.cli import shards
+
 
 def register(subparsers) -> None:
     """Add ``data`` (with its ``shapes`` subcommand) to the top-level CLI's subparsers."""
     data = subparsers.add_parser("data", help="make or export datasets")
-    commands = data.add_subparsers(dest="data_command", metavar="{shapes}", required=True)
+    commands = data.add_subparsers(dest="data_command", metavar="{shapes,shard,index}", required=True)
     p = commands.add_parser(
         "shapes",
         help="export the shapes benchmark as PNGs + metadata.jsonl",
@@ -28,6 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--background", default="plain", choices=("plain", "noisy"), help="(default: plain)")
     p.add_argument("--max-objects", type=int, default=4, help="most objects at level 3 (default: 4)")
     p.set_defaults(func=run)
+    shards.register(commands)
 
 
 def run(args: argparse.Namespace) -> None:

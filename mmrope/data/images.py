@@ -5,6 +5,7 @@ so a dataset can warn and skip (or stop) without a traceback. ``ImageTransform``
 as Qwen2-VL does, to the native aspect ratio with sides that are multiples of ``patch_size * merge_size``.
 """
 
+import io
 import math
 import os
 import random
@@ -53,11 +54,23 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> 
         raise ImageError(path, missing_reason(path))
     if path.stat().st_size == 0:
         raise ImageError(path, "empty file")
+    return decode_image(path, path, max_pixels)
+
+
+def image_from_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """:func:`load_image` for an image held in memory (a member of a tar shard); errors name ``name``."""
+    if not data:
+        raise ImageError(name, "empty file")
+    return decode_image(io.BytesIO(data), name, max_pixels)
+
+
+def decode_image(source, path, max_pixels: int) -> Image.Image:
+    """Open ``source`` (a path or a binary file object) as :func:`load_image` does; errors name ``path``."""
     with warnings.catch_warnings():
         # Pillow warns above its own limit; ours is checked just below with a clear message.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(path)
+            img = Image.open(source)
         except Image.DecompressionBombError as e:  # not an OSError: Pillow's own hard limit (2 x MAX_IMAGE_PIXELS)
             raise ImageError(path, f"too many pixels, refused before decoding ({_one_line(e)})") from None
         except UnidentifiedImageError:

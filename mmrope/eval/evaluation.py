@@ -81,6 +81,33 @@ def records_set(path: str | Path, image_dir: str | Path | None = None, n: int | 
                    scenes if all(s is not None for s in scenes) else None, resize)
 
 
+def shards_set(spec: str | Path, n: int | None = None, resize: str = "fixed") -> EvalSet:
+    """The first ``n`` samples of WebDataset shards (an ``index.json`` or its folder; :mod:`mmrope.data.shards`),
+    read into memory (evaluation sets are small); a bad sample is left out with one warning naming it."""
+    import logging
+
+    from mmrope.data.images import ImageError
+    from mmrope.data.shards import BadSample, parse_sample, read_shard, read_shard_set
+
+    images, references, scenes = [], [], []
+    for shard in read_shard_set(spec).shards:
+        for raw in read_shard(shard):
+            if n is not None and len(images) >= n:
+                break
+            try:
+                image, captions, meta = parse_sample(raw)
+            except (BadSample, ImageError) as e:
+                logging.getLogger("mmrope").warning("skipping bad sample %s", e)
+                continue
+            images.append(image)
+            references.append(captions)
+            scenes.append(meta.get("scene"))
+    if not images:
+        raise ValueError(f"{spec}: no readable sample to evaluate on")
+    return EvalSet(str(spec), lambda size, frames=None: images, references,
+                   scenes if all(s is not None for s in scenes) else None, resize)
+
+
 def resolve_data(data: str | dict, train_size: int, split: str = "test", n: int | None = None,
                  level: int = 2, allow_outside: bool = False) -> EvalSet:
     """What ``--data`` names: ``shapes`` (``level``, canvas ``train_size``), a resolved ``data:`` section of a
@@ -95,7 +122,9 @@ def resolve_data(data: str | dict, train_size: int, split: str = "test", n: int 
     path = Path(data)
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder: expected a YAML config, a dataset (a folder with "
-                         "metadata.jsonl, a COCO .json or a .csv) or the word shapes")
+                         "metadata.jsonl, a COCO .json or a .csv), shards (their index.json) or the word shapes")
+    if path.name == "index.json" or (path / "index.json").is_file() and not (path / "metadata.jsonl").is_file():
+        return shards_set(path, n)
     return records_set(path, n=n, allow_outside=allow_outside)
 
 
@@ -115,6 +144,8 @@ def data_set(data: dict, split: str = "test", n: int | None = None, allow_outsid
     file = (data.get(split) if split in ("val", "test") else None) or data.get("test") or data.get("val")
     if not file:
         raise ValueError(f"{where}: data has no test or val caption file to evaluate on")
+    if data["dataset"] == "shards":
+        return shards_set(file, n, data.get("resize", "fixed"))
     return records_set(file, data.get("image_dir"), n, data.get("resize", "fixed"),
                        allow_outside or bool(data.get("allow_outside_paths")))
 

@@ -68,20 +68,30 @@ class ClipsConfig:
     eval_frames: list[int] | None = None  # extra validation sets at these frame counts: temporal extrapolation
 
 
+@dataclass
+class ShardsConfig:
+    """WebDataset shards (``data.dataset: shards``; see :mod:`mmrope.data.shards`)."""
+    shuffle_window: int = 1000  # training samples shuffled together within each worker: memory is this many samples
+
+
 class CaptionDataModule(L.LightningDataModule):
-    """Shapes (default), synthetic clips, or a real caption set (COCO JSON, imagefolder ``metadata.jsonl`` or CSV).
+    """Shapes (default), synthetic clips, a real caption set (COCO JSON, imagefolder ``metadata.jsonl`` or CSV), or
+    WebDataset shards (``dataset: shards``; ``train``, ``val``, ``test``: their ``index.json``), streamed so that every
+    rank and worker reads its own samples once an epoch and a resumed run goes on where it stopped.
 
     ``eval_sizes`` adds one validation set per extra resolution (objects scale with the canvas), logged as
     ``val@96/relation`` and so on; for clips, ``clips.eval_frames`` adds one per frame count (``val@8f/event``).
-    ``patch_size``, ``merge_size`` and ``temporal_patch_size`` are linked from the model's config. Unreadable
-    images are skipped (``on_bad_image: skip``) until more than ``max_skipped_fraction`` of the samples drawn were
-    (see :class:`BadDataGuard`); ``on_bad_image: raise`` stops at the first. Caption files may only name images
+    ``patch_size``, ``merge_size`` and ``temporal_patch_size`` are linked from the model's config, and ``row_breaks``
+    (break tokens closing media rows) from its ``position_scheme``. Unreadable images are skipped
+    (``on_bad_image: skip``) until more than ``max_skipped_fraction`` of the samples drawn were (see
+    :class:`BadDataGuard`); ``on_bad_image: raise`` stops at the first. Caption files may only name images
     inside their folder (or ``image_dir``) unless ``allow_outside_paths`` is set.
     """
 
-    def __init__(self, dataset: Literal["shapes", "clips", "captions"] = "shapes",
+    def __init__(self, dataset: Literal["shapes", "clips", "captions", "shards"] = "shapes",
                  shapes: ShapesConfig = ShapesConfig(),  # noqa: B008
                  clips: ClipsConfig = ClipsConfig(),  # noqa: B008
+                 shards: ShardsConfig = ShardsConfig(),  # noqa: B008
                  train: str | None = None, val: str | None = None, test: str | None = None,
                  image_dir: str | None = None, karpathy_split: str | None = None,
                  image_size: int = 64, resize: Literal["fixed", "native"] = "fixed",  # image_size: linked
@@ -91,17 +101,20 @@ class CaptionDataModule(L.LightningDataModule):
                  max_caption_tokens: int = 32, seed: int = 0,
                  on_bad_image: Literal["skip", "raise"] = "skip", max_skipped_fraction: float = 0.1,
                  allow_outside_paths: bool = False,
-                 patch_size: int = 8, merge_size: int = 2, temporal_patch_size: int = 1):
+                 patch_size: int = 8, merge_size: int = 2, temporal_patch_size: int = 1, row_breaks: bool = False):
         super().__init__()
-        if dataset not in ("shapes", "clips", "captions"):
-            raise ValueError(f"data.dataset={dataset!r}: expected 'shapes', 'clips' or 'captions'")
+        if dataset not in ("shapes", "clips", "captions", "shards"):
+            raise ValueError(f"data.dataset={dataset!r}: expected 'shapes', 'clips', 'captions' or 'shards'")
         if not (isinstance(max_skipped_fraction, (int, float)) and 0 <= max_skipped_fraction <= 1):
             raise ValueError(f"data.max_skipped_fraction={max_skipped_fraction!r}: expected a share in [0, 1]")
         if dataset == "captions" and not train:
             raise ValueError("data.train is required with data.dataset: captions (a COCO captions JSON, a folder "
                              "with metadata.jsonl, or a CSV file)")
+        if dataset == "shards" and not train:
+            raise ValueError("data.train is required with data.dataset: shards (a shard index.json, or its folder)")
         self.dataset, self.shapes = dataset, copy.deepcopy(as_config(ShapesConfig, shapes, "data.shapes."))
         self.clips = copy.deepcopy(as_config(ClipsConfig, clips, "data.clips."))
+        self.shards = copy.deepcopy(as_config(ShardsConfig, shards, "data.shards."))
         self.paths = {"train": train, "val": val, "test": test}
         self.image_dir, self.karpathy_split = image_dir, karpathy_split
         self.image_size, self.resize = image_size, resize
@@ -113,6 +126,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.max_skipped_fraction = float(max_skipped_fraction)
         self.allow_outside_paths = allow_outside_paths
         self.patch_size, self.merge_size, self.temporal_patch_size = patch_size, merge_size, temporal_patch_size
+        self.row_breaks = row_breaks
         self.eval_frames = list(self.clips.eval_frames or []) if dataset == "clips" else []
         self.tokenizer = self._build_tokenizer(tokenizer)
         self._resume: dict | None = None
@@ -151,6 +165,10 @@ class CaptionDataModule(L.LightningDataModule):
             from mmrope.data.clips import clip_vocabulary_captions
 
             return clip_vocabulary_captions()
+        if self.dataset == "shards":
+            from mmrope.data.shards import read_shard_set
+
+            return read_shard_set(self.paths["train"]).read_captions()
         return [c for r in self._records("train") for c in r.captions]
 
     def _records(self, split: str):
@@ -191,10 +209,25 @@ class CaptionDataModule(L.LightningDataModule):
             return ShapesDataset(n, split=name, seed=self.seed, level=c.level, canvas=c.canvas or self.image_size,
                                  size=size, background=c.background, transform=transform,
                                  fresh_each_epoch=c.fresh_each_epoch and split == "train")
+        if self.dataset == "shards":
+            return self._shard_stream(split, size)
         from mmrope.data.captions import CaptionDataset
 
         return CaptionDataset(self._records(split), self._transform(split == "train", size), train=split == "train",
                               seed=self.seed, on_bad_image=self.on_bad_image)  # max_pixels: the resize budget
+
+    def _shard_stream(self, split: str, size: int | None = None):
+        from mmrope.data.shards import ShardStream, read_shard_set
+
+        if self.paths[split] is None:
+            raise ValueError(f"data.{split} is not set: give the shard index.json of that split")
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return ShardStream(read_shard_set(self.paths[split]), self._transform(split == "train", size),
+                           train=split == "train", seed=self.seed,
+                           batch_size=self.batch_size if split == "train" else self.eval_batch_size, rank=rank,
+                           world_size=world, num_workers=self.num_workers, shuffle_window=self.shards.shuffle_window,
+                           on_bad_image=self.on_bad_image)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None):
@@ -208,9 +241,12 @@ class CaptionDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
         from mmrope.data.collate import CaptionCollator
+        from mmrope.data.shards import ShardLoader, ShardStream
 
         collate = CaptionCollator(self.tokenizer, self.patch_size, self.merge_size, self.max_caption_tokens,
-                                  self.temporal_patch_size, self.clips.clip_mode)
+                                  self.temporal_patch_size, self.clips.clip_mode, self.row_breaks)
+        if isinstance(dataset, ShardStream):  # it makes its own batches, split over ranks and workers
+            return ShardLoader(dataset, collate, self.num_workers, pin_memory=torch.cuda.is_available())
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None,
                           sampler=sampler, num_workers=self.num_workers, collate_fn=collate,
                           persistent_workers=False, pin_memory=torch.cuda.is_available())
@@ -218,6 +254,15 @@ class CaptionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if self.dataset == "shards":
+            stream = self._sets["train"]
+            if self._resume is not None:
+                if "stream" in self._resume:
+                    stream.check_state(self._resume["stream"])
+                stream.set_epoch(self._resume["epoch"])
+                stream.resume_at = (self._resume["epoch"], self._resume["batches"])
+                self._resume = None
+            return self._loader(stream, self.batch_size, shuffle=False)
         sampler = ResumableSampler(self._sets["train"], world, rank, shuffle=True, seed=self.seed)
         if self._resume is not None:
             sampler.resume_at = (self._resume["epoch"], self._resume["batches"] * self.batch_size)
@@ -238,8 +283,11 @@ class CaptionDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or not trainer.training:
             return {}
-        return {"epoch": trainer.current_epoch,
-                "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        state = {"epoch": trainer.current_epoch,
+                 "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        if self.dataset == "shards":  # the samples every rank's workers had used, and the split they were used in
+            state["stream"] = self._sets["train"].state(state["epoch"], state["batches"])
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = state or None
@@ -250,3 +298,5 @@ class CaptionDataModule(L.LightningDataModule):
 
 # Our sampler resumes through CaptionDataModule.state_dict; Lightning cannot see that and warns otherwise.
 warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+# A shard stream's len() is exact over any number of workers (mmrope.data.shards plans them); Lightning cannot know.
+warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +34,18 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
+@dataclass
+class VisionInit:
+    """Start the ViT from a timm checkpoint on disk (:mod:`mmrope.model.pretrained`; nothing is downloaded)."""
+    path: str  # a .safetensors / .pth file in timm's names, or the weights file of `timm_model`
+    timm_model: str | None = None  # a timm model name: timm builds it and loads `path` with its own converters
+    freeze_steps: int = 0  # the loaded tensors get no update for this many optimizer steps (the new parts settle)
+
+    def __post_init__(self):
+        if not isinstance(self.path, str) or not self.path:
+            raise ValueError(f"model.vision_init.path={self.path!r}: expected the path of a weights file")
+        if not isinstance(self.freeze_steps, int) or self.freeze_steps < 0:
+            raise ValueError(f"model.vision_init.freeze_steps={self.freeze_steps!r}: expected a whole number >= 0")
 
 
 class CaptionModule(L.LightningModule):
@@ -41,6 +53,7 @@ class CaptionModule(L.LightningModule):
 
     The first five arguments are those of :class:`CaptionerConfig`, so the YAML reads ``model.vision.dim`` and the
     command line ``--model.vision.pos_encoding rope1d_flat``. ``tokenizer`` is filled in from the data module.
+    ``vision_init`` starts the ViT from a timm checkpoint when a run starts (not when it resumes).
     """
 
     def __init__(self, vision: VisionConfig = VisionConfig(), text: TextConfig = TextConfig(),  # noqa: B008
@@ -48,7 +61,7 @@ class CaptionModule(L.LightningModule):
                  tokens_per_second: float | None = None, rotary_apply: RotaryApply = "auto",
                  optim: OptimConfig = OptimConfig(), max_new_tokens: int = 24,  # noqa: B008
                  on_nonfinite: Literal["raise", "skip"] = "raise", compile: bool = False,
-                 log_samples: int = 8, tokenizer: dict | None = None):
+                 log_samples: int = 8, vision_init: VisionInit | None = None, tokenizer: dict | None = None):
         super().__init__()
         # copies: the defaults above are shared, and checkpoints hand back plain dicts
         vision, text, optim = (copy.deepcopy(as_config(cls, v, prefix)) for cls, v, prefix in
@@ -63,9 +76,13 @@ class CaptionModule(L.LightningModule):
                                       tokens_per_second=tokens_per_second, rotary_apply=rotary_apply)
         self.optim, self.max_new_tokens, self.on_nonfinite = optim, max_new_tokens, on_nonfinite
         self.log_samples = log_samples
+        self.vision_init = copy.deepcopy(as_config(VisionInit, vision_init, "model.vision_init.")) \
+            if vision_init is not None else None
+        self._frozen: list[str] = []  # the vision parameters vision_init set, held while freeze_steps last
         # plain dicts only, so that checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters({**self.config.to_dict(), "optim": asdict(optim), "max_new_tokens": max_new_tokens,
                                    "on_nonfinite": on_nonfinite, "compile": compile, "log_samples": log_samples,
+                                   "vision_init": asdict(self.vision_init) if self.vision_init else None,
                                    "tokenizer": tokenizer})
         self.model = Captioner(self.config)
         if compile:
@@ -76,8 +93,37 @@ class CaptionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mmrope"] = {"version": __version__, "config": self.config.to_dict(),
                                 "tokenizer": self.tokenizer.to_dict() if self.tokenizer else None}
+        if self._frozen:
+            checkpoint["vision_frozen"] = list(self._frozen)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._frozen = list(checkpoint.get("vision_frozen", []))
+
+    def _start_vision_from_timm(self) -> None:
+        """A new run starts the ViT from ``vision_init``; a resumed one has its weights, and the names of the frozen
+        ones, from its checkpoint. Called at the start of fit, once Lightning has restored any checkpoint (it
+        restores after ``setup``, which would overwrite the loaded tensors) and before the first step."""
+        if self.vision_init is None or self.trainer.ckpt_path is not None:
+            return
+        from mmrope.model.pretrained import load_timm_vision
+
+        init = self.vision_init
+        loaded, notes = load_timm_vision(self.model.vision, init.path, init.timm_model)
+        self._frozen = loaded if init.freeze_steps else []
+        if self.global_rank == 0:
+            frozen = f"; frozen for {init.freeze_steps} steps" if init.freeze_steps else ""
+            log.info("vision: %d tensors from %s (%s)%s", len(loaded), init.path, "; ".join(notes) or "all", frozen)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """While ``vision_init.freeze_steps`` last, the loaded tensors get no gradient, so AdamW leaves them (and
+        their moments and weight decay) alone; the backward still runs through them, so DDP's buckets fill."""
+        if self._frozen and self.vision_init is not None and self.global_step < self.vision_init.freeze_steps:
+            params = dict(self.model.vision.named_parameters())
+            for name in self._frozen:
+                params[name].grad = None
 
     def on_fit_start(self) -> None:
+        self._start_vision_from_timm()
         if self.global_rank == 0:
             log.info("model: %s parameters", f"{num_parameters(self.model):,}")
 
