@@ -107,6 +107,13 @@ class CaptionPipeline:
         media, _ = self._prepare(image, self.transform(size, resize), max_pixels, DEFAULT_MAX_FRAMES)
         return media
 
+    def prepare(self, image: ImageInput, size: int | None = None, resize: str = "fixed",
+                max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_frames: int = DEFAULT_MAX_FRAMES,
+                fps: float | None = None) -> tuple[torch.Tensor, float | None]:
+        """As :meth:`preprocess`, with the clip's seconds per temporal patch (None for an image): what
+        ``Captioner.generate`` takes as ``second_per_grid_t``, as :meth:`caption` passes it."""
+        return self._prepare(image, self.transform(size, resize), max_pixels, max_frames, fps)
+
     @staticmethod
     def _open(image: ImageInput, max_pixels: int, max_frames: int) -> Image.Image | Clip:
         if isinstance(image, Clip):

@@ -195,6 +195,8 @@ def test_eval_prints_a_table_per_size_and_writes_json(trained_checkpoint, tmp_pa
     results = json.loads(out.read_text())["results"]
     assert [r["size"] for r in results] == [32, 64]
     assert all({"n", "bleu4", "cider", "exact", "attribute", "relation"} <= r.keys() for r in results)
+    with Image.open(tmp_path / "eval.png") as plot:  # the same numbers against size
+        assert plot.format == "PNG" and plot.width > 300
 
 
 def test_eval_on_a_caption_dataset(trained_checkpoint):

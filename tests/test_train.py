@@ -77,6 +77,7 @@ def test_tiny_run_writes_checkpoints_logs_and_samples(tmp_path):
     assert sorted(losses) == list(range(8))  # the loss at every step
     assert logged(tmp_path, "val/relation") and logged(tmp_path, "val/cider")  # each logged at the validations
     assert list(tmp_path.glob("logs/version_*/samples/val_step*.png"))
+    assert list(tmp_path.glob("logs/version_*/curves.png"))  # beside metrics.csv: the loss and validation curves
     checkpoint = torch.load(ckpts / "last.ckpt", weights_only=True)  # no pickled objects
     assert checkpoint["mmrope"]["config"]["vision"]["pos_encoding"] == "rope2d"
     assert checkpoint["mmrope"]["tokenizer"]["kind"] in ("word", "byte")

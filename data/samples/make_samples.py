@@ -4,7 +4,8 @@
 
 Three images come from the shapes generator, three are drawn by hand: non-square, odd-sized, a JPEG, a greyscale.
 The same captions are written as metadata.jsonl (imagefolder), captions.csv and captions_coco.json (COCO), plus a
-Karpathy-style split file, dataset_coco.json.
+Karpathy-style split file, dataset_coco.json. ``places/`` holds eight more one-object scenes (level 1, the test
+split: never trained on) with their captions, the scenes the Quickstart's model is shown captioning.
 """
 
 import csv
@@ -16,6 +17,7 @@ from PIL import Image, ImageDraw
 from mmrope.data.shapes import render_scene, sample_scene
 
 HERE = Path(__file__).parent
+PLACES = 8  # one-object scenes in places/
 
 
 def hand_made() -> list[tuple[str, Image.Image, list[str]]]:
@@ -80,6 +82,15 @@ def main() -> None:
                                    "sentences": [{"raw": c} for c in caps]})
     (HERE / "captions_coco.json").write_text(json.dumps(coco, indent=1) + "\n", encoding="utf-8")
     (HERE / "dataset_coco.json").write_text(json.dumps(karpathy, indent=1) + "\n", encoding="utf-8")
+
+    places = HERE / "places"
+    places.mkdir(exist_ok=True)
+    with open(places / "metadata.jsonl", "w", encoding="utf-8") as f:
+        for index in range(PLACES):
+            scene = sample_scene(seed=0, index=index, split="test", level=1, background="plain", canvas=64)
+            name = f"place_{index}.png"
+            render_scene(scene).save(places / name, format="PNG", compress_level=9)
+            f.write(json.dumps({"file_name": name, "text": scene["captions"], "scene": scene}, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The ``mmrope`` command: one module per subcommand (``caption``, ``eval``, ``export``, ``ablate``, ``viz``, ``demo``,
-``data``), each registering its own parser.
+``data``, ``serve``), each registering its own parser.
 
 Each module exposes ``register(subparsers)``, which adds its parser and sets ``func``; heavy imports stay inside
 ``func`` so that ``mmrope --help`` answers at once. Errors a user can fix (a bad file, field or value) come out as one
@@ -16,7 +16,7 @@ import sys
 from mmrope import __version__
 
 COMMAND_MODULES = ("mmrope.cli.demo", "mmrope.cli.data", "mmrope.cli.caption", "mmrope.cli.eval", "mmrope.cli.export",
-                   "mmrope.cli.ablate", "mmrope.cli.viz")
+                   "mmrope.cli.ablate", "mmrope.cli.viz", "mmrope.cli.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="shapes split to draw scenes from (default: test)")
     p.add_argument("--level", type=int, default=2, choices=(1, 2, 3), help="shapes level for --data shapes "
                                                                          "(default: 2)")
-    p.add_argument("--out", type=Path, help="also write the results as JSON")
+    p.add_argument("--out", type=Path, help="also write the results as JSON, and plotted against size (or frame count) "
+                                            "as a PNG of the same name")
     p.add_argument("--allow-outside-paths", action="store_true",
                    help="let the dataset's file names lead outside its folder (refused by default: a downloaded "
                         "dataset could otherwise make eval read any file)")
@@ -66,7 +67,11 @@ def run_eval(args: argparse.Namespace) -> int:
         results = {"checkpoint": str(args.ckpt), "data": eval_set.name, "train_size": train_size, "resize": resize,
                    **{k: v for k, v in generation_options(args).items() if k != "batch_size"}, "results": rows}
         args.out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-        print(f"wrote {args.out}", file=sys.stderr)
+        from mmrope.viz.curves import plot_eval_results
+
+        plot = args.out.with_suffix(".png") if args.out.suffix != ".png" else args.out.with_name(args.out.name + ".png")
+        plot_eval_results(rows, plot, train_size, title=f"{args.ckpt} on {eval_set.name}")
+        print(f"wrote {args.out} and {plot}", file=sys.stderr)
     if skipped:
         report_skipped("eval", skipped, len(eval_set))
         return 1

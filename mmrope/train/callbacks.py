@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -26,9 +27,11 @@ class TrainingInterrupted(Exception):
 
 def default_callbacks(root: str | Path, monitor: str) -> list[Callback]:
     """Checkpoints in a fixed folder under the run's root (not under the logger's version folder), so that
-    ``--ckpt_path last`` finds them after a restart; a clean stop on Ctrl-C; a stop when the data cannot be read."""
+    ``--ckpt_path last`` finds them after a restart; a clean stop on Ctrl-C; a stop when the data cannot be read;
+    ``curves.png`` beside ``metrics.csv`` and the last validation's scores on the terminal at the end."""
     folder = Path(root) / "checkpoints"
-    return [LastAndBestCheckpoint(folder, monitor), GracefulInterrupt(folder), BadDataGuard()]
+    return [LastAndBestCheckpoint(folder, monitor), GracefulInterrupt(folder), BadDataGuard(), Throughput(),
+            TrainingCurves(), FinalScores()]
 
 
 class LastAndBestCheckpoint(ModelCheckpoint):
@@ -172,6 +175,85 @@ def _stop_if(trainer, stop: bool, message: str) -> None:
 
 def _train_set_size(trainer) -> int | None:
     try:
-        return len(trainer.train_dataloader.dataset)
+        dataset = trainer.train_dataloader.dataset
+        return getattr(dataset, "num_samples", None) or len(dataset)  # a shard stream's len() counts batches
     except (AttributeError, TypeError):
         return None
+
+
+class Throughput(Callback):
+    """``train/images_per_s`` and ``train/tokens_per_s`` (decoder tokens, image and text, padding excluded) over the
+    steps since the last log, wall clock, data loading included, summed over ranks (each rank's count times the
+    number of ranks: they step together). The clock starts after the first step (warm-up, compilation) and again
+    after each validation, which is not counted. Tokens are summed on the device, read only when logged."""
+
+    def __init__(self):
+        self.since: float | None = None
+        self.images, self.tokens = 0, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self.since is None:
+            self.since, self.images, self.tokens = now, 0, 0
+            return
+        if isinstance(batch, dict):
+            self.images += len(batch["prompts"])
+            self.tokens = self.tokens + batch["attention_mask"].sum()
+        every = trainer.log_every_n_steps
+        if every and trainer.global_step % every == 0 and now > self.since:
+            seconds, world = now - self.since, trainer.world_size
+            pl_module.log("train/images_per_s", world * self.images / seconds, on_step=True, on_epoch=False,
+                          rank_zero_only=True)
+            pl_module.log("train/tokens_per_s", world * float(self.tokens) / seconds, on_step=True,
+                          on_epoch=False, rank_zero_only=True)
+            self.since, self.images, self.tokens = now, 0, 0
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.since = None
+
+
+class TrainingCurves(Callback):
+    """At the end of a training run, ``curves.png`` beside the CSV logger's ``metrics.csv``: the loss at every logged
+    step, and each validation metric (:func:`mmrope.viz.curves.plot_training_curves`). Nothing without a CSV log."""
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        from lightning.pytorch.loggers import CSVLogger
+
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                logger.save()  # the last rows are still in memory until the logger is finalised, after this hook
+                metrics = Path(logger.experiment.metrics_file_path)
+                if metrics.is_file():
+                    from mmrope.viz.curves import plot_training_curves
+
+                    if written := plot_training_curves(metrics, metrics.with_name("curves.png")):
+                        log.info("wrote %s", written)
+
+
+ACCURACIES = {"attribute": "attribute", "relation": "relation (place at level 1)", "axis": "axis", "count": "count",
+              "exact": "exact", "cider": "CIDEr-D", "bleu4": "BLEU-4"}  # what the last line of a run reports
+
+
+class FinalScores(Callback):
+    """One line at the end of ``fit``: the last validation's scores on its own split, and the step it was taken at,
+    so a run says how good it is without opening ``metrics.csv``."""
+
+    def __init__(self):
+        self.scores: dict[str, float] = {}
+        self.step = 0
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            self.step = trainer.global_step
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or "val/num_samples" not in self.scores:
+            return
+        shown = [f"{label} {self.scores[f'val/{key}']:.3f}" for key, label in ACCURACIES.items()
+                 if f"val/{key}" in self.scores]
+        behind = "" if self.step == trainer.global_step else f" (training went on to step {trainer.global_step})"
+        print(f"train.py: validation at step {self.step}{behind}, {int(self.scores['val/num_samples'])} samples: "
+              + ", ".join(shown), flush=True)

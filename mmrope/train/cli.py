@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
+from mmrope.model.decoder_positions import SCHEMES
 from mmrope.train.callbacks import TrainingInterrupted, default_callbacks
 from mmrope.train.checkpoint_io import AtomicCheckpointIO
 from mmrope.train.config_reader import _flatten, check_config_files, explicit_model_keys
@@ -41,6 +42,8 @@ class CaptionCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         for source, target in VISION_TO_DATA.items():  # written once, in the model's config
             parser.link_arguments(f"model.vision.{source}", f"data.{target}")
+        # the scheme decides the media block's layout: Pixtral's rows end in break tokens
+        parser.link_arguments("model.position_scheme", "data.row_breaks", compute_fn=scheme_row_breaks)
         parser.link_arguments("data.tokenizer_state", "model.tokenizer", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
@@ -64,6 +67,7 @@ class CaptionCLI(LightningCLI):
         taken = reconcile_model_config(config.model, saved.to_dict(), path, self.explicit_model_keys)
         for source, target in VISION_TO_DATA.items():  # the links ran at parse time, before the checkpoint spoke
             config[f"data.{target}"] = config[f"model.vision.{source}"]
+        config["data.row_breaks"] = scheme_row_breaks(config["model.position_scheme"])
         if taken:
             shown = ", ".join(taken[:4]) + (f" and {len(taken) - 4} more" if len(taken) > 4 else "")
             print(f"train.py: note: model settings left at their defaults are taken from {path}: {shown}",
@@ -90,6 +94,11 @@ class CaptionCLI(LightningCLI):
                       if not any(isinstance(t, type(c)) for t in callbacks)]  # a config's own ModelCheckpoint wins
         kwargs.setdefault("callbacks", callbacks)
         return super().instantiate_trainer(**kwargs)
+
+
+def scheme_row_breaks(position_scheme: str) -> bool:
+    """Whether the scheme's media rows end in break tokens: ``data.row_breaks``, linked from the model's scheme."""
+    return SCHEMES[position_scheme].row_breaks
 
 
 def checkpoint_file(ckpt_path: str | None, root: str) -> Path | None:

@@ -74,12 +74,10 @@ def plot_attention_overlay(image: torch.Tensor, maps: torch.Tensor, words: list[
     """The (normalised) image, then one panel per word: its attention map (H', W') upsampled to the image and laid
     over it. Each panel is scaled to its own maximum; its title gives the share of attention on the image."""
     plt = pyplot()
-    import torch.nn.functional as F
 
     from mmrope.data.images import denormalize
 
     picture = denormalize(image.detach().float().cpu()).permute(1, 2, 0).numpy()
-    h, w = picture.shape[:2]
     panels = len(words) + 1
     columns = min(panels, 6)
     rows = (panels + columns - 1) // columns
@@ -89,11 +87,26 @@ def plot_attention_overlay(image: torch.Tensor, maps: torch.Tensor, words: list[
     axes.flat[0].imshow(picture)
     axes.flat[0].set_title("image", fontsize=9)
     for ax, word, attention in zip(axes.flat[1:], words, maps.detach().float().cpu()):
-        share = float(attention.sum())
-        up = F.interpolate(attention[None, None], size=(h, w), mode="nearest")[0, 0]
-        ax.imshow(picture)
-        ax.imshow((up / up.max().clamp(min=1e-12)).numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
-        ax.set_title(f"{word} ({share:.0%} on image)", fontsize=8)
+        ax.imshow(overlay_attention(picture, attention))
+        ax.set_title(f"{word} ({float(attention.sum()):.0%} on image)", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     return save(fig, path, dpi=90)
+
+
+OVERLAY_ALPHA = 0.6  # of the attention colours over the picture: both stay readable
+
+
+def overlay_attention(picture, attention: torch.Tensor, peak: float | None = None):
+    """A picture (H, W, 3) in [0, 1] (numpy) with an attention map (H', W') upsampled onto it (nearest: one
+    block per merged patch) in matplotlib's inferno colours, scaled to ``peak`` (default: the map's maximum) ->
+    (H, W, 3) in [0, 1]. What every attention panel of :func:`plot_attention_overlay` and ``mmrope serve`` shows."""
+    import matplotlib
+    import torch.nn.functional as F
+
+    h, w = picture.shape[:2]
+    attention = attention.detach().float().cpu()
+    up = F.interpolate(attention[None, None], size=(h, w), mode="nearest")[0, 0]
+    peak = float(attention.max()) if peak is None else peak
+    colours = matplotlib.colormaps["inferno"]((up / max(peak, 1e-12)).clamp(0, 1).numpy())[..., :3]
+    return (1 - OVERLAY_ALPHA) * picture + OVERLAY_ALPHA * colours
