@@ -210,8 +210,12 @@ def test_results_with_several_seeds_show_intervals(tmp_path):
 
 def test_shipped_grid_and_bad_grids(tmp_path):
     grid = ROOT / "configs/ablation/shapes.yaml"
-    gpu = load_plan(grid, "gpu")
-    assert len(gpu.arms) == 8 * 3 and gpu.sizes == [64, 96, 128, 192, 256] and gpu.seeds == [0, 1, 2]
+    gpu = load_plan(grid, "gpu")  # every registered encoder, and every registered scheme, each on one axis
+    from mmrope.model.decoder_positions import SCHEMES
+    from mmrope.model.encoder_positions import ENCODERS
+
+    assert len(gpu.arms) == len(ENCODERS) - 1 + len(SCHEMES) - 1 and gpu.seeds == [0, 1, 2]
+    assert gpu.sizes == [32, 48, 64, 96, 128] and {("rope2d", "flat"), ("none", "mrope_interleaved")} <= set(gpu.arms)
     cpu = load_plan(grid, "cpu", max_steps=10, arms=["rope2d_mixed-mrope"])
     assert cpu.arms == [("rope2d_mixed", "mrope")] and cpu.max_steps == 10 and cpu.sizes == [32, 48, 64, 96, 128]
     place = load_plan(grid, "cpu")  # level-1 scenes: the model is trained and scored on places

@@ -17,7 +17,10 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-PRESET_KEYS = ("base", "arms", "encoders", "schemes", "seeds", "max_steps", "eval", "train")
+PRESET_KEYS = ("base", "arms", "encoders", "schemes", "seeds", "max_steps", "eval", "train", "engine", "engine_options",
+               "parallel")
+ENGINES = ("lightning", "stacked")  # one train.py process per run, or each arm's seeds in one mmrope.train.stacked
+ENGINE_OPTIONS = ("stack", "renderer", "compile", "save_steps")  # mmrope.train.stacked's options
 EVAL_KEYS = ("splits", "factors", "frames", "n", "batch_size", "max_new_tokens")
 SPLITS = ("val", "test", "compositional")
 
@@ -44,6 +47,9 @@ class Plan:
     train_frames: int | None = None  # clip grids: data.clips.frames of the base config
     level: int | None = None  # shapes grids: data.shapes.level of the base config (the scenes it is scored on)
     data: dict | None = None  # the resolved data section every run trains on (base config + train overrides)
+    engine: str = "lightning"  # how runs train: ENGINES
+    engine_options: dict | None = None  # stacked engine: its options (ENGINE_OPTIONS)
+    parallel: int = 1  # arms trained at once, each in its own processes (stacked engine)
 
     @property
     def points(self) -> list[tuple[float, int | None]]:
@@ -100,6 +106,12 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
     encoders = _names(spec.get("encoders"), ENCODERS, f"{grid}: encoders")
     schemes = _names(spec.get("schemes"), SCHEMES, f"{grid}: schemes")
 
+    if isinstance(p.get("arms"), dict):  # a star: every registered encoder and every registered scheme
+        star = _star(p["arms"], ENCODERS, SCHEMES, f"{grid}: presets.{preset}.arms")
+        encoders += [e for e, _ in star if e not in encoders]
+        schemes += [s for _, s in star if s not in schemes]
+        if arms is None:
+            arms = [arm_name(e, s) for e, s in star]
     if arms is None and p.get("arms") is not None:
         arms = p["arms"]
     if arms is not None:
@@ -147,9 +159,47 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
     n, batch_size, max_new_tokens = (_positive(ev.get(k, default), f"eval.{k}", grid)
                                      for k, default in (("n", 500), ("batch_size", 100), ("max_new_tokens", 12)))
     level = None if frames else int(data["shapes"]["level"])
+    engine, engine_options, parallel = _engine(p, f"{grid}: presets.{preset}")
     return Plan(grid, preset, base, pairs, list(range(n_seeds)), steps, train, splits, factors, n, batch_size,
                 max_new_tokens, size, frames, data["clips"]["clip_mode"] if frames else "block",
-                int(data["clips"]["frames"]) if frames else None, level, data)
+                int(data["clips"]["frames"]) if frames else None, level, data, engine, engine_options, parallel)
+
+
+def _engine(p: dict, where: str) -> tuple[str, dict, int]:
+    """A preset's ``engine``, ``engine_options`` and ``parallel``, checked."""
+    engine = p.get("engine", "lightning")
+    if engine not in ENGINES:
+        raise ValueError(f"{where}.engine={engine!r} is unknown: expected one of {', '.join(ENGINES)}")
+    options = p.get("engine_options") or {}
+    _check_keys(options, ENGINE_OPTIONS, f"{where}.engine_options")
+    if options and engine != "stacked":
+        raise ValueError(f"{where}.engine_options are options of the stacked engine: add engine: stacked")
+    parallel = p.get("parallel", 1)
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ValueError(f"{where}.parallel={parallel!r}: expected a positive whole number of arms trained at once")
+    if parallel > 1 and engine != "stacked":
+        raise ValueError(f"{where}.parallel trains arms side by side with the stacked engine: add engine: stacked")
+    from mmrope.train.stacked import EngineOptions
+
+    try:
+        EngineOptions(**{k: v for k, v in options.items()})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}.engine_options: {e}") from None
+    return engine, dict(options), parallel
+
+
+def _star(spec: dict, encoders: dict, schemes: dict, where: str) -> list[tuple[str, str]]:
+    """``{every_encoder_with_scheme: S, every_scheme_with_encoder: E, except: [...]}`` -> every registered encoder
+    under scheme S, then every registered scheme under encoder E (the pair (E, S) once), leaving out ``except``:
+    each arm of the registries compared on one axis, resolved when the grid is read, so an arm added later is in."""
+    _check_keys(spec, ("every_encoder_with_scheme", "every_scheme_with_encoder", "except"), where)
+    scheme, encoder = spec.get("every_encoder_with_scheme"), spec.get("every_scheme_with_encoder")
+    if scheme not in schemes or encoder not in encoders:
+        raise ValueError(f"{where}: every_encoder_with_scheme={scheme!r} and every_scheme_with_encoder={encoder!r} "
+                         f"must name a scheme of {', '.join(schemes)} and an encoder of {', '.join(encoders)}")
+    skip = set(spec.get("except") or [])
+    pairs = [(e, scheme) for e in encoders if e not in skip] + [(encoder, s) for s in schemes if s not in skip]
+    return list(dict.fromkeys(pairs))
 
 
 def _check_keys(d: Any, allowed: tuple[str, ...], where: str) -> None:
@@ -191,9 +241,25 @@ def override_args(train: dict[str, Any]) -> list[str]:
 
 def train_args(plan: Plan, encoder: str, scheme: str, seed: int, run_dir: Path, resume: bool = False) -> list[str]:
     """The ``python -m mmrope.train`` arguments of one run (``mmrope.train.cli.main(args)`` takes them as they are)."""
-    extra = override_args(plan.train)
     return ["fit", "--config", str(plan.base), f"--trainer.default_root_dir={run_dir}",
-            f"--trainer.max_steps={plan.max_steps}", f"--seed_everything={seed}", f"--data.seed={seed}",
-            f"--model.vision.pos_encoding={encoder}", f"--model.position_scheme={scheme}",
+            f"--seed_everything={seed}", f"--data.seed={seed}", *arm_args(plan, encoder, scheme),
+            *(["--ckpt_path=last"] if resume else [])]
+
+
+def arm_args(plan: Plan, encoder: str, scheme: str) -> list[str]:
+    """What every run of an arm is trained with, after its base config, but its seed and folder."""
+    return [f"--trainer.max_steps={plan.max_steps}", f"--model.vision.pos_encoding={encoder}",
+            f"--model.position_scheme={scheme}",
             "--data.eval_sizes=[]",  # the scoring after training covers the sizes
-            "--trainer.enable_progress_bar=false", *extra, *(["--ckpt_path=last"] if resume else [])]
+            "--trainer.enable_progress_bar=false", *override_args(plan.train)]
+
+
+def stacked_args(plan: Plan, encoder: str, scheme: str, runs: list[tuple[int, Path]], resume: bool = False
+                 ) -> list[str]:
+    """The ``python -m mmrope.train.stacked`` arguments that train ``runs`` (seed, folder) of an arm together:
+    each run is the one :func:`train_args` describes."""
+    options = plan.engine_options or {}
+    flags = [f"--{k.replace('_', '-')}={','.join(map(str, v)) if isinstance(v, list) else v}"
+             for k, v in options.items()]
+    return [*(f"--run={seed}={run_dir}" for seed, run_dir in runs), *flags, *(["--resume"] if resume else []),
+            "--", "fit", "--config", str(plan.base), *arm_args(plan, encoder, scheme)]

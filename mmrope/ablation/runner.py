@@ -20,6 +20,11 @@ next: torch.compile's caches (whose recompile limit would quietly send later arm
 logging and signal handlers.
 The price is Lightning's import, 5-15 s a run. Ctrl-C or SIGTERM is passed on to the run, which saves ``last.ckpt``
 after its current step; the same command then resumes it.
+
+With ``engine: stacked`` (the gpu preset) the seeds of an arm that are not done train together, as one set of
+batched weights, in one ``python -m mmrope.train.stacked`` subprocess (:func:`run_arm_stacked`); each run still gets
+its own folder, signature, checkpoint, marker and scores, exactly as above. With ``parallel: N`` as well, N arms train
+at once, each in its own processes (:mod:`mmrope.ablation.parallel`).
 """
 
 from __future__ import annotations
@@ -35,12 +40,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mmrope.ablation.plan import Plan, arm_name, train_args
+from mmrope.ablation.plan import Plan, arm_name, stacked_args, train_args
 
 
 def train_command(plan: Plan, encoder: str, scheme: str, seed: int, run_dir: Path, resume: bool = False) -> list[str]:
     """One run as a command: the installed package's trainer, so a wheel needs no source checkout."""
     return [sys.executable, "-m", "mmrope.train", *train_args(plan, encoder, scheme, seed, run_dir, resume)]
+
+
+def stacked_command(plan: Plan, encoder: str, scheme: str, runs: list[tuple[int, Path]], resume: bool = False
+                    ) -> list[str]:
+    """Several seeds of one arm as one command (``engine: stacked``): :mod:`mmrope.train.stacked`."""
+    return [sys.executable, "-m", "mmrope.train.stacked", *stacked_args(plan, encoder, scheme, runs, resume)]
+
+
+def run_signature(plan: Plan, encoder: str, scheme: str, seed: int) -> dict:
+    """What a run folder is trained with (its arm.json); the engine only when it is not train.py's, so that folders
+    of the CPU presets keep their signature."""
+    signature = {"base": str(plan.base), "encoder": encoder, "scheme": scheme, "seed": seed,
+                 "max_steps": plan.max_steps, "train": plan.train}
+    return signature | ({"engine": plan.engine} if plan.engine != "lightning" else {})
 
 
 def checkpoint_step(path: Path) -> int:
@@ -102,7 +121,7 @@ def run_training(command: list[str], log_path: Path) -> int:
 def score_run(plan: Plan, ckpt: Path, device: str | None = None) -> list[dict]:
     """Score ``ckpt`` on every split at every size (and frame count) -> rows ``{split, factor, size, [frames,] n,
     <metrics>}``."""
-    from mmrope.eval.evaluation import data_set, evaluate
+    from mmrope.eval.evaluation import evaluate
     from mmrope.inference import load
 
     pipeline = load(ckpt, device=device)
@@ -111,13 +130,35 @@ def score_run(plan: Plan, ckpt: Path, device: str | None = None) -> list[dict]:
                          f"{plan.train_size}")
     rows = []
     for split in plan.splits:
-        eval_set = data_set(plan.data, split=split, n=plan.n)
+        eval_set = _eval_set(plan, split)
         clips = {} if plan.frames is None else {"frames": plan.frames, "clip_mode": plan.clip_mode}
         results, _ = evaluate(pipeline, eval_set, plan.sizes, batch_size=plan.batch_size,
                               max_new_tokens=plan.max_new_tokens, **clips)
         factor = dict(zip(plan.sizes, plan.factors))
         rows += [{"split": split, "factor": factor[r["size"]], **r} for r in results]
     return rows
+
+
+_EVAL_SETS: dict[str, dict] = {}  # the scored grid's evaluation sets, by split
+
+
+def _eval_set(plan: Plan, split: str):
+    """The evaluation set of ``split``, its images drawn once per size and kept for every run this process scores:
+    every run of a grid is scored on the same scenes, and drawing them is most of the scoring's host time."""
+    from functools import lru_cache
+
+    from mmrope.eval.evaluation import data_set
+
+    key = json.dumps([plan.data, plan.n], sort_keys=True, default=str)
+    if key not in _EVAL_SETS:
+        _EVAL_SETS.clear()  # one grid at a time
+        _EVAL_SETS[key] = {}
+    sets = _EVAL_SETS[key]
+    if split not in sets:
+        eval_set = data_set(plan.data, split=split, n=plan.n)
+        eval_set.images = lru_cache(maxsize=None)(eval_set.images)
+        sets[split] = eval_set
+    return sets[split]
 
 
 class RunFailed(Exception):
@@ -128,19 +169,26 @@ class RunInterrupted(Exception):
     """A training run stopped on Ctrl-C / SIGTERM after saving its last step."""
 
 
-def run_arm(plan: Plan, encoder: str, scheme: str, seed: int, out: Path, device: str | None = None,
-            say=None) -> list[dict]:
-    """Train (or resume) and score one run unless its marker says it is done -> its result rows."""
-    say = say or (lambda message: None)
+def _visit(plan: Plan, encoder: str, scheme: str, seed: int, out: Path) -> tuple[Path, list[dict] | None]:
+    """A run's folder, checked against its signature, and its rows when its marker says it is done."""
     run_dir = out / arm_name(encoder, scheme) / f"seed{seed}"
-    _check_signature(run_dir, {"base": str(plan.base), "encoder": encoder, "scheme": scheme, "seed": seed,
-                               "max_steps": plan.max_steps, "train": plan.train})
+    _check_signature(run_dir, run_signature(plan, encoder, scheme, seed))
     marker = run_dir / "eval.json"
     if marker.exists():
         done = json.loads(marker.read_text(encoding="utf-8"))
         if done.get("eval") == plan.eval_settings():
-            say("done before")
-            return done["rows"]
+            return run_dir, done["rows"]
+    return run_dir, None
+
+
+def run_arm(plan: Plan, encoder: str, scheme: str, seed: int, out: Path, device: str | None = None,
+            say=None) -> list[dict]:
+    """Train (or resume) and score one run unless its marker says it is done -> its result rows."""
+    say = say or (lambda message: None)
+    run_dir, done = _visit(plan, encoder, scheme, seed, out)
+    if done is not None:
+        say("done before")
+        return done
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     step = checkpoint_step(ckpt) if ckpt.exists() else 0
     train_seconds = 0.0
@@ -162,12 +210,20 @@ def run_arm(plan: Plan, encoder: str, scheme: str, seed: int, out: Path, device:
         step = checkpoint_step(ckpt)
         if step != plan.max_steps:
             raise RunFailed(f"{ckpt} holds step {step}, not max_steps={plan.max_steps}")
+    return _score(plan, encoder, scheme, seed, run_dir, step, train_seconds, device, say)
+
+
+def _score(plan: Plan, encoder: str, scheme: str, seed: int, run_dir: Path, step: int, train_seconds: float,
+           device: str | None, say, **extra) -> list[dict]:
+    """Score a trained run's last.ckpt and write its marker -> its rows."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
     start = time.monotonic()
     rows = score_run(plan, ckpt, device)
     eval_seconds = time.monotonic() - start
-    _write_json(marker, {"arm": arm_name(encoder, scheme), "seed": seed, "steps": step, "checkpoint": str(ckpt),
-                         "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
-                         "eval": plan.eval_settings(), "rows": rows})
+    _write_json(run_dir / "eval.json", {"arm": arm_name(encoder, scheme), "seed": seed, "steps": step,
+                                        "checkpoint": str(ckpt), "train_seconds": round(train_seconds, 1),
+                                        "eval_seconds": round(eval_seconds, 1), **extra,
+                                        "eval": plan.eval_settings(), "rows": rows})
     at_1x = next((r.get(plan.metric) for r in rows if r["factor"] == 1 and r["split"] == plan.splits[0]), None)
     score = f"; {plan.label} at 1x ({plan.splits[0]}) {at_1x:.3f}" if at_1x is not None else ""
     trained = f"trained in {_duration(train_seconds)}, " if train_seconds else ""
@@ -194,10 +250,76 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
+def run_arm_stacked(plan: Plan, encoder: str, scheme: str, out: Path, device: str | None = None, say=None,
+                    train: bool = True) -> tuple[dict[int, list[dict]], list[str]]:
+    """Train the seeds of one arm that are not done together (``engine: stacked``), then score each as
+    :func:`run_arm` does -> (rows per seed, one line per run that failed). The same folders, signatures and markers
+    as one run at a time; the arm's output goes to ``<out>/<arm>/stacked.log``. ``train=False`` only scores what
+    is trained (after a parallel pass has tried the rest)."""
+    say = say or (lambda message: None)
+    rows, failures, pending = {}, [], {}
+    for seed in plan.seeds:
+        run_dir, done = _visit(plan, encoder, scheme, seed, out)
+        if done is not None:
+            rows[seed] = done
+            continue
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        pending[seed] = (run_dir, checkpoint_step(ckpt) if ckpt.exists() else 0)
+    if rows:
+        say(f"seed{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} done before")
+    log = out / arm_name(encoder, scheme) / "stacked.log"
+    seconds, together = {seed: 0.0 for seed in pending}, {}
+    for step in sorted({s for _, s in pending.values() if s < plan.max_steps and train}):  # one step: together
+        group = [(seed, run_dir) for seed, (run_dir, s) in pending.items() if s == step]
+        seeds = ", ".join(str(seed) for seed, _ in group)
+        what = f"resuming seeds {seeds} at step {step}" if step else f"training seeds {seeds} together"
+        say(f"{what} to {plan.max_steps} steps (log: {log})")
+        start = time.monotonic()
+        code = run_training(stacked_command(plan, encoder, scheme, group, resume=step > 0), log)
+        for seed, _ in group:
+            seconds[seed], together[seed] = time.monotonic() - start, [k for k, _ in group]
+        if code >= 128:
+            raise RunInterrupted(f"seeds {seeds} stopped by {_signal_name(code - 128)}; their checkpoints are in "
+                                 f"{out / arm_name(encoder, scheme)}: run the same command again to resume")
+        if code < 0:
+            failures += [f"seed {seed}: the stacked trainer was killed by {_signal_name(-code)}, out of memory perhaps "
+                         f"(see {log})" for seed, _ in group]
+    for seed, (run_dir, _) in pending.items():
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        step = checkpoint_step(ckpt) if ckpt.exists() else 0
+        if step != plan.max_steps:
+            if not any(f.startswith(f"seed {seed}:") for f in failures):
+                failures.append(f"seed {seed}: {ckpt} holds step {step}, not max_steps={plan.max_steps}: "
+                                f"{_run_error(log, seed)}")
+            continue
+        rows[seed] = _score(plan, encoder, scheme, seed, run_dir, step, seconds[seed], device,
+                            lambda message, seed=seed: say(f"seed {seed}: {message}"),
+                            **({"trained_with_seeds": together[seed]} if seed in together else {}))
+    return rows, failures
+
+
+def _run_error(log: Path, seed: int) -> str:
+    """The stacked trainer's error line about ``seed``, else its last error line."""
+    if not log.exists():
+        return "no log"
+    mine = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+            if line.startswith(f"stacked: seed {seed}: error")]
+    return mine[-1][:300] + f" (see {log})" if mine else _last_error(log)
+
+
 def run_ablation(plan: Plan, out: str | Path, device: str | None = None) -> tuple[list[dict], list[str]]:
     """Every arm x seed of ``plan``, in order -> (result rows, one line per run that failed). Progress on stderr;
-    a run stopped by Ctrl-C / SIGTERM raises :class:`RunInterrupted` once its checkpoint is saved."""
+    a run stopped by Ctrl-C / SIGTERM raises :class:`RunInterrupted` once its checkpoint is saved. With ``engine:
+    stacked`` each arm's seeds train together, and with ``parallel`` N arms at once (:mod:`mmrope.ablation.parallel`)
+    before this pass collects them."""
     out = Path(out)
+    if plan.engine == "stacked":
+        parallel = plan.parallel > 1 and len(plan.arms) > 1
+        if parallel:
+            from mmrope.ablation.parallel import run_arms_in_parallel
+
+            run_arms_in_parallel(plan, out, device)
+        return _run_stacked(plan, out, device, train=not parallel)
     runs = [(e, s, k) for e, s in plan.arms for k in plan.seeds]
     rows, failures = [], []
     for i, (encoder, scheme, seed) in enumerate(runs, 1):
@@ -215,4 +337,24 @@ def run_ablation(plan: Plan, out: str | Path, device: str | None = None) -> tupl
         except RunInterrupted as e:
             raise RunInterrupted(f"{arm_name(encoder, scheme)} seed {seed} {e}") from None
         rows += [{"encoder": encoder, "scheme": scheme, "seed": seed, **r} for r in run_rows]
+    return rows, failures
+
+
+def _run_stacked(plan: Plan, out: Path, device: str | None, train: bool = True) -> tuple[list[dict], list[str]]:
+    rows, failures = [], []
+    for i, (encoder, scheme) in enumerate(plan.arms, 1):
+        prefix = f"[{i}/{len(plan.arms)}] {arm_name(encoder, scheme)}"
+
+        def say(message: str, prefix: str = prefix) -> None:
+            print(f"{prefix}: {message}", file=sys.stderr, flush=True)
+
+        try:
+            arm_rows, arm_failures = run_arm_stacked(plan, encoder, scheme, out, device, say, train)
+        except RunInterrupted as e:
+            raise RunInterrupted(f"{arm_name(encoder, scheme)} {e}") from None
+        for line in arm_failures:
+            say(f"failed: {line}")
+        failures += [f"{arm_name(encoder, scheme)} {line}" for line in arm_failures]
+        rows += [{"encoder": encoder, "scheme": scheme, "seed": seed, **r}
+                 for seed in plan.seeds if seed in arm_rows for r in arm_rows[seed]]
     return rows, failures

@@ -18,14 +18,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ablate", help="train and score the ablation grid; write results.csv, results.md and plots",
         description="Train every arm (encoder pos_encoding x decoder position_scheme) and seed of a preset for the "
                     "same number of steps, score each last.ckpt on every split at every factor of the training "
-                    "size, and write results.csv, results.md (mean ± 95%% CI across seeds) and PNG plots to OUT. "
+                    "size, and write results.csv, results.md (mean ± 95% CI across seeds) and PNG plots to OUT. "
                     "Finished runs are not trained again; an interrupted one resumes from its last checkpoint: "
                     "rerun the same command.")
     p.add_argument("--config", type=Path, default=Path("configs/ablation/shapes.yaml"),
                    help="the grid file (default: configs/ablation/shapes.yaml)")
-    p.add_argument("--preset", default="cpu", help="a preset of the grid file; shapes.yaml has cpu (places, 2 "
-                                                   "CPU cores), cpu-relation (relations, 2 cores) and gpu (the full "
-                                                   "grid) (default: cpu)")
+    p.add_argument("--preset", default="cpu", help="a preset of the grid file; shapes.yaml has cpu (places: encoders "
+                                                   "and the first three schemes, 2 CPU cores), cpu-schemes (places: "
+                                                   "every decoder scheme), cpu-relation (relations, 2 cores) and gpu "
+                                                   "(relations, one GPU) (default: cpu)")
     p.add_argument("--seeds", type=int, help="seeds per arm, 0..N-1 (default: the grid file's)")
     p.add_argument("--out", type=Path, default=Path("runs/ablation"), help="output folder (default: runs/ablation)")
     p.add_argument("--max-steps", type=int, help="training steps of every run (default: the preset's max_steps)")
@@ -42,7 +43,7 @@ def run_ablate(args: argparse.Namespace) -> int:
 
     from mmrope.ablation.plan import arm_name, load_plan
     from mmrope.ablation.report import format_results, write_results
-    from mmrope.ablation.runner import RunInterrupted, run_ablation, train_command
+    from mmrope.ablation.runner import RunInterrupted, run_ablation, stacked_command, train_command
     from mmrope.ablation.stats import summarize
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
@@ -55,8 +56,11 @@ def run_ablate(args: argparse.Namespace) -> int:
           + f", {plan.n} {'clips' if plan.frames else 'scenes'} each", file=sys.stderr)
     if args.dry_run:
         for encoder, scheme in plan.arms:
-            for seed in plan.seeds:
-                run_dir = args.out / arm_name(encoder, scheme) / f"seed{seed}"
+            run_dirs = [(seed, args.out / arm_name(encoder, scheme) / f"seed{seed}") for seed in plan.seeds]
+            if plan.engine == "stacked":  # an arm's seeds in one process
+                print(shlex.join(stacked_command(plan, encoder, scheme, run_dirs)))
+                continue
+            for seed, run_dir in run_dirs:
                 print(shlex.join(train_command(plan, encoder, scheme, seed, run_dir)))
         return 0
     try:
