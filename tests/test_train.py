@@ -68,8 +68,12 @@ def test_bad_config_value_is_one_line_error(tmp_path, capsys):
     assert err.count("train.py: error:") == 1
 
 
-def test_tiny_run_writes_checkpoints_logs_and_samples(tmp_path):
+def test_tiny_run_writes_checkpoints_logs_and_samples(tmp_path, capsys):
     assert train.main(tiny_args(tmp_path, "--trainer.val_check_interval=4")) == 0
+    last = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train.py: validation at")]
+    relation = logged(tmp_path, "val/relation")
+    assert last == [last[0]] and last[0].startswith("train.py: validation at step 8,")  # one line, at the end
+    assert f"relation {relation[max(relation)]:.3f}" in last[0]  # the last validation's score, as logged
     ckpts = tmp_path / "checkpoints"
     assert (ckpts / "last.ckpt").exists() and list(ckpts.glob("best-*.ckpt"))
     assert not list(ckpts.glob(".saving-*"))  # atomic writes leave no partial files
