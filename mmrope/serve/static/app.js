@@ -28,7 +28,7 @@ async function loadInfo() {
   else select.value = info.checkpoints.find((name) => name.endsWith("last.ckpt")) || info.checkpoints[0] || "";
   $("beams").max = info.max_beams;
   $("limits").textContent = `up to ${(info.max_bytes / 2 ** 20).toFixed(0)} MiB and ` +
-    `${(info.max_pixels / 1e6).toFixed(0)} megapixels; ${info.checkpoints.length} checkpoints offered`;
+    `${(info.max_pixels / 1e6).toFixed(0)} megapixels; ${info.checkpoints.length} checkpoint${info.checkpoints.length === 1 ? "" : "s"} offered`;
   if (!info.checkpoints.length) showError("no checkpoints under the served folder yet (.ckpt files or exported folders)");
 }
 
