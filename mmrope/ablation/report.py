@@ -60,14 +60,34 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     return path
 
 
+MANY_ARMS = 6  # above this many arms a plot puts its legend beside the axes and takes 20 colours
+
+
+def arm_colours(n: int) -> list:
+    """Matplotlib's 10-colour cycle, or tab20 for more arms, so that no two arms of a plot share a colour."""
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    import matplotlib
+
+    return [matplotlib.colormaps["tab20"](i % 20) for i in range(n)]
+
+
+def _legend(ax, arms: list[str]) -> None:
+    if len(arms) > MANY_ARMS:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=8, loc="best")
+
+
 def plot_metric_vs_resolution(summary: list[dict], split: str, path: Path, train_size: int,
                               metric: str = "relation", along: str = "size", label: str | None = None) -> Path:
     """One line per arm (mean across seeds) with its 95% CI band, against image side (``along="size"``) or, for
     clips at the training size, frame count (``along="frames"``); the training value marked. ``label`` names the
     metric on the plot (default: ``metric``)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     arms = list(dict.fromkeys(arm_name(s["encoder"], s["scheme"]) for s in summary))
+    fig, ax = plt.subplots(figsize=(8.6 if len(arms) > MANY_ARMS else 6.4, 4.2))
+    colours = arm_colours(len(arms))
     for i, arm in enumerate(arms):
         points = sorted((s[along], *s[metric]) for s in summary
                         if s["split"] == split and arm_name(s["encoder"], s["scheme"]) == arm and metric in s
@@ -76,11 +96,10 @@ def plot_metric_vs_resolution(summary: list[dict], split: str, path: Path, train
             continue
         x = [p[0] for p in points]
         y = [p[1] for p in points]
-        colour = f"C{i}"
-        ax.plot(x, y, marker="o", color=colour, label=arm)
+        ax.plot(x, y, marker="o", color=colours[i], label=arm)
         if all(p[2] is not None for p in points):
-            ax.fill_between(x, [m - c for _, m, c in points], [m + c for _, m, c in points], color=colour, alpha=0.18,
-                            linewidth=0)
+            ax.fill_between(x, [m - c for _, m, c in points], [m + c for _, m, c in points], color=colours[i],
+                            alpha=0.18 if len(arms) <= MANY_ARMS else 0.07, linewidth=0)
     ax.axvline(train_size, color="grey", linestyle="--", linewidth=1)
     ax.annotate("training " + ("size" if along == "size" else "frames"), (train_size, 0.02), xytext=(3, 0),
                 textcoords="offset points", fontsize=8, color="grey")
@@ -93,7 +112,7 @@ def plot_metric_vs_resolution(summary: list[dict], split: str, path: Path, train
     ax.set_ylabel(f"{label or metric} accuracy")
     ax.set_title(f"{split}: {label or metric} accuracy, mean and 95% CI across seeds", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _legend(ax, arms)
     return save(fig, path)
 
 
@@ -105,20 +124,21 @@ def plot_metric_bars(summary: list[dict], split: str, path: Path, points: list[t
     arms = list(dict.fromkeys(arm_name(s["encoder"], s["scheme"]) for s in summary))
     cells = {(arm_name(s["encoder"], s["scheme"]), s["factor"], s.get("frames")): s for s in summary
              if s["split"] == split}
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(8.6 if len(arms) > MANY_ARMS else 6.4, 4.2))
+    colours = arm_colours(len(arms))
     width = 0.8 / len(arms)
     for i, arm in enumerate(arms):
         values = [cells.get((arm, *p), {}).get(metric, (math.nan, None)) for p in points]
         errors = [c if c is not None else 0.0 for _, c in values]
         xs = [g + (i - (len(arms) - 1) / 2) * width for g in range(len(points))]
-        ax.bar(xs, [m for m, _ in values], width, yerr=errors, capsize=3, color=f"C{i}", label=arm)
+        ax.bar(xs, [m for m, _ in values], width, yerr=errors, capsize=3, color=colours[i], label=arm)
     ax.set_xticks(range(len(points)), [f"{f:g}x ({cells.get((arms[0], f, n), {}).get('size', '?')} px"
                                        + (f", {n} frames)" if n else ")") for f, n in points])
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"{label or metric} accuracy")
     ax.set_title(f"{split}: {label or metric} accuracy at the training size and beyond (95% CI)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _legend(ax, arms)
     return save(fig, path)
 
 
