@@ -3,6 +3,7 @@ rotary maths on fractional ids, and Pixtral's break tokens wherever a media bloc
 
 import pytest
 import torch
+from padding import padded
 
 from mmrope.data.collate import CaptionCollator
 from mmrope.data.tokenizer import ByteTokenizer
@@ -72,16 +73,6 @@ def prompt(name, grids):
     """One row per grid: text, the block as the scheme lays it out, text."""
     breaks = SCHEMES[name].row_breaks
     return [[WORD] + vision_block(t * h * w // 4, t > 1, w // 2 if breaks else None) + [WORD + 1] for t, h, w in grids]
-
-
-def padded(rows, side):
-    length = max(map(len, rows))
-    ids = torch.full((len(rows), length), PAD_ID)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        where = slice(length - len(row), None) if side == "left" else slice(0, len(row))
-        ids[i, where], mask[i, where] = torch.tensor(row), 1
-    return ids, mask
 
 
 GRIDS = [[1, 4, 6], [1, 8, 8], [2, 4, 4]]  # an image of 2 x 3 tokens, one of 4 x 4, a clip of 2 frames of 2 x 2

@@ -5,11 +5,12 @@ import math
 
 import pytest
 import torch
+from padding import padded
 
 from mmrope.model.config import CaptionerConfig
 from mmrope.model.decoder_positions import SCHEMES
 from mmrope.model.positions import PAD_POSITION
-from mmrope.model.tokens import IMAGE_TOKEN_ID, PAD_ID, VIDEO_TOKEN_ID, VISION_END_ID, VISION_START_ID
+from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, VISION_END_ID, VISION_START_ID
 
 VS, VE, IMG, VID = VISION_START_ID, VISION_END_ID, IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
 WORD = 20  # any text id
@@ -101,16 +102,6 @@ def test_a_clips_rings_are_stacked_along_the_text_direction():
         distances = (frames[:, f] - first_word[:, None]).norm(dim=0)
         expected = math.sqrt(3 * (2 + f) ** 2 + CircleRoPE.radius ** 2)
         torch.testing.assert_close(distances, torch.full_like(distances, expected), atol=1e-4, rtol=0)
-
-
-def padded(rows, side):
-    length = max(map(len, rows))
-    ids = torch.full((len(rows), length), PAD_ID)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        where = slice(length - len(row), None) if side == "left" else slice(0, len(row))
-        ids[i, where], mask[i, where] = torch.tensor(row), 1
-    return ids, mask
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -68,9 +68,9 @@ def run_shard(args: argparse.Namespace) -> int:
     print(f"wrote {shard_set.num_samples} samples in {len(shard_set.shards)} shards ({size / 1e6:.1f} MB) to "
           f"{args.out}; index {shard_set.where}")
     if skipped:
-        print(f"mmrope data shard: skipped {len(skipped)} unreadable images:", file=sys.stderr)
-        for reason in skipped:
-            print(f"  {reason}", file=sys.stderr)
+        from mmrope.cli.common import report_skipped
+
+        report_skipped("data shard", skipped, shard_set.num_samples + len(skipped))
         return 1
     return 0
 
