@@ -54,7 +54,8 @@ class CaptionCollator:
     ``second_per_grid_t``  seconds per temporal patch of each clip (temporal_patch_size / fps), in order
     ``input_ids``          (B, L) long, right-padded with PAD_ID
     ``attention_mask``     (B, L) long, 1 on real tokens
-    ``labels``             (B, L) long, caption ids and EOS; IGNORE_INDEX on the vision blocks and padding
+    ``labels``             (B, L) long, caption ids and EOS; IGNORE_INDEX on the vision blocks and padding (and
+                           on every caption word not in a sample's ``loss_words``, when it has them)
     ``captions``, ``references``, ``scenes`` (None entries for real data), ``ids``: lists of B
     ``num_skipped``        int, None samples dropped from this batch
 
@@ -108,7 +109,11 @@ class CaptionCollator:
                 grids.append((t, h // self.patch_size, w // self.patch_size))
             caption = self.tokenizer.encode(s["caption"])[: self.max_caption_tokens - 1] + [EOS_ID]
             rows.append(prompt + caption)
-            label_rows.append([IGNORE_INDEX] * len(prompt) + caption)
+            targets = caption
+            if s.get("loss_words"):  # only these words are predicted; the rest of the caption is given
+                wanted = set(self.tokenizer.encode(" ".join(s["loss_words"])))
+                targets = [t if t in wanted else IGNORE_INDEX for t in caption]
+            label_rows.append([IGNORE_INDEX] * len(prompt) + targets)
             prompts.append(media)
             timing += seconds
 

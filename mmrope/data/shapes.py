@@ -12,6 +12,12 @@ Levels (``level``):
     3  3 to ``max_objects`` objects with sizes, a count  "three shapes: small red circle above large blue square,
        and a chain of relations between them             large blue square left of small green triangle"
 
+Options that isolate one skill: ``colours`` and ``shapes`` (the scene vocabulary; two colours and one shape make
+naming trivial, so a run's budget goes to the relation), ``inside_cells`` (level 1: the object lies wholly inside its
+place's cell of the 3 x 3 grid, so on a canvas of 3 x 3 patches no patch holds part of another cell's object and a
+patch's content alone never tells its place), ``caption_order="reading"`` (levels 2-3: the leftmost, or topmost, object
+is named first, so every relation reads "left of" or "above" and the first word is no coin flip).
+
 Splits: "train", "val" and "test" are disjoint random streams over the same distribution (in-distribution).
 "compositional" holds colour x shape combinations that never appear in the other splits: with the default colours
 (red, green, blue, yellow) and shapes (circle, square, triangle) these are the *red circle*, *green square* and *blue
@@ -60,6 +66,8 @@ SIZE_RADIUS = {"small": (0.07, 0.09), "large": (0.115, 0.135)}  # level 3: sizes
 EDGE = 0.02  # free margin between an object and the canvas edge
 GAP = 0.03  # free margin between two objects
 CELL_MARGIN = 0.06  # level 1: the centre stays this far inside its grid cell, so the place is never borderline
+CELL_EDGE = 0.01  # level 1 with inside_cells: the whole object stays this far inside its cell
+CAPTION_ORDERS = ("random", "reading")
 DOMINANCE = 2.0  # a relation's axis offset is at least this many times the other axis's offset
 BACKGROUND_GREY = (24, 64)  # dark grey, so every colour stands out
 NOISE_AMPLITUDE = 12  # "noisy" background: uniform noise of +-12 grey levels
@@ -101,8 +109,9 @@ def describe(obj: dict, with_size: bool) -> str:
     return " ".join(words)
 
 
-def scene_captions(scene: dict) -> list[str]:
-    """The scene's caption, then the same facts with every relation said the other way round."""
+def scene_captions(scene: dict, order: str = "random") -> list[str]:
+    """The scene's caption, then the same facts with every relation said the other way round. ``order="reading"``
+    says each relation the way round that reads "left of" or "above" first (its other way second)."""
     objs, level = scene["objects"], scene["level"]
     if level == 1:
         o = objs[0]
@@ -117,12 +126,17 @@ def scene_captions(scene: dict) -> list[str]:
         return out
 
     prefix = f"{COUNT_WORDS[len(objs)]} shapes: " if level >= 3 else ""
-    return [prefix + ", ".join(clauses(False)), prefix + ", ".join(clauses(True))]
+    captions = [prefix + ", ".join(clauses(False)), prefix + ", ".join(clauses(True))]
+    if order == "reading" and scene["relations"][0]["relation"] in ("right of", "below"):
+        captions.reverse()  # the first relation is said left-to-right or top-to-bottom
+    return captions
 
 
-def _check_config(level, split, max_objects, colours, shapes, background, canvas):
+def _check_config(level, split, max_objects, colours, shapes, background, canvas, caption_order="random"):
     if level not in (1, 2, 3):
         raise ValueError(f"shapes level must be 1, 2 or 3, got {level!r}")
+    if caption_order not in CAPTION_ORDERS:
+        raise ValueError(f"shapes caption_order must be one of {CAPTION_ORDERS}, got {caption_order!r}")
     if split not in SPLITS:
         raise ValueError(f"shapes split must be one of {SPLITS}, got {split!r}")
     if background not in ("plain", "noisy"):
@@ -150,10 +164,13 @@ def sample_scene(
     shapes=DEFAULT_SHAPES,
     background: Literal["plain", "noisy"] = "plain",
     canvas: int = 64,
+    inside_cells: bool = False,
+    caption_order: str = "random",
 ) -> dict:
-    """Scene ``index`` of the ``split`` stream for ``seed``: the same arguments always give the same scene."""
+    """Scene ``index`` of the ``split`` stream for ``seed``: the same arguments always give the same scene (the
+    options are those of the module docstring)."""
     colours, shapes = tuple(colours), tuple(shapes)
-    _check_config(level, split, max_objects, colours, shapes, background, canvas)
+    _check_config(level, split, max_objects, colours, shapes, background, canvas, caption_order)
     rng = random.Random(f"shapes:{split}:{seed}:{index}")  # its own stream: never the global RNG
 
     grey = rng.randint(*BACKGROUND_GREY)
@@ -185,8 +202,11 @@ def sample_scene(
         obj = objects[0]
         row, col = rng.randrange(3), rng.randrange(3)
         for key, cell in (("x", col), ("y", row)):
-            lo = max(cell / 3 + CELL_MARGIN, obj["r"] + EDGE)
-            hi = min((cell + 1) / 3 - CELL_MARGIN, 1 - obj["r"] - EDGE)
+            if inside_cells:  # the same room in every cell, so a cell's content never tells which cell it is
+                lo, hi = cell / 3 + obj["r"] + CELL_EDGE, (cell + 1) / 3 - obj["r"] - CELL_EDGE
+            else:
+                lo = max(cell / 3 + CELL_MARGIN, obj["r"] + EDGE)
+                hi = min((cell + 1) / 3 - CELL_MARGIN, 1 - obj["r"] - EDGE)
             obj[key] = round(rng.uniform(lo, hi), 4)
         obj["place"] = place_name(ROWS[row], COLS[col])
     else:
@@ -197,7 +217,7 @@ def sample_scene(
         "background": grey, "noise": NOISE_AMPLITUDE if background == "noisy" else 0, "noise_seed": noise_seed,
         "objects": objects, "relations": relations,
     }
-    scene["captions"] = scene_captions(scene)
+    scene["captions"] = scene_captions(scene, caption_order)
     return scene
 
 
@@ -268,6 +288,31 @@ def render_scene(scene: dict, size: int | None = None, scale_objects: bool = Tru
     return img
 
 
+# How a scene is shown at a size other than its own canvas: three questions, asked one at a time
+SIZE_PROTOCOLS = {
+    "scaled": "the scene redrawn on the new canvas, objects scaled with it: a new resolution of the same picture",
+    "same_pixels": "the scene redrawn on the new canvas, objects keeping their pixel size: more room, same objects",
+    "anchored": "the training canvas as it was, in the top-left corner of the new one, the rest background: the "
+                "same patches at the same indices, with more canvas beside and below them",
+}
+
+
+def render_at(scene: dict, size: int | None = None, protocol: str = "scaled") -> Image.Image:
+    """The scene at ``size`` under one of :data:`SIZE_PROTOCOLS`. Its caption stays true under each: places and
+    relations are read on the scene's own canvas, which "anchored" keeps whole in the corner."""
+    if protocol not in SIZE_PROTOCOLS:
+        raise ValueError(f"size protocol {protocol!r} is unknown: expected one of {', '.join(SIZE_PROTOCOLS)}")
+    size = size or scene["canvas"]
+    if protocol != "anchored" or size == scene["canvas"]:
+        return render_scene(scene, size, scale_objects=protocol != "same_pixels")
+    if size < scene["canvas"]:
+        raise ValueError(f"an anchored scene needs a canvas at least its own ({scene['canvas']} px), got {size}")
+    # the rest of the canvas: the scene's background (and noise) with no objects, then the scene in its corner
+    canvas = render_scene({**scene, "objects": []}, size)
+    canvas.paste(render_scene(scene), (0, 0))
+    return canvas
+
+
 class GeneratedDataset(Dataset):
     """``n`` samples of one split, each drawn from (seed, index) alone: the bookkeeping the shapes and clips datasets
     share. ``fresh_each_epoch`` moves the training split to new indices every epoch (nothing to memorise), so call
@@ -318,19 +363,31 @@ class ShapesDataset(GeneratedDataset):
         shapes=DEFAULT_SHAPES,
         transform: ImageTransform | None = None,
         fresh_each_epoch: bool = False,
+        inside_cells: bool = False,
+        caption_order: str = "random",
+        mix_levels: tuple[int, ...] | None = None,
+        loss_words: tuple[str, ...] | None = None,
     ):
         if n <= 0:
             raise ValueError(f"shapes n must be positive, got {n}")
         if size is not None and (size <= 0 or size % 16):
             raise ValueError(f"shapes size must be a positive multiple of 16, got {size}")
         self.scene_args = {"split": split, "level": level, "max_objects": max_objects, "colours": tuple(colours),
-                           "shapes": tuple(shapes), "background": background, "canvas": canvas}
-        _check_config(level, split, max_objects, tuple(colours), tuple(shapes), background, canvas)
+                           "shapes": tuple(shapes), "background": background, "canvas": canvas,
+                           "inside_cells": inside_cells, "caption_order": caption_order}
+        for lv in mix_levels or (level,):
+            _check_config(lv, split, max_objects, tuple(colours), tuple(shapes), background, canvas, caption_order)
         super().__init__(n, split, seed, fresh_each_epoch)
         self.size, self.scale_objects, self.transform = size or canvas, scale_objects, transform
+        self.mix_levels, self.loss_words = tuple(mix_levels or ()), tuple(loss_words or ())
 
     def scene(self, index: int) -> dict:
-        return sample_scene(self.seed, self.stream_index(index), **self.scene_args)
+        stream_index = self.stream_index(index)
+        args = self.scene_args
+        if self.mix_levels:  # each scene's level from its own (seed, index), so the mix is the same on a resume
+            level = random.Random(f"shapes-level:{self.split}:{self.seed}:{stream_index}").choice(self.mix_levels)
+            args = {**args, "level": level}
+        return sample_scene(self.seed, stream_index, **args)
 
     def __getitem__(self, index: int) -> dict:
         scene = self.scene(index)
@@ -341,10 +398,13 @@ class ShapesDataset(GeneratedDataset):
             rng = sample_rng(self.seed, self.epoch, index, "shapes") if self.transform.augment else None
             image = self.transform(img, rng)
         captions = scene["captions"]
-        return {
+        sample = {
             "image": image,
             "caption": captions[0],
             "references": list(captions),
             "scene": scene,
             "id": f"shapes/{self.split}/{self.seed}/{scene['index']}",
         }
+        if self.loss_words:  # a diagnostic target: only these words of the caption are predicted
+            sample["loss_words"] = self.loss_words
+        return sample

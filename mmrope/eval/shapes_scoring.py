@@ -13,6 +13,11 @@ Per-sample scores, each in [0, 1]:
                or a contradiction ("A left of B, A right of B"), does not hold. The ablation's main metric.
     axis       levels 2-3: as relation, but a claim counts when its axis (horizontal or vertical) is right,
                whatever its direction; relation far below axis means the model reads rows and columns but not sides
+    named      level 2: 1 if the caption names both objects of the scene right and nothing else
+    relation_named, axis_named
+               level 2, only for captions with named = 1: relation and axis as above. A caption that names the
+               wrong object is left out rather than counted as a wrong relation, so these read the relation alone
+               (their mean is over the captions that have them: ``aggregate`` keeps each score's own count)
     count      level 3: 1 if the stated count is the number of objects
     exact      1 if all of the above are 1
 """
@@ -129,6 +134,11 @@ def score_caption(prediction: str | dict, scene: dict) -> dict:
         denominator = max(len(claims), len(scene["relations"]), 1)
         scores["relation"] = sum(holds) / denominator
         scores["axis"] = sum(on_axis) / denominator
+        if level == 2:
+            named_right = len(named) == len(truth) and all(map(right, named))
+            scores["named"] = float(named_right)
+            if named_right:
+                scores["relation_named"], scores["axis_named"] = scores["relation"], scores["axis"]
         if level >= 3:
             scores["count"] = float(parsed["count"] == len(truth))
     scores["exact"] = float(all(v == 1.0 for v in scores.values()))

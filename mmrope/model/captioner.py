@@ -38,6 +38,7 @@ class Layout(NamedTuple):
     position_ids: torch.Tensor  # (3, b, n) (t, h, w) ids
     attention_mask: torch.Tensor | None  # (b, n); None where causal attention alone is exact (right padding)
     media_slots: torch.Tensor | None = None  # (sum N_i,) flat indices into (b * n) of the media slots, in order
+    groups: torch.Tensor | None = None  # (b, n) tokens that attend to each other both ways (the scheme's); None: causal
 
 
 class CaptionerOutput(NamedTuple):
@@ -87,9 +88,10 @@ class Captioner(nn.Module):
         slots = ((input_ids == IMAGE_TOKEN_ID) | (input_ids == VIDEO_TOKEN_ID)).flatten().nonzero().squeeze(1)
         _check_slots(len(slots), int(grid_thw.prod(-1).sum()) // merge**2)
         position_ids, _ = self.position_ids(input_ids, grid_thw, attention_mask, clip, second_per_grid_t)
+        groups = self.scheme.attention_groups(input_ids, attention_mask)
         if attention_mask is not None and is_right_padded(attention_mask):
             attention_mask = None  # so that SDPA may take its flash kernel
-        return Layout(position_ids, attention_mask, slots)
+        return Layout(position_ids, attention_mask, slots, groups)
 
     def position_ids(self, input_ids: torch.Tensor, grid_thw: torch.Tensor,
                      attention_mask: torch.Tensor | None = None, clip: torch.Tensor | None = None,
@@ -115,7 +117,7 @@ class Captioner(nn.Module):
         if layout is None:
             layout = self.layout(input_ids, grid_thw, attention_mask, clip_mask(images), second_per_grid_t)
         x = self.embed(input_ids, media_tokens, layout.media_slots)
-        logits = self.text(x, layout.position_ids, layout.attention_mask)
+        logits = self.text(x, layout.position_ids, layout.attention_mask, groups=layout.groups)
         loss = None
         if labels is not None:
             targets = labels[:, 1:]
@@ -134,6 +136,8 @@ class Captioner(nn.Module):
 def warn_still_axes(config: CaptionerConfig, scheme: DecoderScheme) -> None:
     """One log line per axis of the training image's decoder grid that ``scheme`` turns by almost nothing from edge
     to edge (:func:`mmrope.model.decoder_positions.still_axes`): such a decoder can hardly tell that axis apart."""
+    if not scheme.warn_if_still:
+        return
     v = config.vision
     side = v.image_size // (v.patch_size * v.spatial_merge_size)
     for axis, turn in still_axes(scheme, (1, side, side)).items():

@@ -22,7 +22,7 @@ from torch import nn
 from mmrope.model.positions import decode_position_ids, flat_position_ids, get_rope_index
 from mmrope.model.registry import Registry
 from mmrope.model.rope import MultimodalRotaryEmbedding, default_mrope_section, mrope_axis_of_pair
-from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, vision_block
+from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, media_blocks, vision_block
 
 if TYPE_CHECKING:
     from mmrope.model.config import CaptionerConfig
@@ -42,6 +42,12 @@ class DecoderScheme(nn.Module):
     # each row of a media block but the last ends in a break token (Pixtral): the collator, generation's prompts and
     # every other place that lays out a block read this (:func:`mmrope.model.tokens.vision_block`'s row_length)
     row_breaks: ClassVar[bool] = False
+    # the media tokens of a block attend to each other in both directions, as a prefix-LM's prefix, rather than
+    # causally: their order then tells the decoder nothing (:meth:`attention_groups`)
+    bidirectional_media: ClassVar[bool] = False
+    # whether a media block's ids that barely turn along an axis deserve the build-time warning; a control whose
+    # media ids are still on purpose says no
+    warn_if_still: ClassVar[bool] = True
 
     def __init__(self, config: CaptionerConfig):
         super().__init__()
@@ -66,6 +72,12 @@ class DecoderScheme(nn.Module):
         """Ids (3, b, n) and rope deltas (b, 1) of a batch: ``grid_thw`` (num_media, 3) of all media in order of
         appearance, ``clip`` (num_media,) marks the clips, ``second_per_grid_t`` (one per clip) their timing."""
         raise NotImplementedError
+
+    def attention_groups(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                         ) -> torch.Tensor | None:
+        """(b, n) group ids of the tokens that attend to each other in both directions (each media block, under a
+        scheme with :attr:`bidirectional_media`), 0 elsewhere; None when attention is causal throughout."""
+        return media_blocks(input_ids, attention_mask) if self.bidirectional_media else None
 
     def decode_position_ids(self, cache_index: int | torch.Tensor, rope_deltas: torch.Tensor,
                             length: int = 1) -> torch.Tensor:

@@ -97,7 +97,8 @@ class _Session:
             self.rope_deltas = rope_deltas[rows]
             self.key_mask = torch.cat((attention_mask, attention_mask.new_ones(len(prompts), max_new_tokens)), 1)[rows]
             self.caches = model.text.new_kv_caches(self.length + max_new_tokens)
-            self.first = (x, position_ids[:, rows])
+            groups = model.scheme.attention_groups(input_ids, attention_mask)
+            self.first = (x, position_ids[:, rows], None if groups is None else groups[rows])
         else:
             self.prompts, self.timing = [prompts[i] for i in rows.tolist()], [timing[i] for i in rows.tolist()]
             self.input_ids, self.attention_mask = input_ids[rows], attention_mask[rows]
@@ -109,8 +110,8 @@ class _Session:
 
     def start(self) -> torch.Tensor:
         if self.use_cache:
-            x, position_ids = self.first
-            return self.model.text(x, position_ids, self.key_mask, self.caches, 0)[:, -1]
+            x, position_ids, groups = self.first
+            return self.model.text(x, position_ids, self.key_mask, self.caches, 0, groups=groups)[:, -1]
         return self._full_forward()
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ Einstein legend: b batch, n new tokens, s key slots (cache length, or n without 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmrope.model.config import TextConfig
@@ -48,19 +49,24 @@ class KVCache:
 
 
 def attention_mask_4d(key_mask: torch.Tensor | None, n: int, s: int, cache_index: int,
-                      device: torch.device) -> torch.Tensor:
+                      device: torch.device, groups: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean mask (b or 1, 1, n, s): query i (slot cache_index + i) sees slot j <= its own where the key is real.
 
     A padded query also sees itself, so no row is empty (SDPA would return NaN); its output is never used.
+    ``groups`` (b, n): tokens of the same group id > 0 among the n new ones also see each other whatever their
+    order (a prefix-LM's prefix; the position-blind scheme's media blocks).
     """
     query_slot = torch.arange(n, device=device).unsqueeze(1) + cache_index  # (n, 1)
     key_slot = torch.arange(s, device=device)  # (s,)
-    causal = key_slot <= query_slot  # (n, s)
-    if key_mask is None:
-        return causal[None, None]
-    if key_mask.shape[1] != s:
-        raise ValueError(f"attention_mask covers {key_mask.shape[1]} key slots: expected {s}")
-    return (causal & key_mask[:, None, None, :].bool()) | (key_slot == query_slot)  # (b, 1, n, s)
+    mask = (key_slot <= query_slot)[None, None]  # (1, 1, n, s)
+    if key_mask is not None:
+        if key_mask.shape[1] != s:
+            raise ValueError(f"attention_mask covers {key_mask.shape[1]} key slots: expected {s}")
+        mask = (mask & key_mask[:, None, None, :].bool()) | (key_slot == query_slot)  # (b, 1, n, s)
+    if groups is not None:
+        key_groups = F.pad(groups, (cache_index, s - cache_index - n))  # (b, s): the new tokens' slots
+        mask = mask | ((groups[:, :, None] == key_groups[:, None, :]) & (groups[:, :, None] > 0))[:, None]
+    return mask
 
 
 def is_right_padded(key_mask: torch.Tensor) -> bool:
@@ -117,20 +123,23 @@ class TextDecoder(nn.Module):
         return [KVCache(max_len) for _ in self.blocks]
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                kv_caches: list[KVCache] | None = None, cache_index: int = 0, need_weights: bool = False):
+                kv_caches: list[KVCache] | None = None, cache_index: int = 0, need_weights: bool = False,
+                groups: torch.Tensor | None = None):
         """x (b, n, c) embeddings, position_ids (3, b, n) -> logits (b, n, v), and with ``need_weights`` the attention
         weights of every layer (layers, b, h, n, s) too.
 
         ``attention_mask`` (b, s) marks real key slots (1) and padding (0), left or right; None means no padding.
         With ``kv_caches`` the n new tokens take slots cache_index..cache_index+n-1 and s is the cache length.
+        ``groups`` (b, n): new tokens that share a group id > 0 attend to each other in both directions
+        (:func:`attention_mask_4d`); None: causal throughout.
         """
         n = x.shape[1]
         s = kv_caches[0].max_len if kv_caches is not None else n
         attn_mask, is_causal = None, False
-        if attention_mask is None and kv_caches is None:
+        if attention_mask is None and kv_caches is None and groups is None:
             is_causal = True  # no mask tensor, so SDPA may take its flash kernel
         else:
-            attn_mask = attention_mask_4d(attention_mask, n, s, cache_index, x.device)
+            attn_mask = attention_mask_4d(attention_mask, n, s, cache_index, x.device, groups)
         rope = self.positions(position_ids)  # (b, n, k) in float32, shared by every layer
         weights = []
         for i, block in enumerate(self.blocks):

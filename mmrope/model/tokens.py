@@ -7,6 +7,8 @@ A scheme whose media rows end in break tokens (Pixtral's, ``DecoderScheme.row_br
 merged tokens as ``[VISION_START, IMAGE x 3, IMAGE_BREAK, IMAGE x 3, VISION_END, ...]``.
 """
 
+import torch
+
 PAD_ID = 0
 BOS_ID = 1
 EOS_ID = 2
@@ -21,6 +23,17 @@ NUM_SPECIAL = len(SPECIAL_TOKENS)
 NUM_SPECIAL_BEFORE_BREAK = 7  # reserved ids of tokenizers saved before IMAGE_BREAK_ID existed
 
 IGNORE_INDEX = -100  # label value the loss skips (padding, image block)
+
+
+def media_blocks(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Which media block each token belongs to -> (b, n) long: 0 for text and padding, k > 0 for the k-th run of
+    image or video tokens of its row. A block is one run, since vision start and end tokens close every medium."""
+    is_media = (input_ids == IMAGE_TOKEN_ID) | (input_ids == VIDEO_TOKEN_ID)
+    if attention_mask is not None:
+        is_media = is_media & attention_mask.bool()
+    after_media = torch.cat((torch.zeros_like(is_media[:, :1]), is_media[:, :-1]), dim=1)
+    starts = is_media & ~after_media  # the first token of each run
+    return starts.long().cumsum(1) * is_media
 
 
 def vision_block(num_tokens: int, clip: bool = False, row_length: int | None = None) -> list[int]:

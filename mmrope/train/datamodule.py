@@ -51,6 +51,13 @@ class ShapesConfig:
     background: Literal["plain", "noisy"] = "plain"
     fresh_each_epoch: bool = True  # new scenes every epoch: no memorising
     val_split: Literal["val", "compositional"] = "val"
+    colours: list[str] | None = None  # the scene vocabulary; None: red, green, blue, yellow
+    shapes: list[str] | None = None  # None: circle, square, triangle
+    max_objects: int = 4  # level 3: objects per scene, 3 to this
+    inside_cells: bool = False  # level 1: each object wholly inside its place's cell of the 3 x 3 grid
+    caption_order: Literal["random", "reading"] = "random"  # levels 2-3: reading names the leftmost / topmost first
+    mix_levels: list[int] | None = None  # training scenes drawn from these levels in equal shares; None: level
+    loss_words: list[str] | None = None  # a diagnostic: only these caption words are predicted (the rest is given)
 
 
 @dataclass
@@ -206,9 +213,15 @@ class CaptionDataModule(L.LightningDataModule):
             n = {"train": c.n_train, "val": c.n_val, "test": c.n_test}[split]
             name = {"train": "train", "val": c.val_split, "test": "test"}[split]
             transform = self._transform(split == "train", size) if (self.augment and split == "train") else None
+            from mmrope.data.shapes import DEFAULT_COLOURS, DEFAULT_SHAPES
+
             return ShapesDataset(n, split=name, seed=self.seed, level=c.level, canvas=c.canvas or self.image_size,
                                  size=size, background=c.background, transform=transform,
-                                 fresh_each_epoch=c.fresh_each_epoch and split == "train")
+                                 fresh_each_epoch=c.fresh_each_epoch and split == "train",
+                                 colours=c.colours or DEFAULT_COLOURS, shapes=c.shapes or DEFAULT_SHAPES,
+                                 max_objects=c.max_objects, inside_cells=c.inside_cells,
+                                 caption_order=c.caption_order,
+                                 mix_levels=c.mix_levels if split == "train" else None, loss_words=c.loss_words)
         if self.dataset == "shards":
             return self._shard_stream(split, size)
         from mmrope.data.captions import CaptionDataset

@@ -192,7 +192,7 @@ class StackedTrainer:
 
     # the step ---------------------------------------------------------------------------------------------------
     def _loss(self, params: dict, images, input_ids, labels, position_ids, media_slots) -> torch.Tensor:
-        layout = Layout(position_ids, None, media_slots)
+        layout = Layout(position_ids, None, media_slots, self.model.scheme.attention_groups(input_ids))
         with self.autocast():
             out = functional_call(self.model, params, (images, input_ids), {"labels": labels, "layout": layout})
         return out.loss

@@ -50,7 +50,8 @@ def decoder_attention(model: Captioner, prompt: torch.Tensor | Sequence[torch.Te
     x = model.embed(input_ids, media_tokens)  # (1, n, c)
     position_ids, _ = model.position_ids(input_ids, grid_thw, None, clip.to(grid_thw.device),
                                          list(second_per_grid_t) if second_per_grid_t is not None else None)
-    logits, weights = model.text(x, position_ids, need_weights=True)  # weights (l, 1, h, n, n)
+    groups = model.scheme.attention_groups(input_ids)
+    logits, weights = model.text(x, position_ids, need_weights=True, groups=groups)  # weights (l, 1, h, n, n)
     is_media = (input_ids[0] == IMAGE_TOKEN_ID) | (input_ids[0] == VIDEO_TOKEN_ID)
     return CaptionAttention(input_ids[0], position_ids[:, 0], logits[0], weights[:, 0], is_media.nonzero()[:, 0],
                             grid_thw, prompt_ids.shape[1])
