@@ -1,5 +1,6 @@
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ from mmrope.data.collate import CaptionCollator
 from mmrope.data.images import ImageError, ImageTransform
 from mmrope.data.tokenizer import ByteTokenizer
 
-SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "data" / "samples"
 NAMES = ["shapes_l1.png", "shapes_l2.png", "shapes_l3.png", "wide.png", "tall.jpg", "grey.png"]
 
 
@@ -193,3 +195,44 @@ def test_text_that_is_not_utf8_names_the_file_and_line(tmp_path):
         with pytest.raises(ValueError) as e:
             load_caption_records(path)
         assert f"line {line}: not UTF-8 text (byte 0xe9)" in str(e.value) and str(path.name) in str(e.value)
+
+
+@pytest.mark.parametrize("scene, expected", [({"objects": 5}, "'level' 1, 2 or 3"), (5, "a JSON object"),
+                                             ("x", "a JSON object"),
+                                             ({"level": 2, "objects": [{"colour": "red", "shape": "square"}],
+                                               "relations": []}, "numbers 'x' and 'y'")])
+def test_a_malformed_scene_is_one_line_naming_file_and_row(tmp_path, scene, expected):
+    shutil.copy(SAMPLES / "shapes_l1.png", tmp_path / "a.png")
+    rows = [{"file_name": "a.png", "text": "yellow square at the top"},
+            {"file_name": "a.png", "text": "yellow square at the top", "scene": scene}]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError) as e:
+        load_imagefolder(tmp_path)
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'metadata.jsonl'} line 2: 'scene' is not a shapes scene as `mmrope data "
+                              "shapes` writes it (expected ") and expected in message and "\n" not in message
+
+
+def test_a_malformed_scene_stops_eval_and_training_with_one_line(tmp_path, capsys, trained_checkpoint):
+    """Scored only at validation, a bad scene used to stop `mmrope eval` and training there with a traceback (and
+    no checkpoint); it is refused when the rows are read."""
+    from mmrope.cli import main as mmrope_main
+    from mmrope.train import cli as train
+
+    rows = [json.loads(line) for line in (SAMPLES / "places/metadata.jsonl").read_text().splitlines()][:2]
+    rows[1]["scene"] = {"objects": 5}
+    for row in rows:
+        shutil.copy(SAMPLES / "places" / row["file_name"], tmp_path / row["file_name"])
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    where = f"{tmp_path / 'metadata.jsonl'} line 2: 'scene' is not a shapes scene"
+    assert mmrope_main(["eval", "--ckpt", str(trained_checkpoint), "--data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mmrope eval: error: {where}") and err.count("\n") == 1
+    root = tmp_path / "run"
+    args = ["fit", "--config", str(ROOT / "configs/debug.yaml"), f"--trainer.default_root_dir={root}",
+            "--data.dataset=captions", f"--data.train={SAMPLES / 'places'}", f"--data.val={tmp_path}",
+            "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", "--data.batch_size=4"]
+    assert train.main(args) == 1
+    err = capsys.readouterr().err
+    assert f"train.py: error: {where}" in err and "Traceback" not in err

@@ -224,3 +224,20 @@ def test_export_is_byte_identical_and_reads_back(tmp_path):
     sample = CaptionDataset(records, train=False)[5]
     assert torch.equal(sample["image"], ShapesDataset(12, seed=3, level=2)[5]["image"])
     assert sample["caption"] == ShapesDataset(12, seed=3, level=2)[5]["caption"]
+
+
+def test_export_over_an_earlier_one_is_refused_unless_overwrite(tmp_path):
+    """An existing export is never overwritten silently: one line naming what would be; --overwrite replaces
+    exactly the files the export writes and leaves the rest."""
+    export(tmp_path / "a", "--seed", "1")
+    (tmp_path / "a/notes.txt").write_text("mine")
+    before = {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    with pytest.raises(ValueError) as e:
+        export(tmp_path / "a", "--seed", "2")
+    assert str(e.value) == (f"{tmp_path / 'a'}: holds metadata.jsonl and 12 images (images/000000.png ... "
+                            "images/000011.png), which this export would overwrite: choose another --out, or pass "
+                            "--overwrite")
+    assert {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == before
+    export(tmp_path / "a", "--seed", "2", "--overwrite")
+    assert load_imagefolder(tmp_path / "a")[0].scene == sample_scene(2, 0, level=2)
+    assert (tmp_path / "a/notes.txt").read_text() == "mine"

@@ -27,6 +27,7 @@ from mmrope.data.shards import (
     ShardStream,
     plan_epoch,
     read_shard_set,
+    resolve_entry,
     shapes_samples,
     write_shards,
 )
@@ -208,9 +209,13 @@ def test_a_missing_or_truncated_shard_stops_with_one_line(tmp_path, capsys, work
     err = capsys.readouterr().err
     assert f"train.py: error: {folder / '000001.tar'}: truncated or not a tar file" in err
     assert "Traceback" not in err and err.count("train.py: error:") == 1
-    (folder / "000001.tar").unlink()
+    (folder / "000001.tar").unlink()  # named when the index is read, before any step
+    args = [a.replace(str(tmp_path / "run"), str(tmp_path / "again")) for a in args]
     assert train.main(args) == 1
-    assert f"train.py: error: {folder / '000001.tar'}: shard missing (no such file)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (f"train.py: error: {folder / '000001.tar'}: shard missing (no such file; {folder / 'index.json'} "
+            "lists it)") in err
+    assert "Traceback" not in err and not (tmp_path / "again/checkpoints").exists()
 
 
 def test_a_shard_shorter_than_its_index_is_named(tmp_path):
@@ -245,8 +250,9 @@ def test_mmrope_data_shard_writes_every_format_the_project_reads(tmp_path, capsy
     scenes = [s["scene"] for b in stream(tmp_path / "s1", batch_size=10, train=False) for s in b]
     assert all(scene and scene["captions"] for scene in scenes)  # shapes stay scoreable
     pattern = str(tmp_path / "folder" / "{000000..000001}.tar")
-    assert mmrope_main(["data", "index", pattern, "--out", str(tmp_path / "idx/index.json")]) == 0
-    indexed, written = read_shard_set(tmp_path / "idx"), read_shard_set(tmp_path / "folder")
+    assert mmrope_main(["data", "index", pattern, "--out", str(tmp_path / "idx/index.json"),
+                        "--trust-shard-index"]) == 0  # shards outside the index's folder: only when trusted
+    indexed, written = read_shard_set(tmp_path / "idx", trust=True), read_shard_set(tmp_path / "folder")
     assert [s.samples for s in indexed.shards] == [s.samples for s in written.shards] == [4, 2]
     assert sorted(indexed.read_captions()) == sorted(written.read_captions())
 
@@ -260,6 +266,153 @@ def test_eval_reads_a_shard_folder_or_a_config_naming_shards(tmp_path):
                       "val", n=4)
     assert len(whole.images(16, None)) == len(whole) == 5 and len(config) == 4
     assert whole.scenes is not None and whole.references[0] == whole.scenes[0]["captions"]  # scored as shapes
+
+
+def _rewrite_index(folder: Path, **changes) -> Path:
+    """The index of ``folder`` with shard 0's url (``url=``) or the captions file (``captions=``) replaced."""
+    index = json.loads((folder / "index.json").read_text())
+    if "url" in changes:
+        index["shards"][0]["url"] = changes["url"]
+    if "captions" in changes:
+        index["captions"] = changes["captions"]
+    (folder / "index.json").write_text(json.dumps(index))
+    return folder / "index.json"
+
+
+def test_an_index_runs_no_command_in_training_or_eval(tmp_path, capsys, trained_checkpoint):
+    """A downloaded index whose shard url is a `pipe:` command: refused in one line by train.py fit and by mmrope
+    eval --data, naming the index, the entry and the switch; the command never runs. Behind the switch, pipe: urls
+    (`pipe:aws s3 cp ...` in real use) are read."""
+    folder = shapes_shards(tmp_path / "train", 6, per_shard=3)
+    pwned = tmp_path / "PWNED"
+    url = f"pipe:touch {pwned}; cat {folder / '000000.tar'}"
+    index = _rewrite_index(folder, url=url)
+    args = tiny_shard_args(tmp_path / "run", folder, folder, "--data.batch_size=3", steps=2)
+    assert train.main(args) == 1
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if x.startswith("train.py: error:"))
+    assert line == (f"train.py: error: {index}: shard 0 {url!r} is a pipe: command: refused (an index may name only "
+                    "files inside its own folder; data.shards.trust_index: true, or --trust-shard-index, lets an "
+                    "index you trust name URLs, pipe: commands and other paths)")
+    assert "Traceback" not in err and not pwned.exists()
+    assert mmrope_main(["eval", "--ckpt", str(trained_checkpoint), "--data", str(folder), "--n", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"mmrope eval: error: {index}: shard 0 {url!r} is a pipe: command: refused") and \
+        err.count("\n") == 1 and not pwned.exists()
+    trusted = read_shard_set(folder, trust=True)  # the switch: the command runs, as `pipe:aws s3 cp` would
+    assert len([s for b in ShardStream(trusted, TRANSFORM, train=False, batch_size=6) for s in b]) == 6
+    assert pwned.exists()
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dotdot", "https", "gs", "s3", "link"])
+def test_an_index_names_only_files_inside_its_folder(tmp_path, kind):
+    """Absolute paths, `..`, URLs and a symbolic link out of the folder are refused with one line naming the index,
+    the shard and the switch, and allowed by it; a local shard that is missing is named when the index is read."""
+    folder = shapes_shards(tmp_path / "data/train", 6, per_shard=3)
+    other = shapes_shards(tmp_path / "elsewhere", 3, per_shard=3)
+    url, why = {"absolute": (str(other / "000000.tar"), f"outside {folder}"),
+                "dotdot": ("../../elsewhere/000000.tar", f"outside {folder}"),
+                "https": ("https://example.com/000000.tar", "a URL"),
+                "gs": ("gs://bucket/000000.tar", "a URL"), "s3": ("s3://bucket/000000.tar", "a URL"),
+                "link": ("linked.tar", f"outside {folder}")}[kind]
+    (folder / "linked.tar").symlink_to(other / "000000.tar")
+    spec = _rewrite_index(folder, url=url)
+    with pytest.raises(ValueError) as e:
+        read_shard_set(spec)
+    message = str(e.value)
+    assert message.startswith(f"{spec}: shard 0 {url!r} is {why}: refused") and "\n" not in message
+    assert "data.shards.trust_index: true, or --trust-shard-index" in message
+    if kind in ("absolute", "dotdot", "link"):
+        shard_set = read_shard_set(folder, trust=True)
+        assert len([s for b in ShardStream(shard_set, TRANSFORM, train=False, batch_size=6) for s in b]) == 6
+    with pytest.raises(ValueError, match="'000000.tar' is a URL, as the index is: refused"):
+        resolve_entry("https://example.com/train/index.json", "shard 0", "000000.tar")
+    assert resolve_entry("https://example.com/train/index.json", "shard 0", "000000.tar", trust=True) == \
+        "https://example.com/train/000000.tar"
+    (folder / "000001.tar").unlink()
+    _rewrite_index(folder, url="000000.tar")
+    with pytest.raises(ShardError, match=f"000001.tar: shard missing \\(no such file; {folder / 'index.json'} lists"):
+        read_shard_set(folder)
+
+
+def test_a_captions_file_outside_the_folder_never_reaches_the_tokenizer(tmp_path, capsys):
+    """An index naming another file of the machine as its captions: training stops in one line before the word
+    tokenizer (which every checkpoint stores) reads it; `../` and a link out of the folder alike."""
+    secret = tmp_path / "sec/credentials"
+    secret.parent.mkdir()
+    secret.write_text("[default]\naws_secret_access_key = wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY\n")
+    folder = shapes_shards(tmp_path / "train", 6, per_shard=3)
+    (folder / "link.txt").symlink_to(secret)
+    for captions in (str(secret), "../sec/credentials", "link.txt"):
+        index = _rewrite_index(folder, captions=captions)
+        root = tmp_path / f"run{len(captions)}"
+        assert train.main(tiny_shard_args(root, folder, folder, "--data.batch_size=3", steps=2)) == 1
+        err = capsys.readouterr().err
+        assert f"train.py: error: {index}: captions {captions!r} is outside {folder}: refused" in err
+        assert "Traceback" not in err and not (root / "checkpoints").exists()
+    assert "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY" in " ".join(read_shard_set(folder, trust=True).read_captions())
+
+
+def test_shard_and_index_refuse_to_overwrite(tmp_path, capsys):
+    """`mmrope data shard` into a folder holding the user's captions.txt, `mmrope data index` over an index: one
+    line naming what would be overwritten, nothing touched; --overwrite replaces only the files they write."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "captions.txt").write_text("my own captions\n")
+    (out / "keep.tar").write_bytes(b"not ours")
+    shard = ["data", "shard", "shapes", "--n", "4", "--size", "16", "--samples-per-shard", "2", "--out", str(out)]
+    assert mmrope_main(shard) == 1
+    assert capsys.readouterr().err == (f"mmrope data: error: {out}: holds captions.txt, which writing shards there "
+                                       "would overwrite: write to a new folder, or pass --overwrite\n")
+    assert (out / "captions.txt").read_text() == "my own captions\n" and not (out / "000000.tar").exists()
+    assert mmrope_main([*shard, "--overwrite"]) == 0 and read_shard_set(out).num_samples == 4
+    assert mmrope_main([*shard[:3], "--n", "2", *shard[5:]]) == 1
+    assert (f"{out}: holds index.json, captions.txt and 2 shards (000000.tar ... 000001.tar), which writing shards "
+            "there would overwrite") in capsys.readouterr().err
+    assert mmrope_main([*shard[:3], "--n", "2", *shard[5:], "--overwrite"]) == 0
+    assert sorted(p.name for p in out.glob("*.tar")) == ["000000.tar", "keep.tar"]  # the old set's 000001.tar went
+    assert (out / "keep.tar").read_bytes() == b"not ours"
+    before = (out / "index.json").read_bytes()
+    index = ["data", "index", str(out / "000000.tar"), "--out", str(out / "index.json")]
+    assert mmrope_main(index) == 1
+    assert (f"{out}: holds index.json and captions.txt, which indexing there would overwrite: choose another --out, "
+            "or pass --overwrite") in capsys.readouterr().err
+    assert (out / "index.json").read_bytes() == before
+    assert mmrope_main([*index, "--overwrite"]) == 0 and read_shard_set(out).num_samples == 2
+
+
+def test_mmrope_data_index_refuses_what_its_index_could_not_name(tmp_path, capsys):
+    """Shards outside the index's folder or given as pipe: commands make an index that readers refuse: `mmrope
+    data index` says so before reading any, unless --trust-shard-index."""
+    folder = shapes_shards(tmp_path / "shards", 4, per_shard=2)
+    out = tmp_path / "idx/index.json"
+    pwned = tmp_path / "PWNED"
+    for url, why in ((str(folder / "000000.tar"), f"outside {out.parent}"),
+                     (f"pipe:touch {pwned}; cat {folder / '000000.tar'}", "a pipe: command")):
+        assert mmrope_main(["data", "index", url, "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"mmrope data: error: {out}: shard {url!r} is {why}: refused")
+        assert "--trust-shard-index" in err and err.count("\n") == 1
+        assert not out.exists() and not pwned.exists()
+    assert mmrope_main(["data", "index", url, "--out", str(out), "--trust-shard-index"]) == 0 and pwned.exists()
+    assert read_shard_set(out, trust=True).num_samples == 2
+
+
+def test_a_malformed_scene_in_a_shard_sample_skips_it_with_one_line(tmp_path, caplog):
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    good = json.dumps({"captions": ["red square"], "scene": next(shapes_samples(1, size=16)).scene}).encode()
+    _write_tar(folder / "00000.tar", [("000.png", _png()), ("000.json", good), ("001.png", _png()),
+                                      ("001.json", b'{"captions": ["red"], "scene": {"objects": 5}}'),
+                                      ("002.png", _png()), ("002.json", b'{"captions": ["red"], "scene": "x"}')])
+    _index(folder, {"00000.tar": 3})
+    with caplog.at_level(logging.WARNING, logger="mmrope.data.shards"):
+        kept = [x for b in stream(folder, batch_size=3, train=False) for x in b if x is not None]
+    assert len(kept) == 1 and kept[0]["scene"]["level"] == 2
+    warnings = [r.getMessage() for r in caplog.records]
+    assert f"{folder / '00000.tar'} 001.json: 'scene' is not a shapes scene" in warnings[0]
+    assert f"{folder / '00000.tar'} 002.json: 'scene' is not a shapes scene" in warnings[1]
+    assert len(warnings) == 2 and all("\n" not in w for w in warnings)
 
 
 DDP_SCRIPT = """

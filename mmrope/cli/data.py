@@ -30,6 +30,8 @@ def register(subparsers) -> None:
                    help="(default: train)")
     p.add_argument("--background", default="plain", choices=("plain", "noisy"), help="(default: plain)")
     p.add_argument("--max-objects", type=int, default=4, help="most objects at level 3 (default: 4)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the metadata.jsonl and images/NNNNNN.png already in --out (refused otherwise)")
     p.set_defaults(func=run)
     shards.register(commands)
 
@@ -37,7 +39,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     # a bad argument raises a one-line ValueError, which the CLI prints without a traceback
     n = export_shapes(args.out, n=args.n, size=args.size, seed=args.seed, level=args.level, split=args.split,
-                      background=args.background, max_objects=args.max_objects)
+                      background=args.background, max_objects=args.max_objects, overwrite=args.overwrite)
     print(f"wrote {n} images and metadata.jsonl to {args.out}")
 
 
@@ -50,9 +52,13 @@ def export_shapes(
     split: str = "train",
     background: str = "plain",
     max_objects: int = 4,
+    overwrite: bool = False,
 ) -> int:
-    """Write ``out/images/000000.png ...`` and ``out/metadata.jsonl``; returns the number of samples."""
+    """Write ``out/images/000000.png ...`` and ``out/metadata.jsonl``; returns the number of samples. Files of
+    those names already in ``out`` are refused, naming them, unless ``overwrite`` (then they are removed first, the old
+    ``metadata.jsonl`` with them, so a folder is never left describing images it no longer holds)."""
     import json
+    import os
 
     from mmrope.data.shapes import render_scene, sample_scene
 
@@ -61,13 +67,23 @@ def export_shapes(
     if size <= 0 or size % 16:
         raise ValueError(f"--size must be a positive multiple of 16 (32, 48, 64, 96, 128), got {size}")
     out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     digits = max(6, len(str(n - 1)))
+    names = [f"images/{i:0{digits}d}.png" for i in range(n)]
+    held = ["metadata.jsonl"] if os.path.lexists(out / "metadata.jsonl") else []
+    images = [name for name in names if os.path.lexists(out / name)]
+    if images:
+        held.append(f"{len(images)} images ({images[0]}{' ... ' + images[-1] if len(images) > 1 else ''})")
+    if held and not overwrite:
+        raise ValueError(f"{out}: holds {' and '.join(held)}, which this export would overwrite: choose another "
+                         "--out, or pass --overwrite")
+    for name in ["metadata.jsonl", *images]:  # replaced, not written through: a link's target stays as it was
+        (out / name).unlink(missing_ok=True)
+    (out / "images").mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(n):
         scene = sample_scene(seed, i, split=split, level=level, max_objects=max_objects, background=background,
                              canvas=size)
-        name = f"images/{i:0{digits}d}.png"
+        name = names[i]
         render_scene(scene).save(out / name, format="PNG", compress_level=6)
         row = {"file_name": name, "text": scene["captions"], "scene": scene}
         lines.append(json.dumps(row, sort_keys=True, separators=(",", ":")))

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt", required=True, help="a Lightning checkpoint or an exported folder")
     p.add_argument("--data", required=True,
                    help="a training YAML (its data: section), a dataset (folder with metadata.jsonl, COCO .json, "
-                        ".csv), or `shapes`")
+                        ".csv), shards (their index.json or its folder), or `shapes`")
     p.add_argument("--sizes", help="comma-separated sides in pixels, e.g. 64,96,128 (default: the training size)")
     p.add_argument("--frames", help="clips: comma-separated frame counts, e.g. 4,8 (default: the config's)")
     p.add_argument("--clip-mode", choices=("block", "frames"), default="block",
@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-outside-paths", action="store_true",
                    help="let the dataset's file names lead outside its folder (refused by default: a downloaded "
                         "dataset could otherwise make eval read any file)")
+    p.add_argument("--trust-shard-index", action="store_true",
+                   help="let a shard index name URLs, pipe: commands (run by the shell) and shards outside its "
+                        "folder, as data.shards.trust_index does (refused by default)")
     add_model_arguments(p, batch_size=32, resize_default=None)
     p.set_defaults(func=run_eval)
 
@@ -53,7 +56,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
         data = read_config(["--config", str(find_config(data))])["data"]
     eval_set = resolve_data(data, train_size, split=args.split, n=args.n, level=args.level,
-                            allow_outside=args.allow_outside_paths)
+                            allow_outside=args.allow_outside_paths, trust_shards=args.trust_shard_index)
     resize = args.resize or eval_set.resize
     frames = parse_sizes(args.frames, "--frames") if args.frames else None
     if frames and eval_set.frames is None:

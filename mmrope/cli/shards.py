@@ -31,6 +31,9 @@ def register(commands) -> None:
                         "compositional (default: train)")
     p.add_argument("--allow-outside-paths", action="store_true",
                    help="let caption files name images outside their folder (see data/README.md)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the index.json, captions.txt and NNNNNN.tar shards already in --out (refused "
+                        "otherwise); other files there are left alone")
     shapes = p.add_argument_group("shapes (source 'shapes')")
     shapes.add_argument("--n", type=int, default=20000, help="scenes (default: 20000)")
     shapes.add_argument("--size", type=int, default=64, help="canvas side, a multiple of 16 (default: 64)")
@@ -46,6 +49,11 @@ def register(commands) -> None:
     q.add_argument("shards", nargs="+",
                    help="shard paths or URLs, or brace patterns such as 'data/laion/{00000..00099}.tar' (quoted)")
     q.add_argument("--out", type=Path, required=True, help="the index to write, e.g. data/laion/index.json")
+    q.add_argument("--trust-shard-index", action="store_true",
+                   help="let the index name URLs, pipe: commands or shards outside its folder (refused otherwise; "
+                        "reading it then needs data.shards.trust_index: true, or --trust-shard-index)")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out and the captions.txt beside it (refused otherwise)")
     q.set_defaults(func=run_index)
 
 
@@ -63,7 +71,7 @@ def run_shard(args: argparse.Namespace) -> int:
         raise ValueError("'shapes' is a source of its own: write it to its own --out")
     else:
         samples = record_samples(_records(args))
-    shard_set, skipped = write_shards(samples, args.out, args.samples_per_shard)
+    shard_set, skipped = write_shards(samples, args.out, args.samples_per_shard, overwrite=args.overwrite)
     size = sum(Path(s.url).stat().st_size for s in shard_set.shards)
     print(f"wrote {shard_set.num_samples} samples in {len(shard_set.shards)} shards ({size / 1e6:.1f} MB) to "
           f"{args.out}; index {shard_set.where}")
@@ -97,7 +105,7 @@ def run_index(args: argparse.Namespace) -> int:
     from mmrope.data.shards import index_shards
 
     urls = [u for pattern in args.shards for u in _expand(pattern)]
-    shard_set, uncaptioned = index_shards(urls, args.out)
+    shard_set, uncaptioned = index_shards(urls, args.out, trust=args.trust_shard_index, overwrite=args.overwrite)
     print(f"indexed {shard_set.num_samples} samples in {len(shard_set.shards)} shards: {shard_set.where}")
     if uncaptioned:
         print(f"mmrope data index: {uncaptioned} samples have no usable caption (training skips them)",

@@ -22,6 +22,7 @@ from typing import Literal
 from torch.utils.data import Dataset
 
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, ImageTransform, load_image, sample_rng
+from mmrope.data.shapes import check_scene
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ def _karpathy_ids(path: Path, split: str) -> set:
 def load_imagefolder(directory: str | Path, allow_outside: bool = False) -> list[CaptionRecord]:
     """Records from ``directory/metadata.jsonl`` (Hugging Face imagefolder): one JSON object a line with
     ``file_name`` (relative to the folder, and inside it: see :func:`inside`) and ``text`` (a caption or a list of
-    them); extra keys are ignored except ``scene``, which ``mmrope data shapes`` writes."""
+    them); extra keys are ignored except ``scene``, which ``mmrope data shapes`` writes (checked: see
+    :func:`mmrope.data.shapes.check_scene`)."""
     directory = Path(directory)
     meta = directory / "metadata.jsonl"
     if not meta.is_file():
@@ -135,7 +137,9 @@ def load_imagefolder(directory: str | Path, allow_outside: bool = False) -> list
         if not name or not isinstance(name, str):
             raise ValueError(f"{where}: needs a 'file_name' string")
         path = inside(directory, name, where, allow_outside)
-        records.append(CaptionRecord(path, _captions(row.get("text"), where), name, row.get("scene")))
+        scene = row.get("scene")
+        records.append(CaptionRecord(path, _captions(row.get("text"), where), name,
+                                     None if scene is None else check_scene(scene, where)))
     return records
 
 

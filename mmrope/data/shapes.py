@@ -25,6 +25,7 @@ triangle* (shape i with colour i, see ``held_out_combos``); each compositional s
 Within a scene every object has a distinct colour x shape, so a caption names each object unambiguously.
 """
 
+import math
 import random
 from itertools import pairwise
 from typing import Literal
@@ -130,6 +131,41 @@ def scene_captions(scene: dict, order: str = "random") -> list[str]:
     if order == "reading" and scene["relations"][0]["relation"] in ("right of", "below"):
         captions.reverse()  # the first relation is said left-to-right or top-to-bottom
     return captions
+
+
+def check_scene(scene, where: str) -> dict:
+    """A scene read from a data file (a ``metadata.jsonl`` row, a shard sample's JSON), checked for what scoring
+    reads from it: one line naming ``where`` when it is not a shapes scene, rather than a traceback at validation."""
+
+    def number(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and math.isfinite(v)
+
+    def problem() -> str | None:
+        if not isinstance(scene, dict):
+            return "a JSON object"
+        if scene.get("kind") is not None:
+            return "no 'kind': clips are not read from files"
+        level, objects = scene.get("level"), scene.get("objects")
+        if level not in (1, 2, 3) or isinstance(level, bool):
+            return "'level' 1, 2 or 3"
+        if not isinstance(objects, list) or not objects or not all(
+                isinstance(o, dict) and isinstance(o.get("colour"), str) and isinstance(o.get("shape"), str)
+                for o in objects):
+            return "'objects' a non-empty list of objects with 'colour' and 'shape' names"
+        if level == 1 and not isinstance(objects[0].get("place"), str):
+            return "at level 1 a 'place' name for the object"
+        if level > 1 and not all(number(o.get("x")) and number(o.get("y")) for o in objects):
+            return "at levels 2 and 3 numbers 'x' and 'y' for every object"
+        if level > 1 and not isinstance(scene.get("relations"), list):
+            return "at levels 2 and 3 a list of 'relations'"
+        return None
+
+    wrong = problem()
+    if wrong is not None:
+        shown = repr(scene) if len(repr(scene)) <= 60 else repr(scene)[:57] + "..."
+        raise ValueError(f"{where}: 'scene' is not a shapes scene as `mmrope data shapes` writes it (expected "
+                         f"{wrong}), got {shown}")
+    return scene
 
 
 def _check_config(level, split, max_objects, colours, shapes, background, canvas, caption_order="random"):

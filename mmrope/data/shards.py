@@ -11,8 +11,11 @@ shards and their sample counts, and names a file of every caption, one a line, f
     {"format": "mmrope-shards", "version": 1, "samples": 2000, "captions": "captions.txt",
      "shards": [{"url": "000000.tar", "samples": 256}, {"url": "000001.tar", "samples": 256}, ...]}
 
-A shard's ``url`` is a path relative to the index, an absolute path, or anything ``webdataset.gopen`` opens
-(``https://``, ``gs://``, ``pipe:aws s3 cp s3://bucket/000000.tar -``). ``mmrope data shard`` writes shards and
+An index is a data file that arrives with a dataset, so by default a shard's ``url`` and the ``captions`` file
+must be files inside the index's folder (after ``..`` and symbolic links; :func:`resolve_entry`), checked to exist
+when the index is read. An index one trusts (``data.shards.trust_index``, ``--trust-shard-index``) may also name
+absolute paths, paths outside its folder and anything ``webdataset.gopen`` opens (``https://``, ``gs://``,
+``pipe:aws s3 cp s3://bucket/000000.tar -``, a command run by the shell). ``mmrope data shard`` writes shards and
 index from any caption format the project reads; ``mmrope data index`` indexes shards someone else wrote.
 
 How an epoch is split (:func:`plan_epoch`), N samples over W ranks, K workers per rank, batches of B:
@@ -34,11 +37,11 @@ in, permutes it as before, and goes on after the used samples; the worker that s
 b. The checkpoint holds the epoch and b (:class:`mmrope.train.datamodule.CaptionDataModule` keeps them), with the
 samples each rank's workers had used; resuming needs the same number of ranks, workers and batch size.
 
-Bad data. A sample whose image is corrupt or missing, whose caption is missing or empty, or whose text is not
-UTF-8 is skipped with one warning naming the shard and the key: it becomes None in its batch, which the collator
-drops and counts, as :class:`mmrope.data.captions.CaptionDataset` does for a bad image (``on_bad_image="raise"``
-stops instead). A shard that cannot be opened, is cut short, or holds fewer or more samples than its index says
-stops the run with one :class:`ShardError` line naming it.
+Bad data. A sample whose image is corrupt or missing, whose caption is missing or empty, whose ``"scene"`` is not
+a shapes scene, or whose text is not UTF-8 is skipped with one warning naming the shard and the key: it becomes
+None in its batch, which the collator drops and counts, as :class:`mmrope.data.captions.CaptionDataset` does for a
+bad image (``on_bad_image="raise"`` stops instead). A shard that cannot be opened, is cut short, or holds fewer or
+more samples than its index says stops the run with one :class:`ShardError` line naming it.
 
 Why WebDataset and not litdata: img2dataset and most image-text sets already come as these tar files, which any
 tool reads; litdata would add a conversion to its own chunk format and a heavier dependency for what an index of
@@ -53,6 +56,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import random
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -64,6 +68,7 @@ from urllib.parse import urlparse
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, ImageTransform, image_from_bytes, sample_rng
+from mmrope.data.shapes import check_scene
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +108,8 @@ class ShardSet:
             raise ValueError(f"{self.where}: the index names no captions file, which the word tokenizer is built "
                              "from: re-index with `mmrope data index`, or set data.tokenizer to byte or to a "
                              "tokenizer.json")
-        from webdataset.gopen import gopen
-
         try:
-            with gopen(self.captions, "rb") as f:
+            with open_url(self.captions) as f:
                 text = f.read()
         except OSError as e:
             raise ValueError(f"{self.captions}: cannot read the captions file ({e.strerror or e})") from None
@@ -120,27 +123,63 @@ def _is_url(name: str) -> bool:
     return len(urlparse(name).scheme) > 1  # a drive letter is not a scheme
 
 
-def _resolve(base: str, url: str) -> str:
-    """A shard's url as the index names it, relative to the index's folder (or URL) unless absolute."""
-    if _is_url(url) or Path(url).is_absolute():
+def open_url(url: str):
+    """A binary stream of a local path or, through ``webdataset.gopen``, of a URL or ``pipe:`` command. A local
+    path never reaches gopen, so a file named ``-`` or ``pipe:x`` is read as a file, not stdin or a command."""
+    if _is_url(url):
+        from webdataset.gopen import gopen
+
+        return gopen(url, "rb")
+    return open(url, "rb")
+
+
+def _outside(folder: str, url: str) -> str | None:
+    """Why an index in ``folder`` may not name ``url`` untrusted (None when it may): only files inside the
+    folder, after ``..`` and symbolic links, are read from an index nobody vouched for."""
+    if url.startswith("pipe:"):
+        return "a pipe: command"
+    if _is_url(url):
+        return "a URL"
+    if _is_url(folder):
+        return "a URL, as the index is"
+    if "\0" in url:
+        return "not a path"
+    root = os.path.realpath(folder)
+    if os.path.commonpath([root, os.path.realpath(os.path.join(folder, url))]) != root:
+        return f"outside {folder}"
+    return None
+
+
+def resolve_entry(index: str, entry: str, url: str, trust: bool = False) -> str:
+    """What the shard index ``index`` means by ``url`` (its ``entry``: a shard or the captions file): a path
+    inside the index's folder, joined to it. Anything else (a URL, a ``pipe:`` command, an absolute path or one
+    that leads out of the folder, also through a link) is refused in one line unless ``trust``, and then taken
+    as given (relative paths still relative to the index). Every reader of an index goes through here."""
+    folder = index.rsplit("/", 1)[0] if _is_url(index) else os.path.dirname(index) or "."
+    why = None if trust else _outside(folder, url)
+    if why is not None:
+        raise ValueError(f"{index}: {entry} {url!r} is {why}: refused (an index may name only files inside its "
+                         "own folder; data.shards.trust_index: true, or --trust-shard-index, lets an index you "
+                         "trust name URLs, pipe: commands and other paths)")
+    if _is_url(url) or os.path.isabs(url):
         return url
-    if _is_url(base):
-        return base.rsplit("/", 1)[0] + "/" + url
-    return str(Path(base).parent / url)
+    if _is_url(folder):
+        return folder + "/" + url
+    return os.path.join(folder, url)  # not normalised: ``./pipe:x`` stays a path
 
 
-def read_shard_set(spec: str | Path) -> ShardSet:
-    """The shards an index names: ``spec`` is an ``index.json`` (a path or URL) or a folder holding one."""
+def read_shard_set(spec: str | Path, trust: bool = False) -> ShardSet:
+    """The shards an index names: ``spec`` is an ``index.json`` (a path or URL) or a folder holding one. Its
+    entries go through :func:`resolve_entry` (``trust``: see there); a local shard that does not exist is one
+    line naming it and the index, now rather than when an epoch reaches it."""
     spec = str(spec)
     if not _is_url(spec) and Path(spec).is_dir():
         spec = str(Path(spec) / "index.json")
     if not spec.endswith(".json"):
         raise ValueError(f"{spec}: expected a shard index (index.json, as `mmrope data shard` or `mmrope data index` "
                          "write) or a folder holding one")
-    from webdataset.gopen import gopen
-
     try:
-        with gopen(spec, "rb") as f:
+        with open_url(spec) as f:
             index = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         raise ValueError(f"{spec}: no such shard index") from None
@@ -154,11 +193,16 @@ def read_shard_set(spec: str | Path) -> ShardSet:
         url, count = (entry.get("url"), entry.get("samples")) if isinstance(entry, dict) else (None, None)
         if not isinstance(url, str) or not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise ValueError(f"{spec}: shard {i} needs a \"url\" string and a \"samples\" count, got {entry!r}")
-        shards.append(Shard(_resolve(spec, url), count))
+        shards.append(Shard(resolve_entry(spec, f"shard {i}", url, trust), count))
     if not sum(s.samples for s in shards):
         raise ValueError(f"{spec}: the index lists no samples")
+    for shard in shards:
+        if not _is_url(shard.url) and not os.path.isfile(shard.url):
+            raise ShardError(f"{shard.url}: shard missing (no such file; {spec} lists it)")
     captions = index.get("captions")
-    return ShardSet(tuple(shards), spec, _resolve(spec, captions) if isinstance(captions, str) else None)
+    if captions is not None and not isinstance(captions, str):
+        raise ValueError(f"{spec}: \"captions\" must name a file of captions, got {captions!r}")
+    return ShardSet(tuple(shards), spec, resolve_entry(spec, "captions", captions, trust) if captions else None)
 
 
 # planning an epoch: which samples each rank and worker reads, in which batches
@@ -376,7 +420,6 @@ def read_shard(shard: Shard, start: int = 0, stop: int | None = None, select=Non
     not read into memory, nor are those ``select(extension)`` refuses (a sample left with none is not yielded).
     Reading to the end checks the count against the index (``seen["index"] + 1`` is the count of keys read); a
     missing, truncated or miscounted shard raises :class:`ShardError` naming it."""
-    from webdataset.gopen import gopen
     from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
     stop = (shard.samples if shard.samples is not None else math.inf) if stop is None else stop
@@ -393,7 +436,7 @@ def read_shard(shard: Shard, start: int = 0, stop: int | None = None, select=Non
 
     url = shard.url
     try:
-        stream = _Ending(gopen(url, "rb"))
+        stream = _Ending(open_url(url))
     except FileNotFoundError:
         raise ShardError(f"{url}: shard missing (no such file)") from None
     except OSError as e:
@@ -468,7 +511,8 @@ def _text(data: bytes, where: str) -> str:
 
 def parse_sample(raw: dict, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[Any, list[str], dict]:
     """A raw sample -> (RGB image, its captions, its JSON metadata). The captions are the JSON's ``"captions"``,
-    else the ``.txt``, else the JSON's ``"caption"`` or ``"text"``. Raises :class:`BadSample` or ``ImageError``
+    else the ``.txt``, else the JSON's ``"caption"`` or ``"text"``; a ``"scene"`` must be a shapes scene
+    (:func:`mmrope.data.shapes.check_scene`). Raises :class:`BadSample` or ``ImageError``
     naming the shard and the key."""
     name = f"{raw['__url__']} {raw['__key__']}"
     meta = {}
@@ -493,6 +537,11 @@ def parse_sample(raw: dict, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple
     ext = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
     if ext is None:
         raise BadSample(f"{name}: no image ({', '.join('.' + e for e in IMAGE_EXTENSIONS)})")
+    if meta.get("scene") is not None:
+        try:
+            check_scene(meta["scene"], f"{name}.json")
+        except ValueError as e:
+            raise BadSample(str(e)) from None
     return image_from_bytes(raw[ext], f"{name}.{ext}", max_pixels), captions, meta
 
 
@@ -576,19 +625,25 @@ def shapes_samples(n: int, size: int = 64, seed: int = 0, level: int = 2, split:
         yield ShardSample(buffer.getvalue(), "png", list(scene["captions"]), f"{split}/{i}", scene)
 
 
-def write_shards(samples: Iterable[ShardSample | str], out: str | Path, samples_per_shard: int = 1000
-                 ) -> tuple[ShardSet, list[str]]:
+def write_shards(samples: Iterable[ShardSample | str], out: str | Path, samples_per_shard: int = 1000,
+                 overwrite: bool = False) -> tuple[ShardSet, list[str]]:
     """Write ``out/000000.tar ...`` (each sample as ``{key}.{ext}``, ``{key}.txt`` with the first caption, as
     img2dataset, and ``{key}.json`` with all of them, the id and the scene), ``out/captions.txt`` and, last,
     ``out/index.json``. The same samples give byte-identical files. A str among ``samples`` is a source that could
-    not be read: it is skipped and returned -> (the shard set written, the reasons of the skipped)."""
+    not be read: it is skipped and returned -> (the shard set written, the reasons of the skipped). A folder that
+    holds any file of those names is refused, naming them, unless ``overwrite``: then the earlier set's index and
+    numbered shards are removed first, and other files are left alone."""
     from webdataset import ShardWriter
 
     if samples_per_shard < 1:
         raise ValueError(f"--samples-per-shard must be at least 1, got {samples_per_shard}")
     out = Path(out)
-    if out.exists() and any(out.glob("*.tar")) or (out / "index.json").exists():
-        raise ValueError(f"{out}: already holds shards; write to a new folder")
+    earlier = _shard_set_files(out)
+    if earlier and not overwrite:
+        raise ValueError(f"{out}: holds {_listed(earlier)}, which writing shards there would overwrite: write to a "
+                         "new folder, or pass --overwrite")
+    for name in earlier:  # the index first: a folder with an index is a complete set
+        (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
     written: list[Shard] = []
     skipped: list[str] = []
@@ -617,38 +672,63 @@ def write_shards(samples: Iterable[ShardSample | str], out: str | Path, samples_
     if not key:
         raise ValueError("no sample could be read: nothing written")
     written = [s for s in written if s.samples]  # ShardWriter opens a shard before it knows whether one comes
-    for extra in sorted(set(out.glob("*.tar")) - {Path(s.url) for s in written}):
-        extra.unlink()
+    kept = {Path(s.url).name for s in written}
+    for extra in [n for n in _shard_set_files(out) if n.endswith(".tar") and n not in kept]:
+        (out / extra).unlink()  # that empty shard: the folder held no numbered shard before this writer
     _write_index(out / "index.json", written, captions, out)
     return read_shard_set(out / "index.json"), skipped
+
+
+def _shard_set_files(folder: Path) -> list[str]:
+    """The files of ``folder`` that :func:`write_shards` writes: ``index.json``, ``captions.txt``, ``NNNNNN.tar``."""
+    if not folder.is_dir():
+        return []
+    shards = sorted(p.name for p in folder.glob("*.tar") if len(p.stem) == 6 and p.stem.isdigit())
+    return [n for n in ("index.json", "captions.txt") if os.path.lexists(folder / n)] + shards
+
+
+def _listed(names: list[str]) -> str:
+    """``index.json, captions.txt and 3 shards (000000.tar ... 000002.tar)``."""
+    shards = [n for n in names if n.endswith(".tar")]
+    parts = [n for n in names if not n.endswith(".tar")]
+    if shards:
+        parts.append(f"{len(shards)} shard{'s' * (len(shards) > 1)} ({shards[0]}"
+                     f"{' ... ' + shards[-1] if len(shards) > 1 else ''})")
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+
+
+def _index_name(url: str, folder: Path) -> str:
+    """How an index in ``folder`` names ``url``: relative to the folder when inside it (after links), else as
+    an absolute path; a URL as it is."""
+    if _is_url(url):
+        return url
+    try:
+        return str(Path(url).resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(Path(url).resolve())
 
 
 def _write_index(path: Path, shards: list[Shard], captions: list[str], folder: Path) -> None:
     """``captions.txt`` and ``index.json`` (written last, through a temporary file, so a folder with an index is
     complete); local shards under ``folder`` are named relative to it."""
-    import os
-
-    def name(url: str) -> str:
-        if _is_url(url):
-            return url
-        try:
-            return str(Path(url).resolve().relative_to(folder.resolve()))
-        except ValueError:
-            return str(Path(url).resolve())
-
-    (folder / "captions.txt").write_text("".join(c + "\n" for c in captions), encoding="utf-8")
     index = {"format": INDEX_FORMAT, "version": 1, "samples": sum(s.samples for s in shards),
-             "captions": "captions.txt", "shards": [{"url": name(s.url), "samples": s.samples} for s in shards]}
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+             "captions": "captions.txt", "shards": [{"url": _index_name(s.url, folder), "samples": s.samples}
+                                                     for s in shards]}
+    for target, text in ((folder / "captions.txt", "".join(c + "\n" for c in captions)),
+                         (path, json.dumps(index, indent=1) + "\n")):
+        temporary = target.with_name(f".{target.name}.tmp")  # replaced whole: a link there is not written through
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, target)
 
 
-def index_shards(urls: str | list[str], out: str | Path) -> tuple[ShardSet, int]:
+def index_shards(urls: str | list[str], out: str | Path, trust: bool = False, overwrite: bool = False
+                 ) -> tuple[ShardSet, int]:
     """Count the samples of existing shards (img2dataset's, say: a brace pattern such as
     ``data/laion/{00000..00099}.tar``, expanded by webdataset) and collect their captions -> ``out`` (an
     ``index.json``) with ``captions.txt`` beside it. Reads every shard once, images skipped without decoding ->
-    (the shard set, how many samples had no usable caption)."""
+    (the shard set, how many samples had no usable caption). Shards the index could not name untrusted (URLs,
+    ``pipe:`` commands, files outside its folder: :func:`resolve_entry`) are refused before any is read unless
+    ``trust``; an existing ``out`` or ``captions.txt`` beside it unless ``overwrite``."""
     from webdataset.shardlists import expand_urls
 
     out = Path(out)
@@ -657,10 +737,16 @@ def index_shards(urls: str | list[str], out: str | Path) -> tuple[ShardSet, int]
     names = expand_urls(urls) if isinstance(urls, str) else list(urls)
     if not names:
         raise ValueError(f"{urls}: names no shard")
-    shards, captions, uncaptioned = [], [], 0
     for url in names:
+        resolve_entry(str(out), "shard", _index_name(url, out.parent), trust)
         if not _is_url(url) and not Path(url).is_file():
             raise ShardError(f"{url}: shard missing (no such file)")
+    earlier = [p.name for p in (out, out.parent / "captions.txt") if os.path.lexists(p)]
+    if earlier and not overwrite:
+        raise ValueError(f"{out.parent}: holds {_listed(earlier)}, which indexing there would overwrite: choose "
+                         "another --out, or pass --overwrite")
+    shards, captions, uncaptioned = [], [], 0
+    for url in names:
         seen: dict = {}
         with_text = 0
         for sample in read_shard(Shard(url, None), select=_text_members, seen=seen):
@@ -675,7 +761,7 @@ def index_shards(urls: str | list[str], out: str | Path) -> tuple[ShardSet, int]
         shards.append(Shard(url, count))
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_index(out, shards, captions, out.parent)
-    return read_shard_set(out), uncaptioned
+    return read_shard_set(out, trust), uncaptioned
 
 
 def _text_members(ext: str) -> bool:

@@ -81,16 +81,17 @@ def records_set(path: str | Path, image_dir: str | Path | None = None, n: int | 
                    scenes if all(s is not None for s in scenes) else None, resize)
 
 
-def shards_set(spec: str | Path, n: int | None = None, resize: str = "fixed") -> EvalSet:
-    """The first ``n`` samples of WebDataset shards (an ``index.json`` or its folder; :mod:`mmrope.data.shards`),
-    read into memory (evaluation sets are small); a bad sample is left out with one warning naming it."""
+def shards_set(spec: str | Path, n: int | None = None, resize: str = "fixed", trust: bool = False) -> EvalSet:
+    """The first ``n`` samples of WebDataset shards (an ``index.json`` or its folder; :mod:`mmrope.data.shards`;
+    ``trust``: may the index name URLs, commands and other paths), read into memory (evaluation sets are small); a
+    bad sample is left out with one warning naming it."""
     import logging
 
     from mmrope.data.images import ImageError
     from mmrope.data.shards import BadSample, parse_sample, read_shard, read_shard_set
 
     images, references, scenes = [], [], []
-    for shard in read_shard_set(spec).shards:
+    for shard in read_shard_set(spec, trust).shards:
         for raw in read_shard(shard):
             if n is not None and len(images) >= n:
                 break
@@ -109,14 +110,15 @@ def shards_set(spec: str | Path, n: int | None = None, resize: str = "fixed") ->
 
 
 def resolve_data(data: str | dict, train_size: int, split: str = "test", n: int | None = None,
-                 level: int = 2, allow_outside: bool = False) -> EvalSet:
+                 level: int = 2, allow_outside: bool = False, trust_shards: bool = False) -> EvalSet:
     """What ``--data`` names: ``shapes`` (``level``, canvas ``train_size``), a resolved ``data:`` section of a
     training config (:func:`data_set`; ``mmrope eval`` resolves a YAML with ``mmrope.train.config_reader``) or a
-    dataset path."""
+    dataset path. ``allow_outside``: caption files may name images outside their folder; ``trust_shards``: a
+    shard index may name URLs, commands and other paths."""
     if n is not None and n <= 0:
         raise ValueError(f"--n must be positive, got {n}")
     if isinstance(data, dict):
-        return data_set(data, split, n, allow_outside)
+        return data_set(data, split, n, allow_outside, trust_shards=trust_shards)
     if data == "shapes":
         return shapes_set(level, train_size, split, n or DEFAULT_SHAPES_N)
     path = Path(data)
@@ -124,12 +126,12 @@ def resolve_data(data: str | dict, train_size: int, split: str = "test", n: int 
         raise ValueError(f"{path}: no such file or folder: expected a YAML config, a dataset (a folder with "
                          "metadata.jsonl, a COCO .json or a .csv), shards (their index.json) or the word shapes")
     if path.name == "index.json" or (path / "index.json").is_file() and not (path / "metadata.jsonl").is_file():
-        return shards_set(path, n)
+        return shards_set(path, n, trust=trust_shards)
     return records_set(path, n=n, allow_outside=allow_outside)
 
 
 def data_set(data: dict, split: str = "test", n: int | None = None, allow_outside: bool = False,
-             where: str | Path = "the data config") -> EvalSet:
+             where: str | Path = "the data config", trust_shards: bool = False) -> EvalSet:
     """The evaluation set of a resolved ``data:`` section (:func:`mmrope.train.config_reader.read_config`): ``n``
     scenes or clips of ``split`` drawn as training draws them, or the split's caption file."""
     size = data["image_size"]
@@ -145,7 +147,8 @@ def data_set(data: dict, split: str = "test", n: int | None = None, allow_outsid
     if not file:
         raise ValueError(f"{where}: data has no test or val caption file to evaluate on")
     if data["dataset"] == "shards":
-        return shards_set(file, n, data.get("resize", "fixed"))
+        trust = trust_shards or bool((data.get("shards") or {}).get("trust_index"))
+        return shards_set(file, n, data.get("resize", "fixed"), trust)
     return records_set(file, data.get("image_dir"), n, data.get("resize", "fixed"),
                        allow_outside or bool(data.get("allow_outside_paths")))
 

@@ -79,6 +79,9 @@ class ClipsConfig:
 class ShardsConfig:
     """WebDataset shards (``data.dataset: shards``; see :mod:`mmrope.data.shards`)."""
     shuffle_window: int = 1000  # training samples shuffled together within each worker: memory is this many samples
+    # an index arrives with the data: only files inside its folder unless it is trusted to name URLs (https://,
+    # gs://), pipe: commands (run by the shell) and other paths; see mmrope.data.shards.resolve_entry
+    trust_index: bool = False
 
 
 class CaptionDataModule(L.LightningDataModule):
@@ -92,7 +95,8 @@ class CaptionDataModule(L.LightningDataModule):
     (break tokens closing media rows) from its ``position_scheme``. Unreadable images are skipped
     (``on_bad_image: skip``) until more than ``max_skipped_fraction`` of the samples drawn were (see
     :class:`BadDataGuard`); ``on_bad_image: raise`` stops at the first. Caption files may only name images
-    inside their folder (or ``image_dir``) unless ``allow_outside_paths`` is set.
+    inside their folder (or ``image_dir``) unless ``allow_outside_paths`` is set, and a shard index only files
+    inside its own folder unless ``shards.trust_index`` is.
     """
 
     def __init__(self, dataset: Literal["shapes", "clips", "captions", "shards"] = "shapes",
@@ -175,7 +179,7 @@ class CaptionDataModule(L.LightningDataModule):
         if self.dataset == "shards":
             from mmrope.data.shards import read_shard_set
 
-            return read_shard_set(self.paths["train"]).read_captions()
+            return read_shard_set(self.paths["train"], self.shards.trust_index).read_captions()
         return [c for r in self._records("train") for c in r.captions]
 
     def _records(self, split: str):
@@ -236,8 +240,8 @@ class CaptionDataModule(L.LightningDataModule):
             raise ValueError(f"data.{split} is not set: give the shard index.json of that split")
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        return ShardStream(read_shard_set(self.paths[split]), self._transform(split == "train", size),
-                           train=split == "train", seed=self.seed,
+        shard_set = read_shard_set(self.paths[split], self.shards.trust_index)
+        return ShardStream(shard_set, self._transform(split == "train", size), train=split == "train", seed=self.seed,
                            batch_size=self.batch_size if split == "train" else self.eval_batch_size, rank=rank,
                            world_size=world, num_workers=self.num_workers, shuffle_window=self.shards.shuffle_window,
                            on_bad_image=self.on_bad_image)
