@@ -73,3 +73,14 @@ def test_shapes_batch_with_word_tokenizer():
     assert set(words) <= {5, 6} and batch["input_ids"].shape == (6, 16 + 2 + max(words) + 1)
     assert all(s["level"] == 2 for s in batch["scenes"])
     assert tok.decode(batch["labels"][0][batch["labels"][0] != IGNORE_INDEX].tolist()) == batch["captions"][0]
+
+
+def test_loss_words_leave_only_those_words_as_targets():
+    """The relation-only diagnostic: the caption is read in full, but only its relation word is predicted."""
+    data = ShapesDataset(4, split="train", level=2, loss_words=("left", "right", "above", "below"))
+    tokenizer = WordTokenizer.train([data[i]["caption"] for i in range(4)] + ["left right above below"])
+    batch = CaptionCollator(tokenizer, patch_size=8, merge_size=2)([data[i] for i in range(4)])
+    for row, labels, caption in zip(batch["input_ids"], batch["labels"], batch["captions"]):
+        targets = [tokenizer.decode([t]) for t in labels.tolist() if t != IGNORE_INDEX]
+        assert len(targets) == 1 and targets[0] in ("left", "right", "above", "below")
+        assert tokenizer.encode(caption)[0] in row.tolist()  # the whole caption is still read

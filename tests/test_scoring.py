@@ -116,3 +116,16 @@ def test_aggregate_means_over_samples_that_have_the_key():
     assert agg == {"relation": 0.5, "exact": 0.5, "count": 1.0, "n": 2}
     with pytest.raises(ValueError, match="2 predictions for 1 scenes"):
         score_captions(["a", "b"], [level2_scene()])
+
+
+def test_relation_given_both_objects_named_right():
+    """A caption that names the wrong object is left out of relation_named instead of counted as a wrong relation."""
+    scene = level2_scene()
+    right = score_caption("red circle left of blue square", scene)
+    assert right["named"] == 1 and right["relation_named"] == 1 and right["axis_named"] == 1
+    wrong_side = score_caption("red circle right of blue square", scene)
+    assert wrong_side["named"] == 1 and wrong_side["relation_named"] == 0 and wrong_side["axis_named"] == 1
+    misnamed = score_caption("red circle left of green square", scene)
+    assert misnamed["named"] == 0 and "relation_named" not in misnamed
+    scores = aggregate([right, wrong_side, misnamed])
+    assert scores["named"] == pytest.approx(2 / 3) and scores["relation_named"] == 0.5 and scores["relation"] == 1 / 3

@@ -241,3 +241,64 @@ def test_export_over_an_earlier_one_is_refused_unless_overwrite(tmp_path):
     export(tmp_path / "a", "--seed", "2", "--overwrite")
     assert load_imagefolder(tmp_path / "a")[0].scene == sample_scene(2, 0, level=2)
     assert (tmp_path / "a/notes.txt").read_text() == "mine"
+
+
+# --- options that isolate one skill --------------------------------------------------------------------------------
+
+def test_inside_cells_keeps_each_object_wholly_in_its_place_cell():
+    """With a canvas of 3 patches a side each cell is one patch: every object's box (and its drawn pixels) stays in
+    the cell its caption names, so no patch's content tells another cell's place."""
+    from mmrope.data.shapes import COLS, ROWS, place_name
+
+    cells = {place_name(row, col): (r, c) for r, row in enumerate(ROWS) for c, col in enumerate(COLS)}
+    for i in range(200):
+        s = sample_scene(0, i, "train", level=1, canvas=48, inside_cells=True)
+        o = s["objects"][0]
+        r_i, c_i = cells[o["place"]]
+        assert c_i / 3 < o["x"] - o["r"] and o["x"] + o["r"] < (c_i + 1) / 3
+        assert r_i / 3 < o["y"] - o["r"] and o["y"] + o["r"] < (r_i + 1) / 3
+        pixels = np.asarray(render_scene(s)).max(axis=2) > s["background"] + 40
+        ys, xs = np.nonzero(pixels)
+        assert xs.min() >= 16 * c_i and xs.max() < 16 * (c_i + 1) and ys.min() >= 16 * r_i and ys.max() < 16 * (r_i + 1)
+
+
+def test_reading_order_names_the_leftmost_or_topmost_first():
+    for i in range(100):
+        s = sample_scene(0, i, "train", level=2, caption_order="reading")
+        assert " left of " in s["captions"][0] or " above " in s["captions"][0]
+        # the same facts, the other way round, stay a reference
+        random_order = sample_scene(0, i, "train", level=2)
+        assert sorted(s["captions"]) == sorted(random_order["captions"])
+
+
+def test_colours_and_shapes_narrow_the_scene_vocabulary():
+    for i in range(50):
+        s = sample_scene(0, i, "train", level=2, colours=("red", "green", "blue"), shapes=("square",))
+        assert {o["shape"] for o in s["objects"]} == {"square"}
+        # red is square's held-out colour: only green and blue squares in the training split
+        assert sorted(o["colour"] for o in s["objects"]) == ["blue", "green"]
+    with pytest.raises(ValueError, match="shapes colours must be distinct names"):
+        sample_scene(0, 0, level=2, colours=("red", "mauve"))
+
+
+def test_mixed_levels_draw_each_scene_s_level_from_its_index():
+    data = ShapesDataset(200, split="train", seed=3, level=2, mix_levels=(1, 2), fresh_each_epoch=True)
+    levels = [data.scene(i)["level"] for i in range(200)]
+    assert 60 < levels.count(1) < 140 and set(levels) == {1, 2}
+    again = ShapesDataset(200, split="train", seed=3, level=2, mix_levels=(1, 2), fresh_each_epoch=True)
+    assert [again.scene(i)["level"] for i in range(200)] == levels
+
+
+def test_size_protocols():
+    from mmrope.data.shapes import SIZE_PROTOCOLS, render_at
+
+    s = sample_scene(0, 5, "test", level=1, canvas=48, inside_cells=True)
+    own = np.asarray(render_scene(s))
+    anchored = np.asarray(render_at(s, 96, "anchored"))
+    assert anchored.shape == (96, 96, 3) and np.array_equal(anchored[:48, :48], own)
+    assert (anchored[48:] == s["background"]).all() and (anchored[:, 48:] == s["background"]).all()
+    assert foreground(render_at(s, 96, "same_pixels"), s) == pytest.approx(foreground(own, s), rel=0.15)
+    assert foreground(render_at(s, 96, "scaled"), s) == pytest.approx(4 * foreground(own, s), rel=0.15)
+    assert set(SIZE_PROTOCOLS) == {"scaled", "same_pixels", "anchored"}
+    with pytest.raises(ValueError, match="size protocol 'zoomed' is unknown"):
+        render_at(s, 96, "zoomed")

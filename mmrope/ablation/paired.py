@@ -33,7 +33,8 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo, hi = centre - half, centre + half  # 0 and 1 exactly at 0/n and n/n, but for rounding
+    return (0.0 if successes <= 0 else max(0.0, lo)), (1.0 if successes >= n else min(1.0, hi))
 
 
 def mcnemar(a: list[list[float]], b: list[list[float]]) -> tuple[int, int, float]:

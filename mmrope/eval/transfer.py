@@ -29,8 +29,8 @@ def _third(fraction: float) -> int:
     return min(2, max(0, int(fraction * 3)))
 
 
-def _clamp(i: float, n: int) -> int:
-    return min(n - 1, max(0, round(i)))
+def _clamp(i: int, n: int) -> int:
+    return min(n - 1, max(0, i))
 
 
 def predicted_place(scene: dict, size: int, protocol: str, rule: str, patch: int, train_size: int) -> str:
@@ -44,8 +44,8 @@ def predicted_place(scene: dict, size: int, protocol: str, rule: str, patch: int
     grid, train_grid = size // patch, train_size // patch
     if rule == "corner":
         col, row = _clamp(col, train_grid), _clamp(row, train_grid)
-    elif rule == "centre":
-        shift = (train_grid - grid) / 2
+    elif rule == "centre":  # offsets from the centre patch, (n - 1) // 2, as VideoRoPE centres h and w
+        shift = (train_grid - 1) // 2 - (grid - 1) // 2
         col, row = _clamp(col + shift, train_grid), _clamp(row + shift, train_grid)
     elif rule == "raster":
         index = row * grid + col

@@ -1,0 +1,45 @@
+"""The transfer rules: what id geometry alone predicts off the training size, checked on scenes whose answer is known
+by hand."""
+
+import pytest
+
+from mmrope.data.shapes import sample_scene
+from mmrope.eval.transfer import RULES, predicted_place, rule_accuracy
+
+
+def scene(x: float, y: float, place: str, canvas: int = 48) -> dict:
+    return {"canvas": canvas, "objects": [{"x": x, "y": y, "place": place}]}
+
+
+def test_every_rule_is_right_at_the_training_size_on_a_grid_of_cells():
+    scenes = [sample_scene(0, i, "test", level=1, canvas=48, inside_cells=True) for i in range(100)]
+    for rule in RULES:
+        assert rule_accuracy(scenes, 48, "scaled", rule, patch=16, train_size=48) == 1.0
+
+
+def test_rules_by_hand_at_twice_the_size():
+    """A top-right object (x 0.8, y 0.2) of a 48 px scene; trained on 3 x 3 patches of 16 px."""
+    s = scene(0.8, 0.2, "top right")
+    # scaled to 96 px (6 x 6 patches) it sits in patch (row 1, col 4)
+    assert predicted_place(s, 96, "scaled", "normalised", 16, 48) == "top right"  # (4.5 / 6, 1.5 / 6)
+    assert predicted_place(s, 96, "scaled", "corner", 16, 48) == "right"  # (1, 4) clamped to (1, 2)
+    assert predicted_place(s, 96, "scaled", "centre", 16, 48) == "top right"  # (1, 4) - (2, 2) + (1, 1) = (0, 3) -> (0, 2)
+    assert predicted_place(s, 96, "scaled", "raster", 16, 48) == "bottom"  # index 1 * 6 + 4 = 10 -> (3, 1) -> (2, 1)
+    # anchored in the corner of 96 px, the 48 px scene keeps its patch (0, 2)
+    assert predicted_place(s, 96, "anchored", "corner", 16, 48) == "top right"
+    assert predicted_place(s, 96, "anchored", "normalised", 16, 48) == "top"  # (2.5 / 6, 0.5 / 6)
+    assert predicted_place(s, 96, "anchored", "centre", 16, 48) == "top"  # (0, 2) - (2, 2) + (1, 1) -> (0, 1)
+    assert predicted_place(s, 96, "anchored", "raster", 16, 48) == "top right"  # index 2 -> (0, 2)
+
+
+def test_the_id_transfer_rule_predicts_the_old_benchmarks_flat_decoder():
+    """On the 64 px place recipe (patches straddle places), the raster rule reproduces the flat decoder's collapse
+    at 1.5x that the issue measured (0.137 over 3 seeds): a rule that trains nothing."""
+    scenes = [sample_scene(0, i, "test", level=1, canvas=64) for i in range(300)]
+    assert rule_accuracy(scenes, 96, "scaled", "raster", 16, 64) == pytest.approx(0.107, abs=0.01)
+    assert rule_accuracy(scenes, 96, "scaled", "normalised", 16, 64) == 1.0
+
+
+def test_unknown_rule_is_one_line():
+    with pytest.raises(ValueError, match="transfer rule 'diagonal' is unknown"):
+        predicted_place(scene(0.5, 0.5, "centre"), 48, "scaled", "diagonal", 16, 48)
