@@ -289,12 +289,16 @@ def gif_of_dots(width: int, height: int, frames: int, screen: tuple[int, int] | 
     """A GIF with a width x height canvas and ``frames`` frames of one pixel each, the first in the bottom-right
     corner: 23 bytes a frame, while every frame decodes to the whole canvas. ``screen`` is the size its header says
     (default: the canvas); Pillow enlarges a smaller one to hold the frames."""
+    dots = [(width - 1 - i % width, height - 1 - i // width % height) for i in range(frames)]
+    return gif_bytes(screen or (width, height), dots)
+
+
+def gif_bytes(screen: tuple[int, int], dots: list[tuple[int, int]]) -> bytes:
+    """A GIF whose header says ``screen`` and whose frames are one white pixel each, at ``dots``, 100 ms each."""
     import struct
 
-    header = struct.pack("<HH", *(screen or (width, height)))
-    data = bytearray(b"GIF89a" + header + b"\x80\0\0" + b"\0\0\0\xff\xff\xff")
-    for i in range(frames):
-        x, y = width - 1 - i % width, height - 1 - i // width % height
+    data = bytearray(b"GIF89a" + struct.pack("<HHBBB", *screen, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff")
+    for x, y in dots:
         data += b"\x21\xf9\x04\x04" + struct.pack("<H", 10) + b"\x00\x00"  # graphic control: 100 ms, keep drawn
         data += b"\x2c" + struct.pack("<HHHH", x, y, 1, 1) + b"\x00"  # a 1x1 image
         data += b"\x02\x02\x4c\x01\x00"  # LZW: clear, pixel 1, end
@@ -370,6 +374,18 @@ def test_gif_frames_agree_with_pillow(tmp_path):
                 frames.append(frame.size)
             assert gif_frames(path, 10**6) == (len(frames), *max(frames)), path
     assert gif_frames(tmp_path / "dots.gif", 10)[0] == 10
+
+
+def test_frames_that_grow_the_canvas_give_frames_of_one_size(tmp_path):
+    path = tmp_path / "grows.gif"  # the header says 4 x 4; the second frame's dot is at (29, 19)
+    path.write_bytes(gif_bytes((4, 4), [(0, 0), (29, 19)]))
+    with Image.open(path) as img:
+        assert [frame.size for frame in ImageSequence.Iterator(img)] == [(4, 4), (30, 20)]
+    assert gif_frames(path, 10) == (2, 30, 20)
+    clip = load_clip(path)
+    assert [frame.size for frame in clip.frames] == [(30, 20), (30, 20)]  # so that a clip stacks in any resize
+    with pytest.raises(ImageError, match="2 frames of 30x20 = 1200 pixels to decode"):  # the grown canvas counts
+        load_clip(path, max_clip_pixels=1000)
 
 
 def test_a_named_pipe_is_never_opened(tmp_path):

@@ -226,7 +226,17 @@ def _load_animation(path: Path, img: Image.Image, n: int, canvas: tuple[int, int
         raise ImageError(path, f"truncated animation: the header counts {n} frames, {len(durations)} were decoded")
     known = [d for d in durations if d is not None]
     fps = 1000 * len(known) / sum(known) if known and sum(known) > 0 else None  # ms per frame -> frames per second
+    # A GIF frame that reaches past the canvas makes Pillow enlarge it from there on, keeping what was drawn at the
+    # top left: earlier frames get the same room, empty (white, as transparency is composited)
+    size = frames[-1].size
+    frames = [f if f.size == size else _on_white(f, size) for f in frames]
     return Clip(frames, _thinned_fps(fps, n, len(frames)), str(path))
+
+
+def _on_white(frame: Image.Image, size: tuple[int, int]) -> Image.Image:
+    canvas = Image.new("RGB", size, (255, 255, 255))
+    canvas.paste(frame, (0, 0))
+    return canvas
 
 
 def frames_to_gif(frames: list[Image.Image], path: str | Path, fps: float = 2.0) -> Path:
