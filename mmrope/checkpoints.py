@@ -8,7 +8,7 @@ Both are read so that a file can neither run code nor fail with a traceback: ``t
 ``weights_only=True`` (pickled objects are refused, whatever torch's default or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``),
 and every way a file can be wrong (empty, torn, random bytes, crafted, another architecture, a config with a wrong
 type) is one ``ValueError`` line naming the file and what is wrong. Exports are written atomically: a folder is
-complete or absent.
+complete or absent, and only an empty folder or a previous export is ever replaced.
 """
 
 from __future__ import annotations
@@ -54,15 +54,16 @@ def load_error_reason(e: BaseException) -> str:
     return one_line(e, 200)
 
 
-def load_torch_file(path: str | Path) -> Any:
-    """``torch.load`` that never runs code and fails with one line naming ``path``."""
+def load_torch_file(path: str | Path, mmap: bool = False) -> Any:
+    """``torch.load`` that never runs code and fails with one line naming ``path``. ``mmap=True`` maps the tensors
+    instead of reading them: what reading one entry of a large checkpoint costs."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file, not a checkpoint")
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        return torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
     except Exception as e:  # noqa: BLE001 - a torn zip, a text file, a crafted pickle: each raises its own
         raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint: {load_error_reason(e)}") from None
 
@@ -127,16 +128,16 @@ def write_exported(directory: str | Path, config: CaptionerConfig, model: nn.Mod
     """Write ``config.json``, ``model.safetensors`` and ``tokenizer.json`` to ``directory``, atomically.
 
     The files go to a temporary folder beside ``directory``, which then replaces it in one rename: a full disk or a
-    kill leaves the previous export (or nothing) in place, never a half-written folder. ``save_model`` stores the
-    tied head / embedding once (``save_file`` refuses shared tensors); :func:`load_weights` re-ties them.
+    kill leaves the previous export (or nothing) in place, never a half-written folder. Only a missing or empty
+    folder, or a previous export (:func:`is_export`), is replaced; a folder holding anything else is refused before
+    anything is written. ``save_model`` stores the tied head / embedding once (``save_file`` refuses shared
+    tensors); :func:`load_weights` re-ties them.
     """
     from safetensors.torch import save_model
 
     from mmrope import __version__
 
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"{directory}: exists and is not a folder")
+    directory = export_target(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.exporting-{os.getpid()}")
     old = directory.with_name(f".{directory.name}.replaced-{os.getpid()}")
@@ -161,6 +162,39 @@ def write_exported(directory: str | Path, config: CaptionerConfig, model: nn.Mod
         raise OSError(f"cannot write the export {directory}: {reason}") from None
     shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def export_target(directory: str | Path) -> Path:
+    """The folder an export to ``directory`` replaces (a link's target), after refusing one that is neither missing,
+    empty nor a previous export: ``--out runs/x`` must not take a run's checkpoints and logs with it."""
+    directory = Path(directory)
+    if directory.is_symlink():  # replace what the link leads to, and keep the link
+        directory = Path(os.path.realpath(directory))
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory}: exists and is not a folder")
+    if directory.is_dir():
+        held = sorted(p.name for p in directory.iterdir())
+        if held and not is_export(directory):
+            shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+            raise ValueError(f"{directory}: holds {shown}, not an mmrope export: refusing to replace it; give a new "
+                             "or empty folder")
+    return directory
+
+
+def is_export(directory: Path) -> bool:
+    """True for a folder :func:`write_exported` wrote: exactly its three files, the weights marked as mmrope's
+    (every export's ``model.safetensors`` carries ``mmrope_version`` in its metadata)."""
+    from safetensors import safe_open
+
+    if sorted(p.name for p in directory.iterdir()) != sorted(EXPORT_FILES):
+        return False
+    if any(not (directory / name).is_file() or (directory / name).is_symlink() for name in EXPORT_FILES):
+        return False
+    try:
+        with safe_open(directory / "model.safetensors", framework="pt") as weights:
+            return "mmrope_version" in (weights.metadata() or {})
+    except Exception:  # noqa: BLE001 - a file that is not safetensors is not our export
+        return False
 
 
 def config_from_dict(d: Any, where: str | Path) -> CaptionerConfig:

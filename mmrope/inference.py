@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from mmrope.checkpoints import load_weights, read_checkpoint, read_exported, write_exported
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, ImageTransform, load_image, to_rgb
 from mmrope.data.tokenizer import Tokenizer
-from mmrope.data.videos import Clip, is_clip_path, load_clip
+from mmrope.data.videos import DEFAULT_MAX_CLIP_FRAMES, DEFAULT_MAX_CLIP_PIXELS, Clip, is_clip_path, load_clip
 from mmrope.model.captioner import Captioner
 from mmrope.model.config import CaptionerConfig
 
@@ -109,26 +109,34 @@ class CaptionPipeline:
 
     def prepare(self, image: ImageInput, size: int | None = None, resize: str = "fixed",
                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_frames: int = DEFAULT_MAX_FRAMES,
-                fps: float | None = None) -> tuple[torch.Tensor, float | None]:
+                fps: float | None = None, max_clip_pixels: int = DEFAULT_MAX_CLIP_PIXELS,
+                max_clip_frames: int = DEFAULT_MAX_CLIP_FRAMES) -> tuple[torch.Tensor, float | None]:
         """As :meth:`preprocess`, with the clip's seconds per temporal patch (None for an image): what
         ``Captioner.generate`` takes as ``second_per_grid_t``, as :meth:`caption` passes it."""
-        return self._prepare(image, self.transform(size, resize), max_pixels, max_frames, fps)
+        return self._prepare(image, self.transform(size, resize), max_pixels, max_frames, fps,
+                             (max_clip_pixels, max_clip_frames))
 
     @staticmethod
-    def _open(image: ImageInput, max_pixels: int, max_frames: int) -> Image.Image | Clip:
+    def _open(image: ImageInput, max_pixels: int, max_frames: int,
+              clip_limits: tuple[int, int] = (DEFAULT_MAX_CLIP_PIXELS, DEFAULT_MAX_CLIP_FRAMES)) -> Image.Image | Clip:
         if isinstance(image, Clip):
             return image
         if isinstance(image, Image.Image):
             return to_rgb(ImageOps.exif_transpose(image))  # upright, as load_image makes files
         if isinstance(image, str | Path):
-            return load_clip(image, max_frames, max_pixels) if is_clip_path(image) else load_image(image, max_pixels)
+            if is_clip_path(image):
+                return load_clip(image, max_frames, max_pixels, *clip_limits)
+            return load_image(image, max_pixels)
         raise TypeError(f"cannot caption a {type(image).__name__}: expected a path, a PIL image or a Clip")
 
     def _prepare(self, image: ImageInput, transform: ImageTransform, max_pixels: int, max_frames: int,
-                 fps: float | None = None) -> tuple[torch.Tensor, float | None]:
+                 fps: float | None = None,
+                 clip_limits: tuple[int, int] = (DEFAULT_MAX_CLIP_PIXELS, DEFAULT_MAX_CLIP_FRAMES),
+                 ) -> tuple[torch.Tensor, float | None]:
         """-> (image (3, H, W) or clip (T, 3, H, W), the clip's seconds per temporal patch or None). ``fps`` is the
-        frame rate of a clip that does not give one (default :data:`DEFAULT_FPS`)."""
-        opened = self._open(image, max_pixels, max_frames)
+        frame rate of a clip that does not give one (default :data:`DEFAULT_FPS`); ``clip_limits`` are
+        (``max_clip_pixels``, ``max_clip_frames``) of :func:`mmrope.data.videos.load_clip`."""
+        opened = self._open(image, max_pixels, max_frames, clip_limits)
         if isinstance(opened, Image.Image):
             return transform(opened), None
         frames = [to_rgb(f) for f in opened.frames]
@@ -140,12 +148,15 @@ class CaptionPipeline:
     def caption(self, images: ImageInput | Sequence[ImageInput], size: int | None = None, resize: str = "fixed",
                 batch_size: int = 16, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, seed: int | None = 0,
                 clip_mode: str = "block", max_frames: int = DEFAULT_MAX_FRAMES, fps: float | None = None,
+                max_clip_pixels: int = DEFAULT_MAX_CLIP_PIXELS, max_clip_frames: int = DEFAULT_MAX_CLIP_FRAMES,
                 **generate_kwargs) -> list[str]:
         r"""One caption per image or clip (paths, PIL images or :class:`Clip`\ s, any sizes); a bad file raises its
         ``ImageError``. A path to a folder or an animated GIF / WebP / PNG is a clip (at most ``max_frames``
         frames, evenly spaced), read as one (t, h, w) block or, with ``clip_mode="frames"``, as one image per
         frame: use what the model was trained with. ``fps``: the frame rate of clips whose file gives none (a
-        folder); it matters to models with ``tokens_per_second``.
+        folder); it matters to models with ``tokens_per_second``. ``max_pixels`` limits each image or frame;
+        ``max_clip_frames`` the frames of an animated file and ``max_clip_pixels`` the pixels of all the frames a
+        clip needs decoded, checked before decoding.
 
         ``generate_kwargs`` go to :meth:`Captioner.generate`: ``max_new_tokens`` (32), ``strategy`` ("greedy",
         "beam" or "sample"), ``num_beams``, ``length_penalty``, ``temperature``, ``top_p``. ``seed`` makes sampling
@@ -153,7 +164,7 @@ class CaptionPipeline:
         """
         captions = []
         for result in self.caption_each(images, size, resize, batch_size, max_pixels, seed, clip_mode, max_frames,
-                                        fps, **generate_kwargs):
+                                        fps, max_clip_pixels, max_clip_frames, **generate_kwargs):
             if isinstance(result, ImageError):
                 raise result
             captions.append(result)
@@ -162,10 +173,11 @@ class CaptionPipeline:
     def caption_each(self, images: ImageInput | Sequence[ImageInput], size: int | None = None,
                      resize: str = "fixed", batch_size: int = 16, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                      seed: int | None = 0, clip_mode: str = "block", max_frames: int = DEFAULT_MAX_FRAMES,
-                     fps: float | None = None, **generate_kwargs) -> Iterator[str | ImageError]:
+                     fps: float | None = None, max_clip_pixels: int = DEFAULT_MAX_CLIP_PIXELS,
+                     max_clip_frames: int = DEFAULT_MAX_CLIP_FRAMES, **generate_kwargs) -> Iterator[str | ImageError]:
         """As :meth:`caption`, but lazily, a batch at a time, and a bad file gives its ``ImageError`` in its place
         instead of stopping the others. Only one batch of images is in memory at once; a bad ``size``, ``resize``,
-        ``batch_size``, ``clip_mode``, ``max_frames`` or ``fps`` raises here, before any image is read."""
+        ``batch_size``, ``clip_mode``, ``max_frames``, ``fps`` or clip limit raises here, before any image is read."""
         if isinstance(images, str | Path | Image.Image | Clip):
             images = [images]
         if batch_size < 1:
@@ -176,20 +188,25 @@ class CaptionPipeline:
             raise ValueError(f"max_frames={max_frames}: expected at least 1")
         if fps is not None and not fps > 0:
             raise ValueError(f"fps={fps}: expected a positive frame rate")
+        if max_clip_pixels < 1 or max_clip_frames < 1:
+            raise ValueError(f"max_clip_pixels={max_clip_pixels}, max_clip_frames={max_clip_frames}: expected at "
+                             "least 1")
         transform = self.transform(size, resize)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
         return self._caption_batches(list(images), transform, batch_size, max_pixels, generator,
-                                     (clip_mode, max_frames, fps), generate_kwargs)
+                                     (clip_mode, max_frames, fps, (max_clip_pixels, max_clip_frames)),
+                                     generate_kwargs)
 
     def _caption_batches(self, images: list[ImageInput], transform: ImageTransform, batch_size: int,
-                         max_pixels: int, generator: torch.Generator | None, clips: tuple[str, int, float | None],
+                         max_pixels: int, generator: torch.Generator | None,
+                         clips: tuple[str, int, float | None, tuple[int, int]],
                          generate_kwargs: dict) -> Iterator[str | ImageError]:
-        clip_mode, max_frames, fps = clips
+        clip_mode, max_frames, fps, clip_limits = clips
         for start in range(0, len(images), batch_size):
             prompts, timing, errors = [], [], []
             for image in images[start:start + batch_size]:
                 try:
-                    media, seconds = self._prepare(image, transform, max_pixels, max_frames, fps)
+                    media, seconds = self._prepare(image, transform, max_pixels, max_frames, fps, clip_limits)
                 except ImageError as e:
                     errors.append(e)
                     continue

@@ -243,3 +243,58 @@ def test_shipped_grid_and_bad_grids(tmp_path):
         load_plan(bad, "huge")
     with pytest.raises(ValueError, match="arm 'rope2d-xyz' is not in"):
         load_plan(grid, "cpu", arms=["rope2d-xyz"])
+
+
+def damage_runs(plan, out: Path, damage: str) -> dict[str, str]:
+    """Four runs of ``plan`` (two arms x two seeds): one scored before, and three with a damaged file each ->
+    the words each failure must hold, by run."""
+    import json
+
+    import torch
+
+    runs = {(a, k): out / a / f"seed{k}" for a in TINY_ARMS for k in (0, 1)}
+    for run_dir in runs.values():
+        (run_dir / "checkpoints").mkdir(parents=True)
+    ckpt = runs[TINY_ARMS[0], 0] / "checkpoints/last.ckpt"
+    if damage == "truncated":
+        torch.save({"global_step": 2, "state_dict": {"w": torch.zeros(4096)}}, ckpt)
+        ckpt.write_bytes(ckpt.read_bytes()[:3000])
+    else:
+        ckpt.write_bytes(os.urandom(4096) if damage == "random" else b"")
+    (runs[TINY_ARMS[0], 1] / "eval.json").write_text('{"arm": "rope2d-mrope", "seed": 1, "ro')  # cut short
+    (runs[TINY_ARMS[1], 1] / "arm.json").write_text("")
+    rows = [{"split": split, "factor": f, "size": round(32 * f), "n": 8, "relation": 0.5, "attribute": 0.5}
+            for split in plan.splits for f in plan.factors]
+    (runs[TINY_ARMS[1], 0] / "eval.json").write_text(json.dumps({"eval": plan.eval_settings(), "rows": rows}))
+    reason = {"truncated": "cannot be read as a PyTorch checkpoint", "random": "cannot be read as a PyTorch checkpoint",
+              "empty": "empty file, not a checkpoint"}[damage]
+    return {f"{TINY_ARMS[0]} seed 0": f"{ckpt}: {reason}",
+            f"{TINY_ARMS[0]} seed 1": f"{runs[TINY_ARMS[0], 1] / 'eval.json'}: damaged, cannot be read",
+            f"{TINY_ARMS[1]} seed 1": f"{runs[TINY_ARMS[1], 1] / 'arm.json'}: damaged, cannot be read"}
+
+
+@pytest.mark.parametrize("damage", ["random", "empty", "truncated"])
+def test_damaged_run_files_fail_their_run_and_the_grid_goes_on(tmp_path, monkeypatch, capsys, damage):
+    """A damaged last.ckpt once stopped the whole grid with a 25-line traceback, and a cut eval.json with one line
+    that named no file: now each is its run's failure, named, and the others are scored and reported."""
+    grid, out = tiny_grid(tmp_path), tmp_path / "out"
+    plan = load_plan(grid, "tiny", seeds=2)
+    expected = damage_runs(plan, out, damage)
+    monkeypatch.setattr(runner, "train_command", lambda *a, **k: pytest.fail("nothing here is to be trained"))
+    assert cli.main(["ablate", "--config", str(grid), "--preset", "tiny", "--seeds", "2", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "| rope1d_flat-flat | 0.500 | 0.500 |" in captured.out
+    listed = captured.err[captured.err.index("mmrope ablate: 3 of 4 runs failed (rerun to retry them):"):]
+    lines = listed.splitlines()[1:]
+    assert len(lines) == 3
+    for line, (run, words) in zip(lines, expected.items()):
+        assert line.startswith(f"  {run}: ") and words in line, line
+    assert (out / "results.csv").exists()
+    assert "delete it to score the run again" in lines[1] and f"delete {out / TINY_ARMS[1] / 'seed1'}" in lines[2]
+
+    stacked = dataclasses.replace(plan, engine="stacked")  # the same damage, an arm's seeds at a time
+    expected = damage_runs(stacked, tmp_path / "stacked", damage)
+    rows, failures = runner.run_ablation(stacked, tmp_path / "stacked")
+    assert {(r["encoder"], r["seed"]) for r in rows} == {("rope1d_flat", 0)} and len(failures) == 3
+    for line, (run, words) in zip(failures, expected.items()):
+        assert line.startswith(f"{run}: ") and words in line, line

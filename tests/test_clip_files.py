@@ -2,13 +2,22 @@
 and every bad clip as one ImageError line."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from mmrope.data.images import ImageError
-from mmrope.data.videos import Clip, frame_indices, frames_to_folder, frames_to_gif, is_clip_path, load_clip
+from mmrope.data.videos import (
+    Clip,
+    frame_indices,
+    frames_to_folder,
+    frames_to_gif,
+    gif_frames,
+    is_clip_path,
+    load_clip,
+)
 
 # Flat colours survive GIF's palette exactly, and no two neighbours are equal (Pillow merges repeated GIF frames).
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255), (9, 9, 9),
@@ -272,3 +281,124 @@ def test_errors_pickle(tmp_path):
     with pytest.raises(ImageError) as e:
         load_clip(tmp_path / "nope")
     assert str(pickle.loads(pickle.dumps(e.value))) == str(e.value)
+
+
+# what a clip costs is bounded before decoding: a few KB of GIF can describe billions of pixels
+
+def gif_of_dots(width: int, height: int, frames: int, screen: tuple[int, int] | None = None) -> bytes:
+    """A GIF with a width x height canvas and ``frames`` frames of one pixel each, the first in the bottom-right
+    corner: 23 bytes a frame, while every frame decodes to the whole canvas. ``screen`` is the size its header says
+    (default: the canvas); Pillow enlarges a smaller one to hold the frames."""
+    dots = [(width - 1 - i % width, height - 1 - i // width % height) for i in range(frames)]
+    return gif_bytes(screen or (width, height), dots)
+
+
+def gif_bytes(screen: tuple[int, int], dots: list[tuple[int, int]]) -> bytes:
+    """A GIF whose header says ``screen`` and whose frames are one white pixel each, at ``dots``, 100 ms each."""
+    import struct
+
+    data = bytearray(b"GIF89a" + struct.pack("<HHBBB", *screen, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff")
+    for x, y in dots:
+        data += b"\x21\xf9\x04\x04" + struct.pack("<H", 10) + b"\x00\x00"  # graphic control: 100 ms, keep drawn
+        data += b"\x2c" + struct.pack("<HHHH", x, y, 1, 1) + b"\x00"  # a 1x1 image
+        data += b"\x02\x02\x4c\x01\x00"  # LZW: clear, pixel 1, end
+    return bytes(data + b"\x3b")
+
+
+def test_gif_of_dots_is_what_pillow_reads(tmp_path):
+    path = tmp_path / "dots.gif"
+    path.write_bytes(gif_of_dots(20, 10, 7))
+    clip = load_clip(path)
+    assert len(clip.frames) == 7 and clip.frames[0].size == (20, 10) and clip.fps == pytest.approx(10)
+    assert clip.frames[-1].getpixel((13, 9)) == (255, 255, 255)  # every dot drawn so far
+    assert gif_frames(path, 100) == (7, 20, 10)
+
+
+@pytest.mark.parametrize("width, height, frames, screen, words", [
+    (4000, 4000, 300, None, "300 frames of 4000x4000 = 4800000000 pixels to decode is over the limit max_clip_pixels="),
+    (7000, 7000, 200, None, "200 frames of 7000x7000 = 9800000000 pixels to decode is over the limit max_clip_pixels="),
+    (4000, 4000, 300, (1, 1), "300 frames of 4000x4000 = 4800000000 pixels"),  # a header that says 1 x 1
+    (10, 10, 100_000, None, "more than 1000 frames is over the limit max_clip_frames=1000"),
+])
+def test_a_few_kb_gif_is_refused_in_bounded_time_and_memory(tmp_path, width, height, frames, screen, words):
+    """The first two once took 25 s and 49 s and up to 6.9 GB; the last makes Pillow read 100,000 frame headers to
+    count them. Measured in a fresh process: its peak memory is its own."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "dots.gif"
+    path.write_bytes(gif_of_dots(width, height, frames, screen))
+    assert path.stat().st_size < 25 * frames + 100
+    probe = ("import resource, sys, time\n"
+             "from mmrope.data.videos import load_clip\n"
+             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+             "start = time.perf_counter()\n"
+             "try:\n"
+             "    load_clip(sys.argv[1])\n"
+             "except ValueError as e:\n"
+             "    print(e)\n"
+             "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
+    proc = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=120)
+    error, measured = proc.stdout.splitlines()
+    seconds, kilobytes = measured.split()
+    assert error.startswith(f"{path}: ") and words in error
+    assert float(seconds) < 2 and int(kilobytes) < 100_000  # < 100 MB over what the imports took
+
+
+def test_clip_limits_count_the_frames_decoded(tmp_path):
+    path = frames_to_gif(flat_frames(6), tmp_path / "six.gif")  # 16 x 12
+    assert len(load_clip(path, max_clip_pixels=6 * 16 * 12, max_clip_frames=6).frames) == 6
+    with pytest.raises(ImageError, match="6 frames of 16x12 = 1152 pixels to decode is over the limit"):
+        load_clip(path, max_clip_pixels=6 * 16 * 12 - 1)
+    with pytest.raises(ImageError, match="more than 5 frames is over the limit max_clip_frames=5"):
+        load_clip(path, max_clip_frames=5)
+    middle = load_clip(path, max_frames=1, max_clip_pixels=4 * 16 * 12)  # decoding stops at the kept frame, 3 of 6
+    assert colours(middle) == [COLOURS[2]] and middle.fps is None
+    folder = frames_to_folder(flat_frames(4), tmp_path / "frames")
+    with pytest.raises(ImageError, match="4 frames of 16x12 = 768 pixels to decode is over the limit"):
+        load_clip(folder, max_clip_pixels=700)
+
+
+def test_gif_frames_agree_with_pillow(tmp_path):
+    rng = np.random.default_rng(0)
+    noisy = [Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)) for _ in range(5)]
+    noisy[0].save(tmp_path / "local_palettes.gif", save_all=True, append_images=noisy[1:], duration=50,
+                  comment=b"x" * 600)
+    frames_to_gif(flat_frames(9), tmp_path / "flat.gif")
+    (tmp_path / "dots.gif").write_bytes(gif_of_dots(8, 8, 40))
+    (tmp_path / "grows.gif").write_bytes(gif_of_dots(30, 20, 3, screen=(4, 4)))  # Pillow enlarges the canvas
+    for path in [*tmp_path.iterdir(), Path(__file__).parents[1] / "data/samples/clips/moves.gif"]:
+        with Image.open(path) as img:
+            frames = []
+            for frame in ImageSequence.Iterator(img):
+                frames.append(frame.size)
+            assert gif_frames(path, 10**6) == (len(frames), *max(frames)), path
+    assert gif_frames(tmp_path / "dots.gif", 10)[0] == 10
+
+
+def test_frames_that_grow_the_canvas_give_frames_of_one_size(tmp_path):
+    path = tmp_path / "grows.gif"  # the header says 4 x 4; the second frame's dot is at (29, 19)
+    path.write_bytes(gif_bytes((4, 4), [(0, 0), (29, 19)]))
+    with Image.open(path) as img:
+        assert [frame.size for frame in ImageSequence.Iterator(img)] == [(4, 4), (30, 20)]
+    assert gif_frames(path, 10) == (2, 30, 20)
+    clip = load_clip(path)
+    assert [frame.size for frame in clip.frames] == [(30, 20), (30, 20)]  # so that a clip stacks in any resize
+    with pytest.raises(ImageError, match="2 frames of 30x20 = 1200 pixels to decode"):  # the grown canvas counts
+        load_clip(path, max_clip_pixels=1000)
+
+
+def test_a_named_pipe_is_never_opened(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.gif"
+    os.mkfifo(fifo)
+    assert not is_clip_path(fifo)
+    with pytest.raises(ImageError) as e:
+        load_clip(fifo)
+    assert_one_line_error(e, fifo, ["a named pipe (FIFO), not a regular file"])
+    folder = frames_to_folder(flat_frames(2), tmp_path / "frames")
+    os.mkfifo(folder / "0002.png")
+    with pytest.raises(ImageError) as e:  # named, not dropped
+        load_clip(folder)
+    assert_one_line_error(e, folder / "0002.png", ["a named pipe (FIFO)"])

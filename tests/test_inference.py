@@ -21,6 +21,7 @@ from PIL import Image
 
 import mmrope
 from mmrope.data.images import ImageError
+from mmrope.data.videos import frames_to_folder
 from mmrope.inference import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,3 +242,150 @@ def test_symbolic_link_loops_and_broken_links_are_named(trained_checkpoint, tmp_
     assert f"{tmp_path / 'direct.png'}: symbolic link loop" in proc.stderr
     assert f"{folder / 'broken.png'}: broken symbolic link" in proc.stderr
     assert "skipped 3 of 4 images" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_replaces_only_an_empty_folder_or_a_previous_export(trained_checkpoint, tmp_path, capsys):
+    """`mmrope export --out runs/x` once deleted the run's checkpoints and logs: only a missing or empty folder, or
+    a previous export, is replaced; anything else is refused in one line, before a byte is written."""
+    from mmrope import cli
+
+    run = tmp_path / "runs" / "x"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "logs").mkdir()
+    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(trained_checkpoint.read_bytes())
+    (run / "logs" / "metrics.csv").write_text("step,loss\n0,1.0\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own notes\n")
+    lookalike = tmp_path / "lookalike"  # the three names, but not weights mmrope wrote
+    lookalike.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (lookalike / name).write_text("{}")
+
+    for folder, held in ((run, "checkpoints, logs"), (mine, "notes.txt"),
+                         (lookalike, "config.json, model.safetensors, tokenizer.json")):
+        before = sorted((p.relative_to(folder), p.read_bytes()) for p in folder.rglob("*") if p.is_file())
+        assert cli.main(["export", "--ckpt", str(ckpt), "--out", str(folder)]) == 1
+        err = capsys.readouterr().err
+        assert err == (f"mmrope export: error: {folder}: holds {held}, not an mmrope export: refusing to replace it; "
+                       "give a new or empty folder\n")
+        assert sorted((p.relative_to(folder), p.read_bytes()) for p in folder.rglob("*") if p.is_file()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lookalike", "mine", "runs"]  # no temporary folder left
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["export", "--ckpt", str(ckpt), "--out", str(empty)]) == 0
+    first = (empty / "model.safetensors").stat().st_ino
+    assert cli.main(["export", "--ckpt", str(ckpt), "--out", str(empty)]) == 0  # a previous export: replaced
+    assert sorted(p.name for p in empty.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert (empty / "model.safetensors").stat().st_ino != first and load(empty).config == load(ckpt).config
+    link = tmp_path / "link"  # through a link, the folder it leads to is replaced and the link kept
+    link.symlink_to(empty)
+    assert cli.main(["export", "--ckpt", str(ckpt), "--out", str(link)]) == 0
+    assert link.is_symlink() and sorted(p.name for p in empty.iterdir()) == ["config.json", "model.safetensors",
+                                                                             "tokenizer.json"]
+
+
+def test_caption_out_never_replaces_an_input_and_is_whole_or_untouched(trained_checkpoint, tmp_path, monkeypatch,
+                                                                        capsys):
+    """`--out` naming an input once truncated that image before it was read; a failure while writing (a full disk)
+    left the previous output cut mid-line. Now an input is refused and the output replaced only once complete."""
+    from mmrope import cli
+    from mmrope.cli import caption
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(gradient(40, 30)).save(photos / name)
+    image = (photos / "a.png").read_bytes()
+    for out in (photos / "a.png", Path(str(photos) + "/../photos/a.png")):
+        assert cli.main(["caption", str(photos), "--ckpt", str(trained_checkpoint), "--out", str(out)]) == 1
+        assert capsys.readouterr().err == (f"mmrope caption: error: --out {out} is one of the inputs: the captions "
+                                           "would replace it; write them to another file\n")
+        assert (photos / "a.png").read_bytes() == image
+    clip = tmp_path / "clip"
+    frames_to_folder([Image.new("RGB", (16, 16), c) for c in ("red", "blue")], clip)
+    assert cli.main(["caption", str(clip), "--clips", "--ckpt", str(trained_checkpoint), "--out",
+                     str(clip / "0002.png")]) == 1
+    assert f"--out {clip / '0002.png'} is a frame of the clip {clip}" in capsys.readouterr().err
+
+    out = tmp_path / "captions.jsonl"
+    assert cli.main(["caption", str(photos), "--ckpt", str(trained_checkpoint), "--out", str(out)]) == 0
+    previous = out.read_text()
+    assert len(previous.splitlines()) == 2
+    written = []
+
+    def disk_full_after_one_line(path):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+        return Path(path).stem
+
+    monkeypatch.setattr(caption, "image_id", disk_full_after_one_line)
+    assert cli.main(["caption", str(photos), "--ckpt", str(trained_checkpoint), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (f"mmrope caption: error: --out {out}: cannot write it (No "
+                                                        "space left on device); left as it was")
+    assert out.read_text() == previous  # the earlier captions, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["captions.jsonl", "clip", "photos"]  # no temporary file
+
+
+def test_named_pipes_are_skipped_unopened_and_the_others_captioned(trained_checkpoint, tmp_path):
+    """A FIFO given as input, or inside a folder, once hung `caption` and `viz` for ever (opened before the
+    regular-file check) or was dropped without a word; now each is one line and never opened."""
+    import os
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(gradient(40, 40)).save(folder / "good.png")
+    os.mkfifo(folder / "inside.png")
+    os.mkfifo(tmp_path / "given.gif")
+    proc = mmrope_cli("caption", folder, tmp_path / "given.gif", "--ckpt", trained_checkpoint)
+    assert proc.returncode == 1 and list(tab_lines(proc.stdout)) == [str(folder / "good.png")]
+    for fifo in (folder / "inside.png", tmp_path / "given.gif"):
+        assert f"{fifo}: a named pipe (FIFO), not a regular file: not read" in proc.stderr
+    assert "skipped 2 of 3 images" in proc.stderr and "Traceback" not in proc.stderr
+    proc = mmrope_cli("viz", "attention", tmp_path / "given.gif", "--ckpt", trained_checkpoint, "--out",
+                      tmp_path / "attention.png")
+    assert proc.returncode == 1 and proc.stderr == (f"mmrope viz: error: {tmp_path / 'given.gif'}: a named pipe "
+                                                    "(FIFO), not a regular file: not read\n")
+
+
+def test_a_nul_byte_in_a_file_name_is_one_line_naming_the_argument(trained_checkpoint, tmp_path, capsys):
+    from mmrope import cli
+
+    bad = str(tmp_path / "a\0b")
+    ckpt = str(trained_checkpoint)
+    commands = {
+        ("export", "--ckpt", ckpt, "--out", bad): f"--out {bad!r}",
+        ("export", "--ckpt", bad, "--out", str(tmp_path / "x")): f"--ckpt {bad!r}",
+        ("eval", "--ckpt", ckpt, "--data", "shapes", "--out", bad): f"--out {bad!r}",
+        ("caption", str(SAMPLE_IMAGES[0]), "--ckpt", ckpt, "--out", bad): f"--out {bad!r}",
+        ("viz", "attention", bad, "--ckpt", ckpt): f"image {bad!r}",
+        ("viz", "ids", "--out", bad): f"--out {bad!r}",
+    }
+    for args, named in commands.items():
+        assert cli.main(list(args)) == 1
+        err = capsys.readouterr().err
+        assert err == f"mmrope {args[0]}: error: {named}: a file name cannot contain a NUL byte\n", (args, err)
+    # among caption's inputs it is one bad input, listed; the others are still captioned
+    assert cli.main(["caption", str(SAMPLE_IMAGES[0]), bad, "--ckpt", ckpt]) == 1
+    captured = capsys.readouterr()
+    assert list(tab_lines(captured.out)) == [str(SAMPLE_IMAGES[0])]
+    assert f"  {bad!r}: a file name cannot contain a NUL byte\n" in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_caption_clip_limits_are_flags(trained_checkpoint, capsys):
+    from mmrope import cli
+
+    clip = SAMPLES / "clips/moves.gif"  # 6 frames of 48 x 48
+    ckpt = str(trained_checkpoint)
+    assert cli.main(["caption", str(clip), "--ckpt", ckpt, "--max-clip-frames", "5"]) == 1
+    assert f"{clip}: more than 5 frames is over the limit max_clip_frames=5" in capsys.readouterr().err
+    assert cli.main(["caption", str(clip), "--ckpt", ckpt, "--max-clip-pixels", "10000"]) == 1
+    err = capsys.readouterr().err
+    assert f"{clip}: 6 frames of 48x48 = 13824 pixels to decode is over the limit max_clip_pixels=10000" in err
+    assert cli.main(["caption", str(clip), "--ckpt", ckpt, "--max-clip-pixels", "0"]) == 1
+    assert capsys.readouterr().err == "mmrope caption: error: --max-clip-pixels must be positive, got 0\n"
+    assert cli.main(["caption", str(clip), "--ckpt", ckpt]) == 0

@@ -9,6 +9,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -19,11 +21,12 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+from test_clip_files import gif_of_dots
 
 from mmrope.data.images import ImageError
 from mmrope.inference import load
 from mmrope.serve.explain import explain
-from mmrope.serve.server import CaptionServer, CheckpointFolder, Settings
+from mmrope.serve.server import CaptionServer, CheckpointFolder, Settings, is_loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "data/samples"
@@ -99,8 +102,9 @@ def server(trained_checkpoint, tmp_path_factory):
     httpd.server_close()
 
 
-def request(httpd, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    connection = http.client.HTTPConnection(*httpd.server_address[:2], timeout=120)
+def request(httpd, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+            timeout: float = 120):
+    connection = http.client.HTTPConnection(*httpd.server_address[:2], timeout=timeout)
     connection.request(method, path, body, {"X-Requested-With": "mmrope", **(headers or {})})
     response = connection.getresponse()
     answer = json.loads(response.read()) if response.getheader("Content-Type") == "application/json" else None
@@ -108,9 +112,9 @@ def request(httpd, method: str, path: str, body: bytes | None = None, headers: d
     return response, answer
 
 
-def upload(httpd, body: bytes, name: str = "x.png", **query):
+def upload(httpd, body: bytes, name: str = "x.png", timeout: float = 120, **query):
     query = {"ckpt": "checkpoints/last.ckpt", "name": name, **query}
-    return request(httpd, "POST", "/api/caption?" + urlencode(query), body)
+    return request(httpd, "POST", "/api/caption?" + urlencode(query), body, timeout=timeout)
 
 
 def test_server_captions_and_refuses_what_it_should(server, tmp_path):
@@ -228,3 +232,144 @@ def test_serve_help_and_bad_flags(capsys):
     assert "--ckpt-dir /nonexistent/runs: no such folder" in capsys.readouterr().err
     assert cli.main(["serve", "--max-bytes", "0"]) == 1
     assert "--max-bytes must be positive" in capsys.readouterr().err
+
+
+def tiny_png(tmp_path) -> bytes:
+    from PIL import Image
+
+    with Image.open(SAMPLES / "shapes_l1.png") as image:
+        image.resize((32, 32)).save(tmp_path / "tiny.png")
+    return (tmp_path / "tiny.png").read_bytes()
+
+
+def raw_exchange(httpd, data: bytes) -> bytes:
+    """Send ``data`` as it is (what http.client would refuse to send) -> the whole answer."""
+    with socket.create_connection(httpd.server_address[:2], timeout=30) as connection:
+        connection.sendall(data)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
+def server_log(capsys, until: str, seconds: float = 10) -> str:
+    """What the server thread wrote to stderr, once it holds ``until`` (or ``seconds`` have passed)."""
+    log, deadline = "", time.monotonic() + seconds
+    while until not in log and time.monotonic() < deadline:
+        time.sleep(0.05)
+        log += capsys.readouterr().err
+    return log
+
+
+def test_bad_requests_and_departing_clients_cost_one_line_each(server, capsys):
+    """Once each of these printed a traceback on the server's terminal, or wrote the client's escape codes to it."""
+    httpd, uploads = server
+    post = b"POST /api/caption?ckpt=0&name=x.png HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Requested-With: mmrope\r\n"
+    cases = {
+        post + b"Content-Length: \xb2\r\n\r\n": b"HTTP/1.0 411 ",  # a superscript 2: str.isdigit() says yes
+        post + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n": b"HTTP/1.0 413 ",  # int() refuses 5000 digits
+        b"GET /api/info HTTP/1.1\r\nHost: [\r\n\r\n": b"HTTP/1.0 421 ",  # urlsplit("//[") raises
+        b"GET /\x1b[2J\x1b]0;owned\x07 HTTP/1.1\r\nHost: localhost\r\n\r\n": b"HTTP/1.0 404 ",
+    }
+    for data, status in cases.items():
+        assert raw_exchange(httpd, data).startswith(status), data[:80]
+    log = server_log(capsys, "404")
+    assert "5000-digit" not in log and "Traceback" not in log and "\x1b" not in log and "\x07" not in log
+    assert '"GET /\\x1b[2J\\x1b]0;owned\\x07 HTTP/1.1" 404' in log  # escaped, as http.server's own log does
+
+    connection = socket.create_connection(httpd.server_address[:2], timeout=30)  # leaves halfway through its file
+    connection.sendall(post + b"Content-Length: 1000\r\n\r\n" + b"\x89PNG" * 4)
+    time.sleep(0.5)
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    connection.close()
+    log = server_log(capsys, "abandoned")
+    assert "x.png: upload abandoned (ConnectionResetError)" in log and "Traceback" not in log, log
+    assert list(uploads.iterdir()) == []
+    response, _ = request(httpd, "GET", "/api/info")
+    assert response.status == 200  # and the server goes on
+
+
+def test_a_gif_bomb_upload_is_refused_quickly(server, capsys):
+    """A 7 KB GIF of 300 4000 x 4000 frames held the model lock 25 s while other uploads waited."""
+    httpd, _ = server
+    limit = httpd.settings.max_clip_pixels
+    httpd.settings.max_pixels, httpd.settings.max_bytes = 50_000_000, 32 * 2**20
+    try:
+        start = time.perf_counter()
+        response, answer = upload(httpd, gif_of_dots(4000, 4000, 300), name="dots.gif")
+        assert time.perf_counter() - start < 5
+    finally:
+        httpd.settings.max_pixels, httpd.settings.max_bytes = 1600, 4096
+    assert response.status == 400 and answer == {
+        "error": f"dots.gif: 300 frames of 4000x4000 = 4800000000 pixels to decode is over the limit "
+                 f"max_clip_pixels={limit}"}
+
+
+def test_a_busy_server_answers_503_at_once(trained_checkpoint, tmp_path):
+    """Uploads waiting for the model are bounded (max_queued); one more is told to come back, not queued."""
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    settings = Settings(trained_checkpoint.parents[1], max_new_tokens=2, max_queued=1)
+    httpd = CaptionServer(("127.0.0.1", 0), settings, uploads)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    png, answers = tiny_png(tmp_path), []
+    httpd.lock.acquire()  # the model is busy
+    try:
+        waiting = [threading.Thread(target=lambda: answers.append(upload(httpd, png))) for _ in range(2)]
+        for thread in waiting:  # one captioned (once the lock is free) and one queued behind it
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(list(uploads.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        start = time.perf_counter()
+        response, answer = upload(httpd, png, name="third.png", timeout=10)
+        assert time.perf_counter() - start < 5
+        assert response.status == 503 and response.getheader("Retry-After") == "5"
+        assert answer == {"error": "third.png: the server is busy (1 uploads are waiting for the model); try again "
+                                   "in a moment"}
+    finally:
+        httpd.lock.release()
+    for thread in waiting:
+        thread.join(120)
+    assert [response.status for response, _ in answers] == [200, 200]
+    assert upload(httpd, png)[0].status == 200  # the slots are free again
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_loopback_address_keeps_the_host_check(trained_checkpoint, tmp_path):
+    """--host 127.0.0.2 once turned the DNS-rebinding check off: it is decided by whether the address is loopback."""
+    assert all(map(is_loopback, ("127.0.0.1", "127.0.0.2", "127.255.0.9", "::1", "::ffff:127.0.0.1", "localhost")))
+    assert not any(map(is_loopback, ("0.0.0.0", "::", "192.168.1.10", "10.0.0.1", "example.com", "localhost.evil")))
+    httpd = CaptionServer(("127.0.0.2", 0), Settings(trained_checkpoint.parents[1]), tmp_path)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        assert httpd.loopback_only
+        port = httpd.server_address[1]
+        for host, status in ((f"127.0.0.2:{port}", 200), ("localhost", 200), (f"[::1]:{port}", 200),
+                             ("attacker.example", 421), ("attacker.example:80", 421), ("[", 421)):
+            assert request(httpd, "GET", "/api/info", headers={"Host": host})[0].status == status, host
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_port_that_cannot_be_listened_on_is_one_line(tmp_path, capsys):
+    from mmrope import cli
+
+    assert cli.main(["serve", "--ckpt-dir", str(tmp_path), "--port", "99999"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == ("mmrope serve: error: --port 99999: expected 0 to 65535 "
+                                                        "(0 picks a free one)")
+    handler = signal.getsignal(signal.SIGTERM)  # run_serve sets its own before it listens
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        try:
+            assert cli.main(["serve", "--ckpt-dir", str(tmp_path), "--port", str(port)]) == 1
+        finally:
+            signal.signal(signal.SIGTERM, handler)
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (f"mmrope serve: error: cannot listen on 127.0.0.1 port {port}: Address already "
+                                    "in use")
+    assert "Traceback" not in err

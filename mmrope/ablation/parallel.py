@@ -37,9 +37,9 @@ def run_arms_in_parallel(plan: Plan, out: Path, device: str | None = None) -> No
     """Train and score every arm of ``plan`` that has runs left, ``plan.parallel`` arms at a time. Failures are
     left for the runner's pass to report; a Ctrl-C or SIGTERM stops every worker cleanly and raises
     :class:`mmrope.ablation.runner.RunInterrupted`."""
-    from mmrope.ablation.runner import RunInterrupted, _visit
+    from mmrope.ablation.runner import RunInterrupted, is_done
 
-    todo = [(e, s) for e, s in plan.arms if any(_visit(plan, e, s, k, out)[1] is None for k in plan.seeds)]
+    todo = [(e, s) for e, s in plan.arms if not all(is_done(plan, e, s, k, out) for k in plan.seeds)]
     jobs = [(arm_name(e, s), worker_command(plan, e, s, out, device), out / arm_name(e, s) / "worker.log")
             for e, s in todo]
     codes = run_commands(jobs, plan.parallel, lambda m: print(f"[parallel] {m}", file=sys.stderr, flush=True))

@@ -12,7 +12,9 @@ others). For arm A and seed k, ``<out>/A/seed<k>/`` holds:
     eval.json             the done marker: settings and scores, written atomically once the run is scored
 
 A run with ``last.ckpt`` but no marker resumes from it (``--ckpt_path last``, exact); one whose checkpoint already
-reached ``max_steps`` is only scored; a run with a marker is not touched again.
+reached ``max_steps`` is only scored; a run with a marker is not touched again. A run whose files are damaged (a
+``last.ckpt``, ``eval.json`` or ``arm.json`` that is empty, cut short or random bytes) fails with one line naming
+the file, like a run whose training fails, and the grid goes on; the failures are listed at the end.
 
 Each run is a ``python -m mmrope.train`` subprocess rather than a call in this process. A crash, NaN or
 out-of-memory of one arm then cannot take the runner down, and no process-wide state leaks from one arm into the
@@ -63,10 +65,39 @@ def run_signature(plan: Plan, encoder: str, scheme: str, seed: int) -> dict:
 
 
 def checkpoint_step(path: Path) -> int:
-    """The optimizer steps a Lightning checkpoint has taken."""
-    import torch
+    """The optimizer steps a Lightning checkpoint has taken; a file that is not one is a one-line ``ValueError``
+    naming it (read as every checkpoint is: no code run, tensors mapped rather than read)."""
+    from mmrope.checkpoints import load_torch_file
 
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+    checkpoint = load_torch_file(path, mmap=True)
+    step = checkpoint.get("global_step") if isinstance(checkpoint, dict) else None
+    if not isinstance(step, int) or step < 0:
+        raise ValueError(f"{path}: not a training checkpoint (no global_step)")
+    return step
+
+
+def _run_step(run_dir: Path) -> int:
+    """The steps the run in ``run_dir`` has taken: 0 without a checkpoint, :class:`RunFailed` for one that cannot be
+    read (nothing can resume from it)."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.exists():
+        return 0
+    try:
+        return checkpoint_step(ckpt)
+    except ValueError as e:
+        raise RunFailed(f"{e}; delete {run_dir} to train the run again") from None
+
+
+def _read_json(path: Path, remedy: str) -> dict:
+    """A file this runner wrote, or :class:`RunFailed` naming it when it is damaged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:120]
+        raise RunFailed(f"{path}: damaged, cannot be read ({reason}); {remedy}") from None
+    if not isinstance(data, dict):
+        raise RunFailed(f"{path}: damaged, not a JSON object; {remedy}")
+    return data
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -79,7 +110,7 @@ def _write_json(path: Path, data: Any) -> None:
 def _check_signature(run_dir: Path, signature: dict) -> None:
     path = run_dir / "arm.json"
     if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = _read_json(path, f"delete {run_dir} to train the run again")
         if old != signature:
             diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in signature.items() if old.get(k) != v)
             raise ValueError(f"{run_dir} was trained with other settings ({diff}): use another --out, or delete "
@@ -162,7 +193,7 @@ def _eval_set(plan: Plan, split: str):
 
 
 class RunFailed(Exception):
-    """A training run exited with an error; the other runs go on."""
+    """A training run exited with an error, or its files are damaged; the other runs go on."""
 
 
 class RunInterrupted(Exception):
@@ -175,10 +206,20 @@ def _visit(plan: Plan, encoder: str, scheme: str, seed: int, out: Path) -> tuple
     _check_signature(run_dir, run_signature(plan, encoder, scheme, seed))
     marker = run_dir / "eval.json"
     if marker.exists():
-        done = json.loads(marker.read_text(encoding="utf-8"))
+        done = _read_json(marker, "delete it to score the run again")
         if done.get("eval") == plan.eval_settings():
+            if not isinstance(done.get("rows"), list):
+                raise RunFailed(f"{marker}: damaged, holds no rows; delete it to score the run again")
             return run_dir, done["rows"]
     return run_dir, None
+
+
+def is_done(plan: Plan, encoder: str, scheme: str, seed: int, out: Path) -> bool:
+    """Whether a run's marker says it is scored; a damaged one is not (the run's next visit reports it)."""
+    try:
+        return _visit(plan, encoder, scheme, seed, out)[1] is not None
+    except RunFailed:
+        return False
 
 
 def run_arm(plan: Plan, encoder: str, scheme: str, seed: int, out: Path, device: str | None = None,
@@ -190,7 +231,7 @@ def run_arm(plan: Plan, encoder: str, scheme: str, seed: int, out: Path, device:
         say("done before")
         return done
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    step = checkpoint_step(ckpt) if ckpt.exists() else 0
+    step = _run_step(run_dir)
     train_seconds = 0.0
     if step < plan.max_steps:
         what = f"resuming at step {step}" if step else "training"
@@ -207,7 +248,7 @@ def run_arm(plan: Plan, encoder: str, scheme: str, seed: int, out: Path, device:
                             f"(see {run_dir / 'train.log'})")
         if code:
             raise RunFailed(f"train.py exited with status {code}: {_last_error(run_dir / 'train.log')}")
-        step = checkpoint_step(ckpt)
+        step = _run_step(run_dir)
         if step != plan.max_steps:
             raise RunFailed(f"{ckpt} holds step {step}, not max_steps={plan.max_steps}")
     return _score(plan, encoder, scheme, seed, run_dir, step, train_seconds, device, say)
@@ -218,7 +259,10 @@ def _score(plan: Plan, encoder: str, scheme: str, seed: int, run_dir: Path, step
     """Score a trained run's last.ckpt and write its marker -> its rows."""
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     start = time.monotonic()
-    rows = score_run(plan, ckpt, device)
+    try:
+        rows = score_run(plan, ckpt, device)
+    except ValueError as e:  # a checkpoint that loads but is not this grid's model, one line naming it
+        raise RunFailed(str(e)) from None
     eval_seconds = time.monotonic() - start
     _write_json(run_dir / "eval.json", {"arm": arm_name(encoder, scheme), "seed": seed, "steps": step,
                                         "checkpoint": str(ckpt), "train_seconds": round(train_seconds, 1),
@@ -259,12 +303,14 @@ def run_arm_stacked(plan: Plan, encoder: str, scheme: str, out: Path, device: st
     say = say or (lambda message: None)
     rows, failures, pending = {}, [], {}
     for seed in plan.seeds:
-        run_dir, done = _visit(plan, encoder, scheme, seed, out)
-        if done is not None:
-            rows[seed] = done
-            continue
-        ckpt = run_dir / "checkpoints" / "last.ckpt"
-        pending[seed] = (run_dir, checkpoint_step(ckpt) if ckpt.exists() else 0)
+        try:
+            run_dir, done = _visit(plan, encoder, scheme, seed, out)
+            if done is not None:
+                rows[seed] = done
+                continue
+            pending[seed] = (run_dir, _run_step(run_dir))
+        except RunFailed as e:
+            failures.append(f"seed {seed}: {e}")
     if rows:
         say(f"seed{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))} done before")
     log = out / arm_name(encoder, scheme) / "stacked.log"
@@ -286,15 +332,18 @@ def run_arm_stacked(plan: Plan, encoder: str, scheme: str, out: Path, device: st
                          f"(see {log})" for seed, _ in group]
     for seed, (run_dir, _) in pending.items():
         ckpt = run_dir / "checkpoints" / "last.ckpt"
-        step = checkpoint_step(ckpt) if ckpt.exists() else 0
-        if step != plan.max_steps:
-            if not any(f.startswith(f"seed {seed}:") for f in failures):
-                failures.append(f"seed {seed}: {ckpt} holds step {step}, not max_steps={plan.max_steps}: "
-                                f"{_run_error(log, seed)}")
-            continue
-        rows[seed] = _score(plan, encoder, scheme, seed, run_dir, step, seconds[seed], device,
-                            lambda message, seed=seed: say(f"seed {seed}: {message}"),
-                            **({"trained_with_seeds": together[seed]} if seed in together else {}))
+        try:
+            step = _run_step(run_dir)
+            if step != plan.max_steps:
+                if not any(f.startswith(f"seed {seed}:") for f in failures):
+                    failures.append(f"seed {seed}: {ckpt} holds step {step}, not max_steps={plan.max_steps}: "
+                                    f"{_run_error(log, seed)}")
+                continue
+            rows[seed] = _score(plan, encoder, scheme, seed, run_dir, step, seconds[seed], device,
+                                lambda message, seed=seed: say(f"seed {seed}: {message}"),
+                                **({"trained_with_seeds": together[seed]} if seed in together else {}))
+        except RunFailed as e:
+            failures.append(f"seed {seed}: {e}")
     return rows, failures
 
 

@@ -16,6 +16,8 @@ from mmrope.cli.common import (
     expand_inputs,
     generation_options,
     image_id,
+    refuse_nul,
+    replace_when_done,
     report_skipped,
 )
 
@@ -45,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                               "frames (default: 32)")
     p.add_argument("--fps", type=float, help="frame rate of folder clips, for models with tokens_per_second "
                                              "(default: 2; GIF / WebP give their own)")
+    p.add_argument("--max-clip-pixels", type=int, default=None,
+                   help="refuse a clip whose frames to decode hold more pixels than this, all together, before "
+                        "decoding any (default: 200 million)")
+    p.add_argument("--max-clip-frames", type=int, default=None,
+                   help="refuse an animated file with more frames than this, before decoding any (default: 1000)")
     add_model_arguments(p)
     p.set_defaults(func=run_caption)
 
@@ -57,20 +64,29 @@ def run_caption(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError
+    from mmrope.data.videos import DEFAULT_MAX_CLIP_FRAMES, DEFAULT_MAX_CLIP_PIXELS
     from mmrope.inference import load
 
     if hasattr(signal, "SIGPIPE"):  # `mmrope caption ... | head` ends quietly
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    if args.max_pixels is not None and args.max_pixels <= 0:
-        raise ValueError(f"--max-pixels must be positive, got {args.max_pixels}")
+    for flag in ("max_pixels", "max_clip_pixels", "max_clip_frames"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    refuse_nul(args, "ckpt", "out")
     files, problems = expand_inputs(args.paths, args.recursive, args.clips)
+    if args.out:
+        refuse_input_as_output(args.out, files)
     total = len(files) + len(problems)  # an empty folder or glob counts as one input that failed
     pipeline = load(args.ckpt, device=args.device)
     results = pipeline.caption_each(files, size=args.size, resize=args.resize,
                                     max_pixels=args.max_pixels or DEFAULT_MAX_IMAGE_PIXELS, clip_mode=args.clip_mode,
-                                    max_frames=args.max_frames, fps=args.fps, **generation_options(args))
+                                    max_frames=args.max_frames, fps=args.fps,
+                                    max_clip_pixels=args.max_clip_pixels or DEFAULT_MAX_CLIP_PIXELS,
+                                    max_clip_frames=args.max_clip_frames or DEFAULT_MAX_CLIP_FRAMES,
+                                    **generation_options(args))
     show_progress = sys.stderr.isatty() or len(files) > PROGRESS_ABOVE
-    with (open(args.out, "w", encoding="utf-8") if args.out else contextlib.nullcontext() as out,
+    with (replace_when_done(args.out) if args.out else contextlib.nullcontext() as out,
           tqdm(total=len(files), unit="image", file=sys.stderr, leave=False, disable=not show_progress) as bar):
         write = bar.write if sys.stdout.isatty() else print  # above the bar when both share a terminal
         for path, result in zip(files, results):
@@ -87,3 +103,21 @@ def run_caption(args: argparse.Namespace) -> int:
         report_skipped("caption", problems, total)
         return 1
     return 0
+
+
+def refuse_input_as_output(out: Path, files: list[str]) -> None:
+    """Refuse an ``--out`` that is one of the inputs, or a frame of a clip folder that is one: the captions would
+    replace the picture they were made from."""
+    import os
+
+    from mmrope.data.videos import FRAME_EXTENSIONS
+
+    target = Path(os.path.realpath(out))
+    for spec in files:
+        path = Path(spec)
+        same = target.exists() and path.exists() and os.path.samefile(path, target)
+        in_clip = (path.is_dir() and target.parent == Path(os.path.realpath(path))
+                   and target.suffix.lower() in FRAME_EXTENSIONS)
+        if same or in_clip:
+            what = "one of the inputs" if same else f"a frame of the clip {spec}"
+            raise ValueError(f"--out {out} is {what}: the captions would replace it; write them to another file")

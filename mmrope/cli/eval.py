@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmrope.cli.common import add_model_arguments, generation_options, report_skipped
+from mmrope.cli.common import add_model_arguments, generation_options, refuse_nul, report_skipped
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +46,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from mmrope.eval.evaluation import evaluate, format_table, parse_sizes, resolve_data
     from mmrope.inference import load
 
+    refuse_nul(args, "ckpt", "data", "out")
     pipeline = load(args.ckpt, device=args.device)
     train_size = pipeline.config.vision.image_size
     sizes = parse_sizes(args.sizes) if args.sizes else [train_size]

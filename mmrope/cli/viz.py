@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mmrope.cli.common import refuse_nul
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     viz = subparsers.add_parser("viz", help="pictures of the position maths and of a model's attention",
@@ -83,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_viz_similarity(args: argparse.Namespace) -> int:
     from mmrope.viz.similarity import plot_similarity_maps, similarity_maps
 
+    refuse_nul(args, "ckpt", "out")
     if args.grid < 2 or args.head < 0:
         raise ValueError(f"--grid {args.grid} --head {args.head}: expected a grid of at least 2 and a head >= 0")
     model = None
@@ -106,6 +109,7 @@ def run_viz_ids(args: argparse.Namespace) -> int:
     from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, VISION_END_ID, VISION_START_ID
     from mmrope.viz.figures import plot_position_ids
 
+    refuse_nul(args, "out")
     window = args.patch_size * args.merge
     if args.height <= 0 or args.width <= 0 or args.patch_size <= 0 or args.height % window or args.width % window:
         raise ValueError(f"image size {args.height}x{args.width} must be positive multiples of patch_size x merge "
@@ -141,6 +145,7 @@ def run_viz_attention(args: argparse.Namespace) -> int:
     from mmrope.viz.attention import image_attention_maps
     from mmrope.viz.figures import plot_attention_overlay
 
+    refuse_nul(args, "ckpt", "out", positional=("image",))
     pipeline = load(args.ckpt, device=args.device)
     pixels = pipeline.preprocess(args.image, size=args.size)
     with torch.inference_mode():
@@ -163,6 +168,7 @@ def run_viz_spectrum(args: argparse.Namespace) -> int:
     from mmrope.model.decoder_positions import SCHEMES
     from mmrope.viz.spectrum import plot_spectrum, spectrum, spectrum_table
 
+    refuse_nul(args, "config", "out")
     config = CaptionerConfig()
     if args.config:
         from mmrope.resources import find_config

@@ -98,11 +98,15 @@ def decode_image(source, path, max_pixels: int) -> Image.Image:
 
 def missing_reason(path: Path) -> str:
     """Why ``path`` is not a readable file, in a few words: a symbolic link loop and a broken link are not "file not
-    found", and a folder is not an image."""
+    found", a folder is not an image, and a named pipe or a device is named without being opened (reading a pipe
+    would wait for a writer forever)."""
     import errno
+    import stat
 
     try:
-        os.stat(path)
+        mode = os.stat(path).st_mode
+    except ValueError:  # Python's "embedded null byte"
+        return "a file name cannot contain a NUL byte"
     except OSError as e:
         if e.errno == errno.ELOOP:
             return "symbolic link loop"
@@ -111,7 +115,12 @@ def missing_reason(path: Path) -> str:
         if isinstance(e, FileNotFoundError):
             return "file not found"
         return f"cannot read ({e.strerror})"
-    return "a folder, not an image" if path.is_dir() else "not a regular file"
+    if stat.S_ISDIR(mode):
+        return "a folder, not an image"
+    kinds = {stat.S_ISFIFO: "a named pipe (FIFO)", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a character device",
+             stat.S_ISBLK: "a block device"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "a special file")
+    return f"{kind}, not a regular file: not read"
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, denormalize
+from mmrope.data.videos import DEFAULT_MAX_CLIP_FRAMES, DEFAULT_MAX_CLIP_PIXELS
 from mmrope.inference import DEFAULT_MAX_FRAMES, CaptionPipeline
 from mmrope.model.tokens import IMAGE_TOKEN_ID, SPECIAL_TOKENS, VIDEO_TOKEN_ID
 from mmrope.viz.attention import CaptionAttention, attention_maps, decoder_attention
@@ -30,14 +31,16 @@ SHOWN_SIDE = 160  # pixels: small model inputs (32 px) are enlarged by a whole f
 
 def explain(pipeline: CaptionPipeline, path: str | Path, strategy: str = "greedy", num_beams: int = 4,
             max_new_tokens: int = 32, size: int | None = None, resize: str = "fixed", clip_mode: str = "block",
-            max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_frames: int = DEFAULT_MAX_FRAMES) -> dict:
+            max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_frames: int = DEFAULT_MAX_FRAMES,
+            max_clip_pixels: int = DEFAULT_MAX_CLIP_PIXELS, max_clip_frames: int = DEFAULT_MAX_CLIP_FRAMES) -> dict:
     """Caption the image or clip at ``path`` -> what the page shows (JSON-ready). ``strategy`` ("greedy" or "beam")
     makes the caption; with ``num_beams`` > 1 the beam search's ``num_beams`` best captions are the alternatives.
     A bad file raises its ``ImageError``; a bad ``size`` or option a ``ValueError``."""
     if strategy not in ("greedy", "beam") or clip_mode not in ("block", "frames"):
         raise ValueError(f"strategy={strategy!r}, clip_mode={clip_mode!r}: expected greedy or beam, block or frames")
     model, device = pipeline.model, pipeline.device
-    media, seconds = pipeline.prepare(path, size, resize, max_pixels, max_frames)
+    media, seconds = pipeline.prepare(path, size, resize, max_pixels, max_frames,
+                                      max_clip_pixels=max_clip_pixels, max_clip_frames=max_clip_frames)
     clip = media.ndim == 4
     if clip and clip_mode == "frames":  # each frame its own image block, as caption_each reads it
         prompt, timing = [frame.to(device) for frame in media], []

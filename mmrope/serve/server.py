@@ -7,12 +7,18 @@
                               {"error": "<file>: <reason>"} with a 4xx status
 
 What keeps it safe to run:
-- It listens on 127.0.0.1 unless --host says otherwise (a warning is printed then), and while it does, a request
-  whose Host header is not a loopback name is refused, so a web page cannot reach it by DNS rebinding. An upload
-  must carry ``X-Requested-With: mmrope``, a header another site's page cannot send without the browser asking
-  first (a CORS preflight, which this server never grants).
+- It listens on 127.0.0.1 unless --host says otherwise. While the address it listens on is a loopback one
+  (127.0.0.0/8, ::1), a request whose Host header names neither a loopback address, ``localhost`` nor the --host
+  given is refused, so a web page cannot reach it by DNS rebinding; on any other address (a warning is printed
+  then) every Host is answered. An upload must carry ``X-Requested-With: mmrope``, a header another site's page
+  cannot send without the browser asking first (a CORS preflight, which this server never grants).
 - The body's size is checked from Content-Length before a byte of it is read (no length, or a chunked body, is
-  refused); an image's pixel count is checked from its header before any pixel is decoded (``load_image``).
+  refused); an image's pixel count is checked from its header before any pixel is decoded (``load_image``), and a
+  clip's frame count and pixels to decode before any frame is (``load_clip``).
+- One upload is captioned at a time and at most ``max_queued`` wait for the model; more are answered 503 at once,
+  before their body is read, so a burst of uploads cannot queue up work without limit.
+- A request the server cannot parse, or a client that goes away, costs one line on its terminal, never a
+  traceback; what a client sent is logged with its control characters escaped, so it cannot drive the terminal.
 - Uploads are written under a ``tempfile.TemporaryDirectory`` the server owns, under a random name of its own (the
   client's file name is only shown, never used as a path), and removed once answered; the folder goes at exit.
   Pictures go back as ``data:`` URLs; the only files served are the page's three, by fixed names.
@@ -24,6 +30,7 @@ What keeps it safe to run:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import sys
@@ -40,11 +47,15 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from mmrope.data.videos import DEFAULT_MAX_CLIP_FRAMES, DEFAULT_MAX_CLIP_PIXELS
 from mmrope.inference import DEFAULT_MAX_FRAMES
 
 MAX_UPLOAD_BYTES = 32 * 2**20  # a 50-megapixel JPEG fits; a larger body is refused before it is read
 MAX_BEAMS = 8  # beyond this a CPU answers slowly and the alternatives stop differing
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+MAX_QUEUED = 4  # uploads waiting for the model; a few people sharing a page, not a crowd
+# http.server's own log_message escapes these (Python >= 3.12 and recent 3.11): a request line cannot drive the
+# terminal it is logged to
+ESCAPED = str.maketrans({**{c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}, ord("\\"): "\\\\"})
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/style.css": ("style.css", "text/css; charset=utf-8")}
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -60,6 +71,9 @@ class Settings:
     max_bytes: int = MAX_UPLOAD_BYTES
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_frames: int = DEFAULT_MAX_FRAMES
+    max_clip_pixels: int = DEFAULT_MAX_CLIP_PIXELS
+    max_clip_frames: int = DEFAULT_MAX_CLIP_FRAMES
+    max_queued: int = MAX_QUEUED
     max_new_tokens: int = 32
     size: int | None = None
     resize: str = "fixed"
@@ -117,8 +131,21 @@ class PipelineCache:
         return self.pipelines[key]
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and for an address of this machine only: 127.0.0.0/8, ::1 (also IPv4-mapped)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
 class CaptionServer(ThreadingHTTPServer):
-    """One page, one model call at a time (``lock``), uploads under ``upload_dir``."""
+    """One page, one model call at a time (``lock``), at most ``max_queued`` more waiting (``slots``), uploads under
+    ``upload_dir``."""
 
     daemon_threads = True
 
@@ -132,10 +159,30 @@ class CaptionServer(ThreadingHTTPServer):
         self.pipelines = PipelineCache(settings.device)
         self.upload_dir = upload_dir
         self.lock = threading.Lock()
-        self.loopback_only = address[0] in LOOPBACK_NAMES
+        self.slots = threading.BoundedSemaphore(settings.max_queued + 1)  # the one captioned and those waiting
         static = files("mmrope.serve") / "static"
         self.assets = {route: (static.joinpath(name).read_bytes(), kind) for route, (name, kind) in ASSETS.items()}
         super().__init__(address, CaptionHandler)
+        # decided by the address bound, not the name given: --host 127.0.0.2 or a name for 127.0.1.1 is loopback
+        self.loopback_only = is_loopback(self.server_address[0])
+        self.host_names = {"localhost", address[0].lower().strip("[]")}  # and any loopback address
+
+    def allows_host(self, header: str) -> bool:
+        """Whether a request with this Host header is answered (always, unless listening on loopback only)."""
+        if not self.loopback_only:
+            return True
+        try:
+            name = urlsplit("//" + header).hostname or ""
+        except ValueError:  # "[", an unclosed IPv6 bracket, ...
+            return False
+        return name in self.host_names or is_loopback(name)
+
+    def handle_error(self, request, client_address) -> None:
+        """One line for a request that failed outside the handler's own answers, never socketserver's traceback."""
+        error = sys.exc_info()[1]
+        what = "went away" if isinstance(error, ConnectionError | TimeoutError) else "failed"
+        sys.stderr.write(f"mmrope serve: {client_address[0]} {what} ({type(error).__name__}: "
+                         f"{str(error).translate(ESCAPED)[:200]})\n")
 
     @property
     def url(self) -> str:
@@ -170,24 +217,26 @@ class CaptionHandler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.NOT_FOUND, {"error": "uploads go to /api/caption"})
             return
         status, answer = self._caption()
-        self._send_json(status, answer)
+        if status is not None:
+            self._send_json(status, answer)
 
-    def _caption(self) -> tuple[HTTPStatus, dict]:
-        from mmrope.data.images import ImageError
-        from mmrope.serve.explain import explain
-
+    def _caption(self) -> tuple[HTTPStatus | None, dict]:
+        """-> the answer's status and JSON, or (None, {}) when the client went away and no answer can reach it."""
         s = self.server.settings
         query = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
         name = shown_name(query.get("name", ""))
         self.close_connection = True  # an answer before the whole body was read must not leave the rest queued
         if self.headers.get("X-Requested-With") != "mmrope":
             return HTTPStatus.FORBIDDEN, {"error": "an upload needs the header X-Requested-With: mmrope"}
-        length = self.headers.get("Content-Length", "")
-        if "Transfer-Encoding" in self.headers or not length.isdigit():
+        length = self.headers.get("Content-Length", "").strip()
+        # ASCII digits only ("²".isdigit() is True, and int() refuses it); past 15 digits, surely over the limit
+        if "Transfer-Encoding" in self.headers or not re.fullmatch(r"[0-9]+", length):
             return HTTPStatus.LENGTH_REQUIRED, {"error": f"{name}: the upload must say its size (Content-Length)"}
-        if int(length) > s.max_bytes:
+        digits = length.lstrip("0") or "0"
+        if len(digits) > 15 or int(digits) > s.max_bytes:
+            size = f"{digits} bytes" if len(digits) <= 15 else f"a {len(digits)}-digit number of bytes"
             return HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {
-                "error": f"{name}: {int(length)} bytes is over the upload limit of {s.max_bytes} bytes"}
+                "error": f"{name}: {size} is over the upload limit of {s.max_bytes} bytes"}
         try:
             strategy, beams = query.get("strategy", "greedy"), int(query.get("beams", "4"))
             if strategy not in ("greedy", "beam") or not 1 <= beams <= MAX_BEAMS:
@@ -198,18 +247,37 @@ class CaptionHandler(BaseHTTPRequestHandler):
             checkpoint, path = self.server.checkpoints.resolve(query.get("ckpt", ""))
         except ValueError as e:
             return HTTPStatus.BAD_REQUEST, {"error": str(e)}
+        if not self.server.slots.acquire(blocking=False):
+            return HTTPStatus.SERVICE_UNAVAILABLE, {
+                "error": f"{name}: the server is busy ({s.max_queued} uploads are waiting for the model); try again "
+                         "in a moment"}
+        try:
+            return self._caption_upload(name, int(digits), strategy, beams, checkpoint, path)
+        finally:
+            self.server.slots.release()
+
+    def _caption_upload(self, name: str, length: int, strategy: str, beams: int, checkpoint: str, path: Path,
+                        ) -> tuple[HTTPStatus | None, dict]:
+        from mmrope.data.images import ImageError
+        from mmrope.serve.explain import explain
+
+        s = self.server.settings
         upload = self.server.upload_dir / f"upload-{uuid.uuid4().hex}"
         start = time.perf_counter()
         try:
             with open(upload, "xb") as f:
-                copied = _copy(self.rfile, f, int(length))
-            if copied < int(length):
+                copied = _copy(self.rfile, f, length)
+            if copied < length:
                 return HTTPStatus.BAD_REQUEST, {"error": f"{name}: the upload ended after {copied} of {length} bytes"}
             with self.server.lock:
                 pipeline = self.server.pipelines.get(path)
                 answer = explain(pipeline, upload, strategy=strategy, num_beams=beams, max_new_tokens=s.max_new_tokens,
                                  size=s.size, resize=s.resize, clip_mode=s.clip_mode, max_pixels=s.max_pixels,
-                                 max_frames=s.max_frames)
+                                 max_frames=s.max_frames, max_clip_pixels=s.max_clip_pixels,
+                                 max_clip_frames=s.max_clip_frames)
+        except (ConnectionError, TimeoutError) as e:  # the client went away, or stalled, while sending its file
+            self.log_message("%s: upload abandoned (%s)", name, type(e).__name__)
+            return None, {}
         except ImageError as e:  # the one line mmrope caption prints, naming the file as the user knows it
             return HTTPStatus.BAD_REQUEST, {"error": f"{name}: {e.reason}" if e.reason else name}
         except ValueError as e:  # a checkpoint that cannot be read, a size that does not fit the model
@@ -225,11 +293,10 @@ class CaptionHandler(BaseHTTPRequestHandler):
 
     def _host_allowed(self) -> bool:
         """False (and a 421 sent) when serving loopback only and the Host header names another host."""
-        hostname = urlsplit("//" + self.headers.get("Host", "")).hostname or ""
-        if not self.server.loopback_only or hostname in LOOPBACK_NAMES:
+        if self.server.allows_host(self.headers.get("Host", "")):
             return True
         self.close_connection = True
-        refusal = {"error": "this server answers to 127.0.0.1 and localhost only"}
+        refusal = {"error": "this server answers to loopback addresses (127.0.0.1, ::1) and localhost only"}
         self._send_json(HTTPStatus.MISDIRECTED_REQUEST, refusal)
         return False
 
@@ -238,6 +305,8 @@ class CaptionHandler(BaseHTTPRequestHandler):
 
     def _send(self, status: HTTPStatus, body: bytes, kind: str) -> None:
         self.send_response(status)
+        if status == HTTPStatus.SERVICE_UNAVAILABLE:
+            self.send_header("Retry-After", "5")
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
@@ -248,7 +317,7 @@ class CaptionHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args) -> None:
-        sys.stderr.write(f"mmrope serve: {self.address_string()} {format % args}\n")
+        sys.stderr.write(f"mmrope serve: {self.address_string()} {(format % args).translate(ESCAPED)}\n")
 
 
 def shown_name(name: str) -> str:
@@ -269,8 +338,10 @@ def _copy(source, target, length: int, chunk: int = 2**20) -> int:
     return copied
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8765, announce=print) -> None:
-    """Serve until interrupted. ``announce(url, upload_dir)`` is called once the socket listens."""
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8765,
+          announce=lambda server: print(server.url, flush=True)) -> None:
+    """Serve until interrupted. ``announce(server)`` is called once the socket listens (its ``url``,
+    ``upload_dir`` and ``loopback_only``). A port or address that cannot be listened on is one ``OSError`` line."""
     import os
     import tempfile
 
@@ -279,9 +350,13 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8765, announc
         os.environ.setdefault("MPLCONFIGDIR", str(Path(tmp) / "matplotlib"))
         uploads = Path(tmp) / "uploads"
         uploads.mkdir()
-        server = CaptionServer((host, port), settings, uploads)
         try:
-            announce(server.url, uploads)
+            server = CaptionServer((host, port), settings, uploads)
+        except (OSError, OverflowError) as e:  # in use, not this machine's, no such name; a port over 65535
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise OSError(f"cannot listen on {host} port {port}: {reason}") from None
+        try:
+            announce(server)
             server.serve_forever()
         finally:
             server.server_close()
