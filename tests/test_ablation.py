@@ -202,8 +202,9 @@ def test_results_with_several_seeds_show_intervals(tmp_path):
     assert "| rope1d_flat-flat | 0.500 ± 0.000 |" in table  # attribute
     for name in ("relation_vs_resolution_test", "relation_bars_compositional"):
         assert_png(tmp_path / f"{name}.png")
-    # one object per scene (level 1): the same column, called what it measures
-    write_results(rows, dataclasses.replace(plan, level=1), tmp_path / "places")
+    # one object per scene (level 1): the benchmark's headline is place accuracy
+    places = [{**r, "place": r.pop("relation")} for r in [dict(r) for r in rows]]
+    write_results(places, dataclasses.replace(plan, metric="place"), tmp_path / "places")
     assert "## test: place accuracy" in (tmp_path / "places/results.md").read_text()
     assert_png(tmp_path / "places/place_vs_resolution_test.png")
 
@@ -224,11 +225,11 @@ def test_shipped_grid_and_bad_grids(tmp_path):
     assert {s for e, s in place.arms if e == "rope2d"} == {"mrope", "mrope_interleaved", "flat"}  # every scheme
     assert {e for e, s in place.arms if s == "mrope_interleaved"} == {
         "rope2d", "rope1d_flat", "sincos2d", "learned", "rope2d_learned", "rope2d_norm"}  # every encoder family
-    assert (place.level, place.label) == (1, "place")
+    assert (place.metric, place.label) == ("place", "place")
     scenes = data_set(place.data, "test", n=3).scenes
     assert [len(s["objects"]) for s in scenes] == [1, 1, 1] and all(s["level"] == 1 for s in scenes)
     relation = load_plan(grid, "cpu-relation")
-    assert (relation.level, relation.label, relation.base.name) == (2, "relation", "shapes_small.yaml")
+    assert (relation.metric, relation.base.name) == ("relation", "shapes_small.yaml")
     assert len(relation.arms) == 4 and relation.splits == ["test", "compositional"]
 
     bad = tmp_path / "bad.yaml"
@@ -238,7 +239,7 @@ def test_shipped_grid_and_bad_grids(tmp_path):
     overridden = tmp_path / "level.yaml"  # a train override of the scenes: runs are scored on what they trained on
     overridden.write_text(tiny_grid(tmp_path).read_text().replace("data.batch_size: 8", "data.shapes.level: 1"))
     levels = load_plan(overridden, "tiny")
-    assert levels.level == 1 and all(s["level"] == 1 for s in data_set(levels.data, "test", n=2).scenes)
+    assert levels.metric == "place" and all(s["level"] == 1 for s in data_set(levels.data, "test", n=2).scenes)
     with pytest.raises(ValueError, match="no preset 'huge'"):
         load_plan(bad, "huge")
     with pytest.raises(ValueError, match="arm 'rope2d-xyz' is not in"):

@@ -23,7 +23,8 @@ def test_rules_by_hand_at_twice_the_size():
     # scaled to 96 px (6 x 6 patches) it sits in patch (row 1, col 4)
     assert predicted_place(s, 96, "scaled", "normalised", 16, 48) == "top right"  # (4.5 / 6, 1.5 / 6)
     assert predicted_place(s, 96, "scaled", "corner", 16, 48) == "right"  # (1, 4) clamped to (1, 2)
-    assert predicted_place(s, 96, "scaled", "centre", 16, 48) == "top right"  # (1, 4) - (2, 2) + (1, 1) = (0, 3) -> (0, 2)
+    # centred: (1, 4) - (2, 2) + (1, 1) = (0, 3), clamped to (0, 2)
+    assert predicted_place(s, 96, "scaled", "centre", 16, 48) == "top right"
     assert predicted_place(s, 96, "scaled", "raster", 16, 48) == "bottom"  # index 1 * 6 + 4 = 10 -> (3, 1) -> (2, 1)
     # anchored in the corner of 96 px, the 48 px scene keeps its patch (0, 2)
     assert predicted_place(s, 96, "anchored", "corner", 16, 48) == "top right"

@@ -45,7 +45,7 @@ class Plan:
     frames: list[int] | None = None  # clip grids: the frame counts each run is scored at; None for images
     clip_mode: str = "block"  # clip grids: data.clips.clip_mode of every run (a train override)
     train_frames: int | None = None  # clip grids: data.clips.frames of the base config
-    level: int | None = None  # shapes grids: data.shapes.level of the base config (the scenes it is scored on)
+    metric: str = "relation"  # the headline accuracy of the base config's benchmark (place at shapes level 1)
     data: dict | None = None  # the resolved data section every run trains on (base config + train overrides)
     engine: str = "lightning"  # how runs train: ENGINES
     engine_options: dict | None = None  # stacked engine: its options (ENGINE_OPTIONS)
@@ -61,15 +61,9 @@ class Plan:
         return [round(f * self.train_size) for f in self.factors]
 
     @property
-    def metric(self) -> str:
-        """The headline accuracy: relation on shapes, event on clips."""
-        return "relation" if self.frames is None else "event"
-
-    @property
     def label(self) -> str:
-        """What the headline metric is called in tables, plots and file names: at level 1 the relation column
-        holds place accuracy (one object, nine places)."""
-        return "place" if self.level == 1 else self.metric
+        """What the headline metric is called in tables, plots and file names."""
+        return self.metric
 
     def eval_settings(self) -> dict:
         clips = {} if self.frames is None else {"frames": self.frames, "clip_mode": self.clip_mode}
@@ -144,13 +138,16 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
         raise ValueError(f"{grid}: presets.{preset}.train must be a mapping of train keys to values")
     resolved = read_config(["--config", str(base), *override_args(train)])
     vision, data = resolved["model"]["vision"], resolved["data"]
+    from mmrope.benchmarks import benchmark_of
+
+    benchmark = benchmark_of(data)
     frames = None
-    if data.get("dataset") == "clips":
-        frames = [int(f) for f in ev.get("frames", [data["clips"]["frames"]])]
+    if benchmark.frames is not None:
+        frames = [int(f) for f in ev.get("frames", [benchmark.frames])]
         if any(f < 2 for f in frames):
             raise ValueError(f"{grid}: eval.frames={frames}: expected frame counts of at least 2")
     elif "frames" in ev:
-        raise ValueError(f"{grid}: eval.frames is for clip grids, but {base} trains on {data.get('dataset', 'shapes')}")
+        raise ValueError(f"{grid}: eval.frames is for clip grids, but {base} trains on {benchmark.name}")
     size, window = int(vision["image_size"]), int(vision["patch_size"]) * int(vision["spatial_merge_size"])
     for f in factors:
         if f * size != round(f * size) or round(f * size) % window:
@@ -158,11 +155,10 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
                              f"multiple of patch_size * spatial_merge_size = {window}")
     n, batch_size, max_new_tokens = (_positive(ev.get(k, default), f"eval.{k}", grid)
                                      for k, default in (("n", 500), ("batch_size", 100), ("max_new_tokens", 12)))
-    level = None if frames else int(data["shapes"]["level"])
     engine, engine_options, parallel = _engine(p, f"{grid}: presets.{preset}")
     return Plan(grid, preset, base, pairs, list(range(n_seeds)), steps, train, splits, factors, n, batch_size,
-                max_new_tokens, size, frames, data["clips"]["clip_mode"] if frames else "block",
-                int(data["clips"]["frames"]) if frames else None, level, data, engine, engine_options, parallel)
+                max_new_tokens, size, frames, benchmark.clip_mode, benchmark.frames, benchmark.metric, data, engine,
+                engine_options, parallel)
 
 
 def _engine(p: dict, where: str) -> tuple[str, dict, int]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-METRICS = ("exact", "attribute", "relation", "axis", "event", "motion", "order", "change", "bleu4", "cider")
+METRICS = ("exact", "attribute", "place", "relation", "axis", "named", "relation_named", "axis_named", "event",
+           "motion", "order", "change", "bleu4", "cider")
 
 # t_{0.975, df} for df = 1..30 (scipy.stats.t.ppf); beyond, the Cornish-Fisher expansion below is within 1e-4.
 T_975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,

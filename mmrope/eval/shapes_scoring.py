@@ -8,7 +8,8 @@ level 3 a model may describe different pairs than the reference did.
 Per-sample scores, each in [0, 1]:
     attribute  objects named with the right colour and shape (and size at level 3), divided by
                max(objects in the scene, objects named): extra or missing objects cost
-    relation   level 1: 1 if the place is right. Levels 2-3: relation claims that hold, divided by
+    place      level 1: 1 if the place is right (the level's headline)
+    relation   levels 2-3: relation claims that hold, divided by
                max(claims made, relations in the reference caption). A claim about an object not in the scene,
                or a contradiction ("A left of B, A right of B"), does not hold. The ablation's main metric.
     axis       levels 2-3: as relation, but a claim counts when its axis (horizontal or vertical) is right,
@@ -116,7 +117,7 @@ def score_caption(prediction: str | dict, scene: dict) -> dict:
 
     scores = {"attribute": sum(map(right, named)) / max(len(truth), len(named))}
     if level == 1:
-        scores["relation"] = float(parsed["place"] == truth[0]["place"])
+        scores["place"] = float(parsed["place"] == truth[0]["place"])
     else:
         claims = set()  # (scene index, relation, scene index), or None for a claim about an absent object
         for r in parsed["relations"]:

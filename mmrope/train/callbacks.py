@@ -232,7 +232,8 @@ class TrainingCurves(Callback):
                         log.info("wrote %s", written)
 
 
-ACCURACIES = {"attribute": "attribute", "relation": "relation", "axis": "axis", "count": "count", "event": "event",
+ACCURACIES = {"attribute": "attribute", "place": "place", "relation": "relation", "axis": "axis",
+              "relation_named": "relation when both are named right", "count": "count", "event": "event",
               "exact": "exact", "cider": "CIDEr-D", "bleu4": "BLEU-4"}  # what the last line of a run reports
 
 
@@ -252,10 +253,7 @@ class FinalScores(Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or "val/num_samples" not in self.scores:
             return
-        datamodule = getattr(trainer, "datamodule", None)
-        places = getattr(datamodule, "dataset", None) == "shapes" and datamodule.shapes.level == 1
-        labels = ACCURACIES | ({"relation": "place"} if places else {})  # level 1 scores its one place there
-        shown = [f"{label} {self.scores[f'val/{key}']:.3f}" for key, label in labels.items()
+        shown = [f"{label} {self.scores[f'val/{key}']:.3f}" for key, label in ACCURACIES.items()
                  if f"val/{key}" in self.scores]
         behind = "" if self.step == trainer.global_step else f" (training went on to step {trainer.global_step})"
         print(f"train.py: validation at step {self.step}{behind}, {int(self.scores['val/num_samples'])} samples: "

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from mmrope.benchmarks import BENCHMARKS, Benchmark
+from mmrope.benchmarks.captions import ShardsConfig
+from mmrope.benchmarks.clips import ClipsConfig
+from mmrope.benchmarks.shapes import ShapesConfig
 from mmrope.data.tokenizer import Tokenizer, load_tokenizer
 from mmrope.model.config import as_config
 
@@ -40,54 +43,12 @@ class ResumableSampler(DistributedSampler):
         return iter(indices)
 
 
-@dataclass
-class ShapesConfig:
-    """The built-in benchmark (see :mod:`mmrope.data.shapes`)."""
-    level: int = 2
-    canvas: int | None = None  # the size scenes are drawn at; None: data.image_size (the model's training size)
-    n_train: int = 20000
-    n_val: int = 500
-    n_test: int = 1000
-    background: Literal["plain", "noisy"] = "plain"
-    fresh_each_epoch: bool = True  # new scenes every epoch: no memorising
-    val_split: Literal["val", "compositional"] = "val"
-    colours: list[str] | None = None  # the scene vocabulary; None: red, green, blue, yellow
-    shapes: list[str] | None = None  # None: circle, square, triangle
-    max_objects: int = 4  # level 3: objects per scene, 3 to this
-    inside_cells: bool = False  # level 1: each object wholly inside its place's cell of the 3 x 3 grid
-    caption_order: Literal["random", "reading"] = "random"  # levels 2-3: reading names the leftmost / topmost first
-    mix_levels: list[int] | None = None  # training scenes drawn from these levels in equal shares; None: level
-    loss_words: list[str] | None = None  # a diagnostic: only these caption words are predicted (the rest is given)
-
-
-@dataclass
-class ClipsConfig:
-    """Synthetic clips of moving, appearing and recolouring shapes (see :mod:`mmrope.data.clips`)."""
-    frames: int = 4  # frames per training clip; temporal patches = ceil(frames / temporal_patch_size)
-    canvas: int | None = None  # the size clips are drawn at; None: data.image_size (the model's training size)
-    duration: float = 2.0  # seconds every clip lasts, whatever its frame count (sets fps, for tokens_per_second)
-    n_train: int = 20000
-    n_val: int = 500
-    n_test: int = 1000
-    fresh_each_epoch: bool = True
-    val_split: Literal["val", "compositional"] = "val"
-    clip_mode: Literal["block", "frames"] = "block"  # one (t, h, w) video block, or each frame its own image
-    eval_frames: list[int] | None = None  # extra validation sets at these frame counts: temporal extrapolation
-
-
-@dataclass
-class ShardsConfig:
-    """WebDataset shards (``data.dataset: shards``; see :mod:`mmrope.data.shards`)."""
-    shuffle_window: int = 1000  # training samples shuffled together within each worker: memory is this many samples
-    # an index arrives with the data: only files inside its folder unless it is trusted to name URLs (https://,
-    # gs://), pipe: commands (run by the shell) and other paths; see mmrope.data.shards.resolve_entry
-    trust_index: bool = False
-
-
 class CaptionDataModule(L.LightningDataModule):
-    """Shapes (default), synthetic clips, a real caption set (COCO JSON, imagefolder ``metadata.jsonl`` or CSV), or
-    WebDataset shards (``dataset: shards``; ``train``, ``val``, ``test``: their ``index.json``), streamed so that every
-    rank and worker reads its own samples once an epoch and a resumed run goes on where it stopped.
+    """The data of any registered benchmark (``dataset``, :mod:`mmrope.benchmarks`): shapes (default), synthetic
+    clips, a real caption set (COCO JSON, imagefolder ``metadata.jsonl`` or CSV), or WebDataset shards (``dataset:
+    shards``; ``train``, ``val``, ``test``: their ``index.json``), streamed so that every rank and worker reads its
+    own samples once an epoch and a resumed run goes on where it stopped. The benchmark decides what its datasets,
+    vocabulary and headline metric are; this module adds tokenizer, transforms, samplers and loaders.
 
     ``eval_sizes`` adds one validation set per extra resolution (objects scale with the canvas), logged as
     ``val@96/relation`` and so on; for clips, ``clips.eval_frames`` adds one per frame count (``val@8f/event``).
@@ -96,13 +57,15 @@ class CaptionDataModule(L.LightningDataModule):
     (``on_bad_image: skip``) until more than ``max_skipped_fraction`` of the samples drawn were (see
     :class:`BadDataGuard`); ``on_bad_image: raise`` stops at the first. Caption files may only name images
     inside their folder (or ``image_dir``) unless ``allow_outside_paths`` is set, and a shard index only files
-    inside its own folder unless ``shards.trust_index`` is.
+    inside its own folder unless ``shards.trust_index`` is. ``options``: the settings of a benchmark registered
+    outside the package (the fields of its ``config_class``).
     """
 
-    def __init__(self, dataset: Literal["shapes", "clips", "captions", "shards"] = "shapes",
+    def __init__(self, dataset: str = "shapes",
                  shapes: ShapesConfig = ShapesConfig(),  # noqa: B008
                  clips: ClipsConfig = ClipsConfig(),  # noqa: B008
                  shards: ShardsConfig = ShardsConfig(),  # noqa: B008
+                 options: dict | None = None,
                  train: str | None = None, val: str | None = None, test: str | None = None,
                  image_dir: str | None = None, karpathy_split: str | None = None,
                  image_size: int = 64, resize: Literal["fixed", "native"] = "fixed",  # image_size: linked
@@ -114,20 +77,16 @@ class CaptionDataModule(L.LightningDataModule):
                  allow_outside_paths: bool = False,
                  patch_size: int = 8, merge_size: int = 2, temporal_patch_size: int = 1, row_breaks: bool = False):
         super().__init__()
-        if dataset not in ("shapes", "clips", "captions", "shards"):
-            raise ValueError(f"data.dataset={dataset!r}: expected 'shapes', 'clips', 'captions' or 'shards'")
+        if dataset not in BENCHMARKS:  # the live registry: a benchmark registered in a user's file counts
+            raise ValueError(f"data.dataset={dataset!r} is unknown: expected one of "
+                             f"{', '.join(map(repr, BENCHMARKS))}")
         if not (isinstance(max_skipped_fraction, (int, float)) and 0 <= max_skipped_fraction <= 1):
             raise ValueError(f"data.max_skipped_fraction={max_skipped_fraction!r}: expected a share in [0, 1]")
-        if dataset == "captions" and not train:
-            raise ValueError("data.train is required with data.dataset: captions (a COCO captions JSON, a folder "
-                             "with metadata.jsonl, or a CSV file)")
-        if dataset == "shards" and not train:
-            raise ValueError("data.train is required with data.dataset: shards (a shard index.json, or its folder)")
-        self.dataset, self.shapes = dataset, copy.deepcopy(as_config(ShapesConfig, shapes, "data.shapes."))
+        self.dataset = dataset
+        self.shapes = copy.deepcopy(as_config(ShapesConfig, shapes, "data.shapes."))
         self.clips = copy.deepcopy(as_config(ClipsConfig, clips, "data.clips."))
         self.shards = copy.deepcopy(as_config(ShardsConfig, shards, "data.shards."))
         self.paths = {"train": train, "val": val, "test": test}
-        self.image_dir, self.karpathy_split = image_dir, karpathy_split
         self.image_size, self.resize = image_size, resize
         self.min_pixels, self.max_pixels, self.augment = min_pixels, max_pixels, augment
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -135,10 +94,14 @@ class CaptionDataModule(L.LightningDataModule):
         self.eval_sizes = list(eval_sizes or [])
         self.max_caption_tokens, self.seed, self.on_bad_image = max_caption_tokens, seed, on_bad_image
         self.max_skipped_fraction = float(max_skipped_fraction)
-        self.allow_outside_paths = allow_outside_paths
         self.patch_size, self.merge_size, self.temporal_patch_size = patch_size, merge_size, temporal_patch_size
         self.row_breaks = row_breaks
-        self.eval_frames = list(self.clips.eval_frames or []) if dataset == "clips" else []
+        sections = {"shapes": self.shapes, "clips": self.clips, "shards": self.shards}
+        self.benchmark: Benchmark = BENCHMARKS[dataset]({
+            "dataset": dataset, **sections, **({dataset: options} if options is not None else {}),
+            **self.paths, "image_dir": image_dir, "karpathy_split": karpathy_split, "image_size": image_size,
+            "resize": resize, "seed": seed, "allow_outside_paths": allow_outside_paths, "on_bad_image": on_bad_image})
+        self.eval_frames = list(self.benchmark.eval_frames)
         self.tokenizer = self._build_tokenizer(tokenizer)
         self._resume: dict | None = None
         self._sets: dict[str, Any] = {}
@@ -149,9 +112,9 @@ class CaptionDataModule(L.LightningDataModule):
 
     @property
     def monitor(self) -> str:
-        """The metric the best checkpoint is chosen by: relation accuracy on shapes, event accuracy on clips,
-        CIDEr-D on real captions."""
-        return {"shapes": "val/relation", "clips": "val/event"}.get(self.dataset, "val/cider")
+        """The metric the best checkpoint is chosen by: the benchmark's headline (place or relation accuracy on
+        shapes, event accuracy on clips, CIDEr-D on real captions)."""
+        return f"val/{self.benchmark.metric}"
 
     @property
     def eval_names(self) -> list[str]:
@@ -165,32 +128,7 @@ class CaptionDataModule(L.LightningDataModule):
             return load_tokenizer(kind)  # a saved tokenizer.json
         if kind == "byte":
             return build_tokenizer("byte", [])
-        return build_tokenizer("word", self._training_captions())
-
-    def _training_captions(self) -> list[str]:
-        if self.dataset == "shapes":
-            from mmrope.data.shapes import vocabulary_captions
-
-            return vocabulary_captions()
-        if self.dataset == "clips":
-            from mmrope.data.clips import clip_vocabulary_captions
-
-            return clip_vocabulary_captions()
-        if self.dataset == "shards":
-            from mmrope.data.shards import read_shard_set
-
-            return read_shard_set(self.paths["train"], self.shards.trust_index).read_captions()
-        return [c for r in self._records("train") for c in r.captions]
-
-    def _records(self, split: str):
-        """Caption records of a split: its own file, or with a Karpathy split file, the train file's share."""
-        from mmrope.data.captions import load_caption_records
-
-        path = self.paths[split] or (self.paths["train"] if self.karpathy_split else None)
-        if path is None:
-            raise ValueError(f"data.{split} is not set: give a caption file for it (or data.karpathy_split)")
-        coco = {"karpathy_split": self.karpathy_split, "split": split} if self.karpathy_split else {}
-        return load_caption_records(path, self.image_dir, self.allow_outside_paths, **coco)
+        return build_tokenizer("word", self.benchmark.vocabulary())
 
     def _transform(self, train: bool, size: int | None = None):
         from mmrope.data.images import ImageTransform
@@ -200,51 +138,14 @@ class CaptionDataModule(L.LightningDataModule):
                               augment=self.augment and train)
 
     def _make(self, split: str, size: int | None = None, frames: int | None = None):
-        if self.dataset == "clips":
-            from mmrope.data.clips import ClipsDataset
-
-            c = self.clips
-            n = {"train": c.n_train, "val": c.n_val, "test": c.n_test}[split]
-            name = {"train": "train", "val": c.val_split, "test": "test"}[split]
-            transform = self._transform(split == "train", size) if (self.augment and split == "train") else None
-            return ClipsDataset(n, split=name, seed=self.seed, frames=frames or c.frames,
-                                canvas=c.canvas or self.image_size, size=size, duration=c.duration,
-                                transform=transform, fresh_each_epoch=c.fresh_each_epoch and split == "train")
-        if self.dataset == "shapes":
-            from mmrope.data.shapes import ShapesDataset
-
-            c = self.shapes
-            n = {"train": c.n_train, "val": c.n_val, "test": c.n_test}[split]
-            name = {"train": "train", "val": c.val_split, "test": "test"}[split]
-            transform = self._transform(split == "train", size) if (self.augment and split == "train") else None
-            from mmrope.data.shapes import DEFAULT_COLOURS, DEFAULT_SHAPES
-
-            return ShapesDataset(n, split=name, seed=self.seed, level=c.level, canvas=c.canvas or self.image_size,
-                                 size=size, background=c.background, transform=transform,
-                                 fresh_each_epoch=c.fresh_each_epoch and split == "train",
-                                 colours=c.colours or DEFAULT_COLOURS, shapes=c.shapes or DEFAULT_SHAPES,
-                                 max_objects=c.max_objects, inside_cells=c.inside_cells,
-                                 caption_order=c.caption_order,
-                                 mix_levels=c.mix_levels if split == "train" else None, loss_words=c.loss_words)
-        if self.dataset == "shards":
-            return self._shard_stream(split, size)
-        from mmrope.data.captions import CaptionDataset
-
-        return CaptionDataset(self._records(split), self._transform(split == "train", size), train=split == "train",
-                              seed=self.seed, on_bad_image=self.on_bad_image)  # max_pixels: the resize budget
-
-    def _shard_stream(self, split: str, size: int | None = None):
-        from mmrope.data.shards import ShardStream, read_shard_set
-
-        if self.paths[split] is None:
-            raise ValueError(f"data.{split} is not set: give the shard index.json of that split")
+        train = split == "train"
+        # drawn samples are plain tensors of their own size unless augmented; files always go through the resize
+        plain = self.benchmark.generated and not (self.augment and train)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        shard_set = read_shard_set(self.paths[split], self.shards.trust_index)
-        return ShardStream(shard_set, self._transform(split == "train", size), train=split == "train", seed=self.seed,
-                           batch_size=self.batch_size if split == "train" else self.eval_batch_size, rank=rank,
-                           world_size=world, num_workers=self.num_workers, shuffle_window=self.shards.shuffle_window,
-                           on_bad_image=self.on_bad_image)
+        return self.benchmark.dataset(split, size, frames, None if plain else self._transform(train, size),
+                                      rank=rank, world_size=world, num_workers=self.num_workers,
+                                      batch_size=self.batch_size if train else self.eval_batch_size)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None):
@@ -261,7 +162,7 @@ class CaptionDataModule(L.LightningDataModule):
         from mmrope.data.shards import ShardLoader, ShardStream
 
         collate = CaptionCollator(self.tokenizer, self.patch_size, self.merge_size, self.max_caption_tokens,
-                                  self.temporal_patch_size, self.clips.clip_mode, self.row_breaks)
+                                  self.temporal_patch_size, self.benchmark.clip_mode, self.row_breaks)
         if isinstance(dataset, ShardStream):  # it makes its own batches, split over ranks and workers
             return ShardLoader(dataset, collate, self.num_workers, pin_memory=torch.cuda.is_available())
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None,
@@ -271,7 +172,9 @@ class CaptionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        if self.dataset == "shards":
+        from mmrope.data.shards import ShardStream
+
+        if isinstance(self._sets["train"], ShardStream):  # it keeps its own place in the epoch
             stream = self._sets["train"]
             if self._resume is not None:
                 if "stream" in self._resume:
@@ -300,9 +203,12 @@ class CaptionDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or not trainer.training:
             return {}
+        from mmrope.data.shards import ShardStream
+
         state = {"epoch": trainer.current_epoch,
                  "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
-        if self.dataset == "shards":  # the samples every rank's workers had used, and the split they were used in
+        if isinstance(self._sets.get("train"), ShardStream):  # the samples every rank's workers had used, and the
+            # split they were used in
             state["stream"] = self._sets["train"].state(state["epoch"], state["batches"])
         return state
 

@@ -208,14 +208,16 @@ class CaptionModule(L.LightningModule):
         return [unique[k] for k in sorted(unique)]
 
     def _score(self, stage: str) -> None:
-        names = getattr(getattr(self.trainer, "datamodule", None), "eval_names", [])
+        datamodule = getattr(self.trainer, "datamodule", None)
+        names = getattr(datamodule, "eval_names", [])
+        benchmark = getattr(datamodule, "benchmark", None)  # whose accuracies score the captions
         log_dir = self.trainer.log_dir  # a collective call under DDP: every rank asks
         for idx in sorted(self._eval_outputs):
             local = self._eval_outputs[idx]
             outputs = self._gather(local)
             prefix = stage if idx == 0 else f"{stage}@{names[idx - 1]}"
             metrics = score_generated([o["prediction"] for o in outputs], [o["references"] for o in outputs],
-                                      [o["scene"] for o in outputs])
+                                      [o["scene"] for o in outputs], benchmark.accuracies if benchmark else None)
             metrics["num_samples"] = float(len(outputs))
             for name, value in metrics.items():
                 self.log(f"{prefix}/{name}", float(value), add_dataloader_idx=False, rank_zero_only=False)

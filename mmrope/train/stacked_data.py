@@ -41,9 +41,9 @@ class RunData:
 
     @classmethod
     def of(cls, datamodule) -> RunData:
-        if datamodule.dataset not in ("shapes", "clips"):
-            raise ValueError(f"stacked training draws shapes and clips, not data.dataset={datamodule.dataset!r}: "
-                             "train real captions with train.py")
+        if not datamodule.benchmark.generated:
+            raise ValueError(f"stacked training draws its samples from (seed, index), as shapes and clips are drawn, "
+                             f"not data.dataset={datamodule.dataset!r}: train real captions with train.py")
         datamodule.setup("fit")
         loader = datamodule.train_dataloader()
         return cls(loader.dataset, loader.sampler, loader.collate_fn, loader.batch_size)
