@@ -187,26 +187,53 @@ def test_ci_on_known_numbers():
     assert t_quantile_975(10**6) == pytest.approx(1.959964, abs=1e-5)
 
 
-def test_results_with_several_seeds_show_intervals(tmp_path):
-    """Known scores -> the table's "mean ± half-width" and plots with bands, without training anything."""
+def fake_predictions(plan, out: Path, right: dict[str, list[list[int]]]) -> list[dict]:
+    """Per-scene predictions as the runner writes them, with known outcomes: ``right[arm][seed][scene]`` is the
+    headline score of every point of that scene (attribute is 0.5 throughout) -> the aggregated rows."""
+    rows = []
+    for arm, seeds in right.items():
+        encoder, scheme = arm.split("-")
+        for seed, scores in enumerate(seeds):
+            scenes = [{"split": split, "protocol": protocol, "factor": factor, "size": round(factor * 32),
+                       "index": i, "prediction": "a caption", plan.metric: score, "attribute": 0.5}
+                      for split in plan.splits for protocol, factor in plan.scored for i, score in enumerate(scores)]
+            (out / arm / f"seed{seed}").mkdir(parents=True)
+            runner.write_scenes(out / arm / f"seed{seed}" / runner.SCENES_FILE, scenes)
+            rows += [{"encoder": encoder, "scheme": scheme, "seed": seed, "split": split, "protocol": protocol,
+                      "factor": factor, "size": round(factor * 32), "n": len(scores),
+                      plan.metric: sum(scores) / len(scores), "attribute": 0.5}
+                     for split in plan.splits for protocol, factor in plan.scored]
+    return rows
+
+
+def test_results_come_from_per_scene_predictions_with_paired_tests(tmp_path):
+    """Known per-scene outcomes -> bootstrap cells inside [0, 1], a stated comparison that separates (24 discordant
+    pairs one way: p = 2 * 0.5^24) and one that does not, with its minimum detectable difference."""
+    from mmrope.ablation.plan import Comparison
+
     plan = load_plan(tiny_grid(tmp_path), "tiny", seeds=3)
-    rows = [{"encoder": e, "scheme": s, "seed": k, "split": split, "factor": f, "size": round(32 * f), "n": 8,
-             "relation": base + 0.1 * k, "attribute": 0.5, "exact": 0.1, "axis": 0.9, "bleu4": 0.3, "cider": 1.0}
-            for (e, s), base in zip(plan.arms, (0.5, 0.2)) for k in plan.seeds for split in plan.splits
-            for f in plan.factors]
-    summary = summarize(rows)
-    assert len(summary) == 2 * 2 * 2 and all(s["seeds"] == 3 for s in summary)
+    a, b = TINY_ARMS
+    plan.comparisons = [Comparison(a, b, "test")]
+    ones, zeros = [[1] * 8] * 3, [[0] * 8] * 3
+    rows = fake_predictions(plan, tmp_path, {a: ones, b: zeros})
     write_results(rows, plan, tmp_path)
     table = (tmp_path / "results.md").read_text()
-    assert "| rope2d-mrope | 0.600 ± 0.248 | 0.600 ± 0.248 |" in table  # [0.5, 0.6, 0.7]: s = 0.1
-    assert "| rope1d_flat-flat | 0.500 ± 0.000 |" in table  # attribute
+    assert f"| {a} | 1.000 [1.00, 1.00] | 1.000 [1.00, 1.00] |" in table
+    assert f"| {b} | 0.000 [0.00, 0.00] | 0.000 [0.00, 0.00] |" in table
+    assert f"| {b} | 0.500 [0.50, 0.50] |" in table  # attribute
+    comparison = next(line for line in table.splitlines() if line.startswith(f"| {a} | {b} |"))
+    assert "24 / 0" in comparison and "A > B" in comparison and "< 1e-4" in comparison
     for name in ("relation_vs_resolution_test", "relation_bars_compositional"):
         assert_png(tmp_path / f"{name}.png")
-    # one object per scene (level 1): the benchmark's headline is place accuracy
-    places = [{**r, "place": r.pop("relation")} for r in [dict(r) for r in rows]]
-    write_results(places, dataclasses.replace(plan, metric="place"), tmp_path / "places")
-    assert "## test: place accuracy" in (tmp_path / "places/results.md").read_text()
-    assert_png(tmp_path / "places/place_vs_resolution_test.png")
+
+    # two arms that differ on a few scenes only: a null, reported with the difference it could have missed
+    other = tmp_path / "null"
+    mixed = [[1, 0, 1, 0, 1, 0, 1, 0], [1, 1, 0, 0, 1, 1, 0, 0], [0, 1, 1, 0, 0, 1, 1, 0]]
+    flipped = [row[1:] + row[:1] for row in mixed]
+    write_results(fake_predictions(plan, other, {a: mixed, b: flipped}), plan, other)
+    comparison = next(line for line in (other / "results.md").read_text().splitlines()
+                      if line.startswith(f"| {a} | {b} |"))
+    assert "no difference detected" in comparison and "could be missed" in comparison
 
 
 def test_shipped_grid_and_bad_grids(tmp_path):
@@ -266,6 +293,9 @@ def damage_runs(plan, out: Path, damage: str) -> dict[str, str]:
     (runs[TINY_ARMS[1], 1] / "arm.json").write_text("")
     rows = [{"split": split, "factor": f, "size": round(32 * f), "n": 8, "relation": 0.5, "attribute": 0.5}
             for split in plan.splits for f in plan.factors]
+    scenes = [{"split": r["split"], "protocol": "scaled", "factor": r["factor"], "size": r["size"], "index": i,
+               "prediction": "", "relation": 0.5, "attribute": 0.5} for r in rows for i in range(8)]
+    runner.write_scenes(runs[TINY_ARMS[1], 0] / runner.SCENES_FILE, scenes)
     (runs[TINY_ARMS[1], 0] / "eval.json").write_text(json.dumps({"eval": plan.eval_settings(), "rows": rows}))
     reason = {"truncated": "cannot be read as a PyTorch checkpoint", "random": "cannot be read as a PyTorch checkpoint",
               "empty": "empty file, not a checkpoint"}[damage]
@@ -284,7 +314,7 @@ def test_damaged_run_files_fail_their_run_and_the_grid_goes_on(tmp_path, monkeyp
     monkeypatch.setattr(runner, "train_command", lambda *a, **k: pytest.fail("nothing here is to be trained"))
     assert cli.main(["ablate", "--config", str(grid), "--preset", "tiny", "--seeds", "2", "--out", str(out)]) == 1
     captured = capsys.readouterr()
-    assert "Traceback" not in captured.err and "| rope1d_flat-flat | 0.500 | 0.500 |" in captured.out
+    assert "Traceback" not in captured.err and "| rope1d_flat-flat | 0.500 [0.50, 0.50] |" in captured.out
     listed = captured.err[captured.err.index("mmrope ablate: 3 of 4 runs failed (rerun to retry them):"):]
     lines = listed.splitlines()[1:]
     assert len(lines) == 3

@@ -1,9 +1,10 @@
-"""Several arms of a grid at once (``parallel: N`` with ``engine: stacked``): one worker process per arm.
+"""Several runs of a grid at once (``parallel: N``): one worker process per run, or per arm with the stacked engine.
 
-A worker is ``python -m mmrope.ablation.parallel`` for one arm: it trains the arm's seeds together
-(:func:`mmrope.ablation.runner.run_arm_stacked`, itself a ``mmrope.train.stacked`` subprocess) and scores them,
-writing the same folders, signatures and markers as a sequential run. The runner then makes its usual pass, which
-finds every finished run done and collects its rows.
+A worker is ``python -m mmrope.ablation.parallel`` for one run (or one arm): it trains it
+(:func:`mmrope.ablation.runner.run_arm`, or :func:`~mmrope.ablation.runner.run_arm_stacked` for an arm's seeds
+together) and scores it, writing the same folders, signatures and markers as a sequential run. The runner then makes
+its usual pass, which finds every finished run done and collects its rows. On a CPU each worker gets an equal share
+of the cores (``OMP_NUM_THREADS``): small models train faster as N one-thread runs than as one N-thread run.
 
 Why processes rather than CUDA streams in one process: arms are different programs (each encoder and scheme is its
 own graph), so each pays its own compile anyway, and separate processes compile them in parallel on the host's cores
@@ -27,10 +28,31 @@ from pathlib import Path
 from mmrope.ablation.plan import Plan, arm_name, load_plan
 
 
-def worker_command(plan: Plan, encoder: str, scheme: str, out: Path, device: str | None) -> list[str]:
+def worker_command(plan: Plan, encoder: str, scheme: str, out: Path, device: str | None,
+                   seed: int | None = None) -> list[str]:
     return [sys.executable, "-m", "mmrope.ablation.parallel", "--grid", str(plan.grid), "--preset", plan.preset,
             "--out", str(out), "--arm", arm_name(encoder, scheme), "--seeds", str(len(plan.seeds)),
-            "--max-steps", str(plan.max_steps), *(["--device", device] if device else [])]
+            "--max-steps", str(plan.max_steps), *(["--device", device] if device else []),
+            *(["--seed", str(seed)] if seed is not None else [])]
+
+
+def run_runs_in_parallel(plan: Plan, out: Path, device: str | None = None) -> None:
+    """Train and score every run of ``plan`` that is not done, ``plan.parallel`` at a time, each worker with an equal
+    share of the CPU's threads. Failures are left for the runner's pass to report."""
+    import os
+
+    from mmrope.ablation.runner import RunInterrupted, is_done
+
+    todo = [(e, s, k) for e, s in plan.arms for k in plan.seeds if not is_done(plan, e, s, k, out)]
+    jobs = [(f"{arm_name(e, s)} seed {k}", worker_command(plan, e, s, out, device, k),
+             out / arm_name(e, s) / f"seed{k}" / "worker.log") for e, s, k in todo]
+    threads = str(max(1, (os.cpu_count() or 1) // plan.parallel))
+    codes = run_commands(jobs, plan.parallel, lambda m: print(f"[parallel] {m}", file=sys.stderr, flush=True),
+                         env={**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+    stopped = [name for name, code in codes.items() if code >= 128]
+    if stopped:
+        raise RunInterrupted(f"runs {', '.join(stopped)} stopped; their checkpoints are saved: run the same command "
+                             "again to resume")
 
 
 def run_arms_in_parallel(plan: Plan, out: Path, device: str | None = None) -> None:
@@ -49,7 +71,8 @@ def run_arms_in_parallel(plan: Plan, out: Path, device: str | None = None) -> No
                              "again to resume")
 
 
-def run_commands(jobs: list[tuple[str, list[str], Path]], processes: int, say) -> dict[str, int]:
+def run_commands(jobs: list[tuple[str, list[str], Path]], processes: int, say, env: dict | None = None
+                 ) -> dict[str, int]:
     """Run ``jobs`` (name, command, log) with at most ``processes`` at once -> exit status by name (128 + signal for
     a job stopped by a Ctrl-C or SIGTERM passed on to it). Each job has its own session, so a terminal's Ctrl-C
     reaches it once, through here; after one, no new job starts."""
@@ -71,7 +94,8 @@ def run_commands(jobs: list[tuple[str, list[str], Path]], processes: int, say) -
                 name, command, log = queue.pop(0)
                 log.parent.mkdir(parents=True, exist_ok=True)
                 with open(log, "a", encoding="utf-8") as f:
-                    proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+                    proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=env)
                 running[name] = (proc, time.monotonic())
                 say(f"{name}: started (log: {log})")
             try:
@@ -104,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, required=True)
     p.add_argument("--max-steps", type=int, required=True)
     p.add_argument("--device")
+    p.add_argument("--seed", type=int, help="one run of the arm (train.py's engine); without it, all its seeds")
     args = p.parse_args(argv)
     plan = load_plan(args.grid, args.preset, seeds=args.seeds, max_steps=args.max_steps, arms=[args.arm])
     encoder, scheme = plan.arms[0]
@@ -112,6 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.arm}: {message}", file=sys.stderr, flush=True)
 
     try:
+        if args.seed is not None:
+            from mmrope.ablation.runner import RunFailed, run_arm
+
+            try:
+                run_arm(plan, encoder, scheme, args.seed, args.out, args.device, say)
+            except RunFailed as e:
+                say(f"failed: {e}")
+                return 1
+            return 0
         _, failures = run_arm_stacked(plan, encoder, scheme, args.out, args.device, say)
     except RunInterrupted as e:
         say(str(e))

@@ -12,17 +12,36 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 from typing import Any
 
 PRESET_KEYS = ("base", "arms", "encoders", "schemes", "seeds", "max_steps", "eval", "train", "engine", "engine_options",
-               "parallel")
+               "parallel", "compare", "threshold")
 ENGINES = ("lightning", "stacked")  # one train.py process per run, or each arm's seeds in one mmrope.train.stacked
 ENGINE_OPTIONS = ("stack", "renderer", "compile", "save_steps")  # mmrope.train.stacked's options
-EVAL_KEYS = ("splits", "factors", "frames", "n", "batch_size", "max_new_tokens")
+EVAL_KEYS = ("splits", "factors", "frames", "n", "batch_size", "max_new_tokens", "protocols")
+COMPARE_KEYS = ("arms", "split", "factor", "protocol", "metric")
 SPLITS = ("val", "test", "compositional")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A comparison stated in advance: arm ``a`` against arm ``b`` on ``metric`` (None: the headline), at one split,
+    factor of the training size and size protocol, tested on the (seed, scene) pairs both arms were scored on."""
+
+    a: str
+    b: str
+    split: str
+    factor: float = 1.0
+    protocol: str = "scaled"
+    metric: str | None = None
+
+    @property
+    def where(self) -> str:
+        at = f"{self.split}, {self.factor:g}x" + ("" if self.protocol == "scaled" else f" {self.protocol}")
+        return at + (f", {self.metric}" if self.metric else "")
 
 
 @dataclass
@@ -49,7 +68,17 @@ class Plan:
     data: dict | None = None  # the resolved data section every run trains on (base config + train overrides)
     engine: str = "lightning"  # how runs train: ENGINES
     engine_options: dict | None = None  # stacked engine: its options (ENGINE_OPTIONS)
-    parallel: int = 1  # arms trained at once, each in its own processes (stacked engine)
+    parallel: int = 1  # runs (stacked engine: arms) trained at once, each in its own processes
+    protocols: list[str] = field(default_factory=lambda: ["scaled"])  # shapes: how scenes are shown off-size
+    comparisons: list[Comparison] = field(default_factory=list)  # stated in advance, tested together (Holm)
+    threshold: float | None = None  # learning curves: the headline accuracy whose first crossing is reported
+
+    @property
+    def scored(self) -> list[tuple[str, float]]:
+        """Every (protocol, factor) each run is scored at: "scaled" at every factor, the others off the training
+        size only (at 1x they are the same pictures), "anchored" only on larger canvases."""
+        return [(p, f) for p in self.protocols for f in self.factors
+                if p == "scaled" or (f != 1 and (p != "anchored" or f > 1))]
 
     @property
     def points(self) -> list[tuple[float, int | None]]:
@@ -67,8 +96,9 @@ class Plan:
 
     def eval_settings(self) -> dict:
         clips = {} if self.frames is None else {"frames": self.frames, "clip_mode": self.clip_mode}
-        return {"splits": self.splits, "factors": self.factors, "sizes": self.sizes, **clips, "n": self.n,
-                "max_new_tokens": self.max_new_tokens, "data": str(self.base)}
+        protocols = {} if self.protocols == ["scaled"] else {"protocols": self.protocols}
+        return {"splits": self.splits, "factors": self.factors, "sizes": self.sizes, **clips, **protocols,
+                "n": self.n, "max_new_tokens": self.max_new_tokens, "data": str(self.base), "per_scene": True}
 
 
 def arm_name(encoder: str, scheme: str) -> str:
@@ -155,10 +185,45 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
                              f"multiple of patch_size * spatial_merge_size = {window}")
     n, batch_size, max_new_tokens = (_positive(ev.get(k, default), f"eval.{k}", grid)
                                      for k, default in (("n", 500), ("batch_size", 100), ("max_new_tokens", 12)))
+    from mmrope.data.shapes import SIZE_PROTOCOLS
+
+    protocols = list(ev.get("protocols", ["scaled"]))
+    if not protocols or any(x not in SIZE_PROTOCOLS for x in protocols) or (protocols != ["scaled"] and frames):
+        raise ValueError(f"{grid}: eval.protocols={protocols}: expected some of {', '.join(SIZE_PROTOCOLS)} "
+                         "(shapes grids only)")
     engine, engine_options, parallel = _engine(p, f"{grid}: presets.{preset}")
-    return Plan(grid, preset, base, pairs, list(range(n_seeds)), steps, train, splits, factors, n, batch_size,
+    plan = Plan(grid, preset, base, pairs, list(range(n_seeds)), steps, train, splits, factors, n, batch_size,
                 max_new_tokens, size, frames, benchmark.clip_mode, benchmark.frames, benchmark.metric, data, engine,
-                engine_options, parallel)
+                engine_options, parallel, protocols)
+    plan.comparisons = _comparisons(p.get("compare") or [], plan, f"{grid}: presets.{preset}.compare")
+    threshold = p.get("threshold")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
+        raise ValueError(f"{grid}: presets.{preset}.threshold={threshold!r}: expected an accuracy in (0, 1]")
+    plan.threshold = threshold
+    return plan
+
+
+def _comparisons(specs: Any, plan: Plan, where: str) -> list[Comparison]:
+    """A preset's ``compare`` list: each ``[arm, arm]`` (at the first split, 1x, scaled) or ``{arms: [arm, arm],
+    split, factor, protocol, metric}``; both arms must be in the plan and the point scored."""
+    if not isinstance(specs, list):
+        raise ValueError(f"{where} must be a list of comparisons, [arm, arm] or {{arms: [arm, arm], factor: ...}}")
+    names = [arm_name(e, s) for e, s in plan.arms]
+    out = []
+    for i, spec in enumerate(specs):
+        spec = {"arms": spec} if isinstance(spec, list) else spec
+        _check_keys(spec, COMPARE_KEYS, f"{where}[{i}]")
+        arms = spec.get("arms")
+        if not (isinstance(arms, list) and len(arms) == 2 and all(a in names for a in arms) and arms[0] != arms[1]):
+            raise ValueError(f"{where}[{i}]: arms={arms!r}: expected two different arms of the preset "
+                             f"({', '.join(names)})")
+        c = Comparison(arms[0], arms[1], spec.get("split", plan.splits[0]), float(spec.get("factor", 1)),
+                       spec.get("protocol", "scaled"), spec.get("metric"))
+        if c.split not in plan.splits or (c.protocol, c.factor) not in plan.scored:
+            raise ValueError(f"{where}[{i}]: {c.where} is not scored by the preset (splits {plan.splits}, "
+                             f"factors {plan.factors}, protocols {plan.protocols})")
+        out.append(c)
+    return out
 
 
 def _engine(p: dict, where: str) -> tuple[str, dict, int]:
@@ -172,9 +237,7 @@ def _engine(p: dict, where: str) -> tuple[str, dict, int]:
         raise ValueError(f"{where}.engine_options are options of the stacked engine: add engine: stacked")
     parallel = p.get("parallel", 1)
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
-        raise ValueError(f"{where}.parallel={parallel!r}: expected a positive whole number of arms trained at once")
-    if parallel > 1 and engine != "stacked":
-        raise ValueError(f"{where}.parallel trains arms side by side with the stacked engine: add engine: stacked")
+        raise ValueError(f"{where}.parallel={parallel!r}: expected a positive whole number of runs trained at once")
     from mmrope.train.stacked import EngineOptions
 
     try:

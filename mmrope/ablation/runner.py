@@ -9,6 +9,7 @@ others). For arm A and seed k, ``<out>/A/seed<k>/`` holds:
     checkpoints/, logs/   the training run
     train.log             its output
     arm.json              what it is trained with, checked on every visit: a changed budget is refused, never mixed
+    predictions.csv       every scene it was scored on: the caption it wrote and its scores, at every point
     eval.json             the done marker: settings and scores, written atomically once the run is scored
 
 A run with ``last.ckpt`` but no marker resumes from it (``--ckpt_path last``, exact); one whose checkpoint already
@@ -149,9 +150,10 @@ def run_training(command: list[str], log_path: Path) -> int:
     return 128 + forwarded[0] if forwarded else code
 
 
-def score_run(plan: Plan, ckpt: Path, device: str | None = None) -> list[dict]:
-    """Score ``ckpt`` on every split at every size (and frame count) -> rows ``{split, factor, size, [frames,] n,
-    <metrics>}``."""
+def score_run(plan: Plan, ckpt: Path, device: str | None = None) -> tuple[list[dict], list[dict]]:
+    """Score ``ckpt`` on every split, at every size under every size protocol (and frame count) -> (rows ``{split,
+    protocol, factor, size, [frames,] n, <metrics>}``, one row per scene and point ``{split, protocol, factor,
+    size, [frames,] index, prediction, <its scores>}``: the per-scene predictions that paired tests read)."""
     from mmrope.eval.evaluation import evaluate
     from mmrope.inference import load
 
@@ -159,23 +161,29 @@ def score_run(plan: Plan, ckpt: Path, device: str | None = None) -> list[dict]:
     if pipeline.config.vision.image_size != plan.train_size:
         raise ValueError(f"{ckpt}: trained at {pipeline.config.vision.image_size} px, the grid's base config says "
                          f"{plan.train_size}")
-    rows = []
+    rows, scenes = [], []
+    clips = {} if plan.frames is None else {"frames": plan.frames, "clip_mode": plan.clip_mode}
     for split in plan.splits:
-        eval_set = _eval_set(plan, split)
-        clips = {} if plan.frames is None else {"frames": plan.frames, "clip_mode": plan.clip_mode}
-        results, _ = evaluate(pipeline, eval_set, plan.sizes, batch_size=plan.batch_size,
-                              max_new_tokens=plan.max_new_tokens, **clips)
-        factor = dict(zip(plan.sizes, plan.factors))
-        rows += [{"split": split, "factor": factor[r["size"]], **r} for r in results]
-    return rows
+        for protocol in plan.protocols:
+            factors = [f for p, f in plan.scored if p == protocol]
+            sizes = [round(f * plan.train_size) for f in factors]
+            results, _ = evaluate(pipeline, _eval_set(plan, split, protocol), sizes, batch_size=plan.batch_size,
+                                  max_new_tokens=plan.max_new_tokens, samples=True, **clips)
+            for factor, r in zip(factors, results):  # one row per size (and frame count), in order
+                where = {"split": split, "protocol": protocol, "factor": factor, "size": r["size"],
+                         **({"frames": r["frames"]} if "frames" in r else {})}
+                rows.append({**where, **{k: v for k, v in r.items() if k != "samples"}})
+                scenes += [{**where, **sample} for sample in r["samples"]]
+    return rows, scenes
 
 
-_EVAL_SETS: dict[str, dict] = {}  # the scored grid's evaluation sets, by split
+_EVAL_SETS: dict[str, dict] = {}  # the scored grid's evaluation sets, by split and protocol
 
 
-def _eval_set(plan: Plan, split: str):
-    """The evaluation set of ``split``, its images drawn once per size and kept for every run this process scores:
-    every run of a grid is scored on the same scenes, and drawing them is most of the scoring's host time."""
+def _eval_set(plan: Plan, split: str, protocol: str = "scaled"):
+    """The evaluation set of ``split`` under ``protocol``, its images drawn once per size and kept for every run this
+    process scores: every run of a grid is scored on the same scenes, and drawing them is most of the scoring's
+    host time."""
     from functools import lru_cache
 
     from mmrope.eval.evaluation import data_set
@@ -185,11 +193,29 @@ def _eval_set(plan: Plan, split: str):
         _EVAL_SETS.clear()  # one grid at a time
         _EVAL_SETS[key] = {}
     sets = _EVAL_SETS[key]
-    if split not in sets:
-        eval_set = data_set(plan.data, split=split, n=plan.n)
+    if (split, protocol) not in sets:
+        eval_set = data_set(plan.data, split=split, n=plan.n, protocol=protocol)
         eval_set.images = lru_cache(maxsize=None)(eval_set.images)
-        sets[split] = eval_set
-    return sets[split]
+        sets[split, protocol] = eval_set
+    return sets[split, protocol]
+
+
+def write_scenes(path: Path, scenes: list[dict]) -> None:
+    """Per-scene predictions as CSV, atomically: one row per scene and point scored."""
+    import csv
+    import io
+
+    columns = list(dict.fromkeys(k for row in scenes for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(scenes)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+SCENES_FILE = "predictions.csv"  # a run's per-scene predictions and scores
 
 
 class RunFailed(Exception):
@@ -207,7 +233,7 @@ def _visit(plan: Plan, encoder: str, scheme: str, seed: int, out: Path) -> tuple
     marker = run_dir / "eval.json"
     if marker.exists():
         done = _read_json(marker, "delete it to score the run again")
-        if done.get("eval") == plan.eval_settings():
+        if done.get("eval") == plan.eval_settings() and (run_dir / SCENES_FILE).is_file():
             if not isinstance(done.get("rows"), list):
                 raise RunFailed(f"{marker}: damaged, holds no rows; delete it to score the run again")
             return run_dir, done["rows"]
@@ -260,15 +286,17 @@ def _score(plan: Plan, encoder: str, scheme: str, seed: int, run_dir: Path, step
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     start = time.monotonic()
     try:
-        rows = score_run(plan, ckpt, device)
+        rows, scenes = score_run(plan, ckpt, device)
     except ValueError as e:  # a checkpoint that loads but is not this grid's model, one line naming it
         raise RunFailed(str(e)) from None
     eval_seconds = time.monotonic() - start
+    write_scenes(run_dir / SCENES_FILE, scenes)  # before the marker: a marked run always has its predictions
     _write_json(run_dir / "eval.json", {"arm": arm_name(encoder, scheme), "seed": seed, "steps": step,
                                         "checkpoint": str(ckpt), "train_seconds": round(train_seconds, 1),
                                         "eval_seconds": round(eval_seconds, 1), **extra,
                                         "eval": plan.eval_settings(), "rows": rows})
-    at_1x = next((r.get(plan.metric) for r in rows if r["factor"] == 1 and r["split"] == plan.splits[0]), None)
+    at_1x = next((r.get(plan.metric) for r in rows if r["factor"] == 1 and r["split"] == plan.splits[0]
+                  and r["protocol"] == "scaled"), None)
     score = f"; {plan.label} at 1x ({plan.splits[0]}) {at_1x:.3f}" if at_1x is not None else ""
     trained = f"trained in {_duration(train_seconds)}, " if train_seconds else ""
     say(f"{trained}scored in {_duration(eval_seconds)}{score}")
@@ -362,6 +390,10 @@ def run_ablation(plan: Plan, out: str | Path, device: str | None = None) -> tupl
     stacked`` each arm's seeds train together, and with ``parallel`` N arms at once (:mod:`mmrope.ablation.parallel`)
     before this pass collects them."""
     out = Path(out)
+    if plan.engine == "lightning" and plan.parallel > 1:
+        from mmrope.ablation.parallel import run_runs_in_parallel
+
+        run_runs_in_parallel(plan, out, device)  # the pass below finds them done and collects their rows
     if plan.engine == "stacked":
         parallel = plan.parallel > 1 and len(plan.arms) > 1
         if parallel:

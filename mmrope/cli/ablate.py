@@ -42,9 +42,8 @@ def run_ablate(args: argparse.Namespace) -> int:
     import shlex
 
     from mmrope.ablation.plan import arm_name, load_plan
-    from mmrope.ablation.report import format_results, write_results
+    from mmrope.ablation.report import results_text, write_results
     from mmrope.ablation.runner import RunInterrupted, run_ablation, stacked_command, train_command
-    from mmrope.ablation.stats import summarize
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
     plan = load_plan(args.config, args.preset, seeds=args.seeds, max_steps=args.max_steps, arms=arms)
@@ -70,7 +69,7 @@ def run_ablate(args: argparse.Namespace) -> int:
         return 130
     if rows:
         paths = write_results(rows, plan, args.out)
-        print(format_results(summarize(rows), plan))
+        print(results_text(plan, args.out))
         print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
     if failures:
         print(f"mmrope ablate: {len(failures)} of {runs} runs failed (rerun to retry them):", file=sys.stderr)
