@@ -23,7 +23,7 @@ from mmrope.ablation import plan as plan_module
 from mmrope.ablation import report, runner
 from mmrope.ablation.plan import load_plan
 from mmrope.ablation.report import write_results
-from mmrope.ablation.stats import mean_ci, summarize, t_quantile_975
+from mmrope.ablation.stats import mean_ci, t_quantile_975
 from mmrope.eval.evaluation import data_set
 
 ROOT = Path(__file__).resolve().parents[1]
