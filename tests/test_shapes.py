@@ -302,3 +302,13 @@ def test_size_protocols():
     assert set(SIZE_PROTOCOLS) == {"scaled", "same_pixels", "anchored"}
     with pytest.raises(ValueError, match="size protocol 'zoomed' is unknown"):
         render_at(s, 96, "zoomed")
+
+
+def test_training_on_several_sizes_draws_each_scene_s_canvas_from_its_index():
+    data = ShapesDataset(60, level=1, canvas=48, sizes=(32, 48, 64), fresh_each_epoch=True)
+    sizes = [data[i]["image"].shape[-1] for i in range(60)]
+    assert set(sizes) == {32, 48, 64} and sizes == [data[i]["image"].shape[-1] for i in range(60)]
+    data.set_epoch(1)  # new scenes, new sizes
+    assert [data[i]["image"].shape[-1] for i in range(60)] != sizes
+    with pytest.raises(ValueError, match="shapes sizes must be positive multiples of 16"):
+        ShapesDataset(4, level=1, sizes=(40,))

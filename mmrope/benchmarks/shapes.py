@@ -28,6 +28,7 @@ class ShapesConfig:
     caption_order: Literal["random", "reading"] = "random"  # levels 2-3: reading names the leftmost / topmost first
     mix_levels: list[int] | None = None  # training scenes drawn from these levels in equal shares; None: level
     loss_words: list[str] | None = None  # a diagnostic: only these caption words are predicted (the rest is given)
+    train_sizes: list[int] | None = None  # training scenes drawn at one of these canvases each (objects scaled)
 
 
 @register_benchmark("shapes")
@@ -68,7 +69,7 @@ class Shapes(Benchmark):
         train = split == "train"
         return ShapesDataset(n, size=size, transform=transform, fresh_each_epoch=c.fresh_each_epoch and train,
                              mix_levels=c.mix_levels if train else None, loss_words=c.loss_words,
-                             **self.scene_options(split))
+                             sizes=c.train_sizes if train and size is None else None, **self.scene_options(split))
 
     def eval_set(self, split="test", n=None, protocol: str = "scaled", **options) -> EvalSet:
         """``n`` scenes of ``split`` ("val", "test", "compositional"), redrawn at each size under ``protocol``

@@ -377,7 +377,8 @@ class ShapesDataset(GeneratedDataset):
     """``n`` scenes of one split, rendered on the fly; a sample is
     ``{"image": (3, H, W) float, "caption": str, "references": list[str], "scene": dict, "id": str}``.
 
-    ``size`` renders at a canvas other than the scene's own (evaluation at unseen resolutions); ``transform``
+    ``size`` renders at a canvas other than the scene's own (evaluation at unseen resolutions), ``sizes`` at one
+    of several per scene (training on several sizes, :meth:`size_of`); ``transform``
     (an ``ImageTransform``) replaces plain normalisation, and its augmentation is seeded from (seed, epoch,
     index), so call ``set_epoch`` each epoch. ``fresh_each_epoch`` draws new training scenes every epoch.
     """
@@ -403,6 +404,7 @@ class ShapesDataset(GeneratedDataset):
         caption_order: str = "random",
         mix_levels: tuple[int, ...] | None = None,
         loss_words: tuple[str, ...] | None = None,
+        sizes: tuple[int, ...] | None = None,
     ):
         if n <= 0:
             raise ValueError(f"shapes n must be positive, got {n}")
@@ -416,6 +418,9 @@ class ShapesDataset(GeneratedDataset):
         super().__init__(n, split, seed, fresh_each_epoch)
         self.size, self.scale_objects, self.transform = size or canvas, scale_objects, transform
         self.mix_levels, self.loss_words = tuple(mix_levels or ()), tuple(loss_words or ())
+        if any(not isinstance(z, int) or z <= 0 or z % 16 for z in sizes or ()):
+            raise ValueError(f"shapes sizes must be positive multiples of 16, got {list(sizes)}")
+        self.sizes = tuple(sizes or ())
 
     def scene(self, index: int) -> dict:
         stream_index = self.stream_index(index)
@@ -425,9 +430,16 @@ class ShapesDataset(GeneratedDataset):
             args = {**args, "level": level}
         return sample_scene(self.seed, stream_index, **args)
 
+    def size_of(self, index: int) -> int:
+        """The canvas sample ``index`` is drawn at: ``size``, or with ``sizes`` one of them per scene, drawn from the
+        scene's own (seed, index) (training on several sizes, as NaViT and Qwen2-VL do; objects scale with it)."""
+        if not self.sizes:
+            return self.size
+        return random.Random(f"shapes-size:{self.split}:{self.seed}:{self.stream_index(index)}").choice(self.sizes)
+
     def __getitem__(self, index: int) -> dict:
         scene = self.scene(index)
-        img = render_scene(scene, self.size, self.scale_objects)
+        img = render_scene(scene, self.size_of(index), self.scale_objects)
         if self.transform is None:
             image = to_tensor(img)  # (3, size, size)
         else:
