@@ -82,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         command = [sys.executable, "-m", "mmrope.train", "fit", "--config", str(ROOT / "configs/shapes_place.yaml"),
                    f"--trainer.default_root_dir={root}", "--trainer.limit_val_batches=0",
-                   "--trainer.enable_progress_bar=false", "--data.eval_sizes=[]"]
+                   "--trainer.enable_progress_bar=false", "--data.eval_sizes=[]", "--overwrite"]  # one folder, 2 runs
         timed = {}
         for steps in (1, args.steps):
             start = time.perf_counter()

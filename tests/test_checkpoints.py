@@ -1,10 +1,14 @@
 """Checkpoints that hold what they say and never run code: ``last.ckpt`` is the last step after a finished and after a
-resumed run; a crafted pickle is refused even when torch is told to allow pickles; every bad file, a model setting
-that disagrees with the checkpoint, a full disk and a broken export end in one line; an export is whole or absent."""
+resumed run; a new run never replaces an old one unasked; ``--ckpt_path`` resumes the very file it checked; a crafted
+pickle is refused even when torch is told to allow pickles; every bad file, a model setting that disagrees with the
+checkpoint, a full disk and a broken export end in one line; an export is whole or absent."""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import os
 import random
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from test_train import ROOT, tiny_args
 
 from mmrope.checkpoints import read_exported, write_exported
 from mmrope.inference import load
+from mmrope.train import checkpoint_io
 from mmrope.train import cli as train
 from mmrope.train.checkpoint_io import AtomicCheckpointIO
 
@@ -42,6 +47,53 @@ def test_last_ckpt_holds_the_final_step_and_a_resume_overwrites_it(tmp_path):
     assert train.main(tiny_args(tmp_path, "--trainer.val_check_interval=3", "--ckpt_path=last", steps=11)) == 0
     assert step_of(tmp_path / "checkpoints/last.ckpt") == 11
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("last*")) == ["last.ckpt"]
+
+
+def test_a_new_run_refuses_a_folder_that_holds_one(tmp_path, capsys):
+    """A second fresh fit into a folder replaced its last.ckpt without a word, and its best-*.ckpt joined the first
+    run's, which mmrope serve then offered side by side."""
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    assert train.main(tiny_args(run, "--trainer.val_check_interval=2", steps=2)) == 0
+    before = {p.name: p.read_bytes() for p in ckpts.iterdir()}
+    assert sorted(before) == ["best-2.ckpt", "last.ckpt"]
+    capsys.readouterr()
+    assert train.main(tiny_args(run, "--trainer.val_check_interval=3", steps=3)) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"train.py: error: {run} holds a run already ({ckpts / 'last.ckpt'}): continue it with --ckpt_path last, "
+        "start over with --overwrite (its checkpoints are deleted), or choose another --trainer.default_root_dir")
+    elsewhere = tmp_path / "elsewhere.ckpt"
+    elsewhere.write_bytes(before["last.ckpt"])
+    assert train.main(tiny_args(run, f"--ckpt_path={elsewhere}", steps=3)) == 1  # nor continued from another file
+    assert "holds a run already" in capsys.readouterr().err
+    assert train.main(tiny_args(run, "--overwrite", "--ckpt_path=last", steps=3)) == 1
+    assert "--overwrite deletes the checkpoints in" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before
+
+    assert train.main(tiny_args(run, "--trainer.val_check_interval=3", "--overwrite", steps=3)) == 0
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best-3.ckpt", "last.ckpt"]  # none of the first run's
+    assert step_of(ckpts / "last.ckpt") == 3
+    saved = sorted(run.glob("logs/version_*/config.yaml"))[-1].read_text()
+    assert "overwrite: false" in saved  # run again, the saved config continues nothing and replaces nothing
+
+
+def test_ckpt_path_last_and_hpc_resume_the_file_they_check(tmp_path, capsys):
+    """Lightning resumed the newest last*.ckpt, so a last-v1.ckpt beside last.ckpt (which turn-2 folders hold) was
+    read unchecked: 47 lines of traceback for a crafted file, 85 for another architecture. --ckpt_path hpc was not
+    checked at all."""
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    assert train.main(tiny_args(run, steps=2)) == 0
+    torch.save({"state_dict": {}, "payload": Payload(tmp_path / MARKER_NAME)}, ckpts / "last-v1.ckpt")  # the newest
+    assert train.main(tiny_args(run, "--ckpt_path=last", steps=3)) == 0
+    assert step_of(ckpts / "last.ckpt") == 3 and not (tmp_path / MARKER_NAME).exists()
+    capsys.readouterr()
+
+    assert train.main(tiny_args(run, "--ckpt_path=hpc", steps=4)) == 1
+    assert capsys.readouterr().err.strip() == f"train.py: error: --ckpt_path hpc: no hpc_ckpt_<n>.ckpt in {run}"
+    (run / "hpc_ckpt_1.ckpt").write_bytes((ckpts / "last.ckpt").read_bytes())
+    (run / "hpc_ckpt_2.ckpt").write_bytes(b"")  # the highest: the one Lightning resumes
+    assert train.main(tiny_args(run, "--ckpt_path=hpc", steps=4)) == 1
+    err = capsys.readouterr().err
+    assert "hpc_ckpt_2.ckpt" in err and "empty file" in err and err.count("\n") == 1
 
 
 def test_a_crafted_pickle_is_refused_not_run(tmp_path, monkeypatch, capsys):
@@ -128,6 +180,34 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypa
     assert len(lines) == 1 and "cannot write checkpoint" in lines[0] and "Traceback" not in err
     assert not list((tmp_path / "run/checkpoints").glob(".saving-*"))
     monkeypatch.setattr(torch, "save", real_save)
+
+
+class NearlyFullDisk(io.FileIO):
+    """A disk with ``room`` bytes left: the write that crosses it fails with ENOSPC, as the kernel says it, and
+    close has nothing left to flush. torch's writer reported it as ``[enforce fail at inline_container.cc:672]
+    . unexpected pos``."""
+
+    room = 1000
+
+    def write(self, data):
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+def test_a_full_disk_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(checkpoint_io, "open", lambda path, mode: NearlyFullDisk(path, mode), raising=False)
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(OSError) as e:
+        AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(1000), "steps": list(range(100))}, target)
+    assert e.value.errno == errno.ENOSPC
+    assert str(e.value) == f"[Errno 28] cannot write checkpoint {target}: No space left on device"
+    assert list(target.parent.iterdir()) == []
+
+    assert train.main(tiny_args(tmp_path / "run", steps=2)) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train.py:")]
+    assert lines == [f"train.py: error: [Errno 28] cannot write checkpoint {tmp_path / 'run/checkpoints/last.ckpt'}: "
+                     "No space left on device"]
 
 
 def test_export_is_whole_or_absent(trained_checkpoint, tmp_path, monkeypatch):

@@ -81,3 +81,26 @@ def test_jsonargparse_reads_the_dataclasses():
     assert dataclasses.is_dataclass(config)
     with pytest.raises(SystemExit):
         parser.parse_string("config:\n  vision: {pos_encoding: rope4d}\n")
+
+
+def test_config_files_whose_aliases_explode_are_refused(tmp_path):
+    """yaml.safe_load keeps an alias as a reference to its anchor; jsonargparse expanded 413 bytes of nested
+    anchors (a "billion laughs") for 54 s and 3.5 GB. Files are read once, first, with a bound on the expansion."""
+    from mmrope.train.config_reader import MAX_YAML_VALUES, read_yaml
+
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("size: &size {dim: 64, depth: 2}\nmodel: {vision: *size, text: *size}\n")
+    assert read_yaml(shared, "shared.yaml")["model"] == {"vision": {"dim": 64, "depth": 2},
+                                                         "text": {"dim": 64, "depth": 2}}
+    rows = ["a: &a [" + ", ".join(["lol"] * 10) + "]"]
+    rows += [f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]" for a, b in zip("abc", "bcd")]  # d: 10^4 lols and more
+    laughs = tmp_path / "laughs.yaml"
+    laughs.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError) as err:
+        read_yaml(laughs, "laughs.yaml")
+    assert str(err.value) == f"laughs.yaml: more than {MAX_YAML_VALUES} values once its aliases are expanded " \
+                             "(nested anchors?): refused"
+    cyclic = tmp_path / "cyclic.yaml"
+    cyclic.write_text("a: &a [1, *a]\n")
+    with pytest.raises(ValueError, match="^cyclic.yaml: nested too deeply, or an alias inside its own anchor$"):
+        read_yaml(cyclic, "cyclic.yaml")

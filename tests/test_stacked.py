@@ -218,7 +218,30 @@ def test_options_and_bad_arguments(tmp_path, capsys):
     assert stacked.main(["--run=zero", "--", "fit"]) == 1
     assert "expected SEED=DIR" in capsys.readouterr().err
     code = stacked.main(["--run=0=a", "--run=1=b", "--", *train_args("--model.vision.dim=66")])
-    assert code == 1 and "vision.head_dim=33" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("stacked: error: ") and "vision.head_dim=33" in err  # not "train.py: error"
+
+
+def test_stacked_runs_never_replace_a_run(tmp_path, capsys):
+    """--run 0=<a folder with a train.py run> without --resume overwrote its checkpoint, and --run 0=<s>/x
+    --run 1=<s>/x kept only one of the two seeds."""
+    last = tmp_path / "seed0" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"a train.py run's checkpoint")
+    assert together(tmp_path, seeds=(0, 1)) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"stacked: error: {tmp_path / 'seed0'} holds a run already ({last}): continue it with --resume, start over "
+        "with --overwrite (its checkpoints are deleted), or choose another folder")
+    assert last.read_bytes() == b"a train.py run's checkpoint" and not (tmp_path / "seed1").exists()
+    shared = tmp_path / "shared"
+    assert stacked.main([f"--run=0={shared}", f"--run=1={shared}", "--", *train_args()]) == 1
+    assert f"--run 0={shared} and --run 1={shared} share one folder" in capsys.readouterr().err
+    assert not shared.exists()
+    assert together(tmp_path, "--resume", "--overwrite", seeds=(0, 1)) == 1
+    assert "give one of the two" in capsys.readouterr().err
+
+    assert together(tmp_path, "--overwrite", seeds=(0, 1), steps=2) == 0
+    assert torch.load(last, weights_only=True)["global_step"] == 2
 
 
 def tiny_grid(tmp_path: Path, preset: str) -> Path:

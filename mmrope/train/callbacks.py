@@ -1,5 +1,6 @@
 """Callbacks every training run gets: ``last.ckpt`` that is the last step and ``best-<step>.ckpt``, a clean stop on
-Ctrl-C or SIGTERM with the state of the last finished step on disk, and a stop when the training data cannot be read.
+Ctrl-C or SIGTERM with the state of the last finished step on disk, and a stop when the training data cannot be read,
+which leaves the last finished step on disk too.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -14,6 +16,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from mmrope.data.collate import SkippedBatch
 
 log = logging.getLogger("mmrope")
+# train.py refuses a new run in a folder that holds one (cli.refuse_to_replace): a non-empty checkpoint folder is the
+# run being resumed, which Lightning would warn about at every resume.
+warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
 class TrainingInterrupted(Exception):
@@ -30,7 +35,7 @@ def default_callbacks(root: str | Path, monitor: str) -> list[Callback]:
     ``--ckpt_path last`` finds them after a restart; a clean stop on Ctrl-C; a stop when the data cannot be read;
     ``curves.png`` beside ``metrics.csv`` and the last validation's scores on the terminal at the end."""
     folder = Path(root) / "checkpoints"
-    return [LastAndBestCheckpoint(folder, monitor), GracefulInterrupt(folder), BadDataGuard(), Throughput(),
+    return [LastAndBestCheckpoint(folder, monitor), GracefulInterrupt(folder), BadDataGuard(folder), Throughput(),
             TrainingCurves(), FinalScores()]
 
 
@@ -39,9 +44,10 @@ class LastAndBestCheckpoint(ModelCheckpoint):
 
     Lightning's ``save_last`` writes ``last`` only when it also writes a new best, and nothing at the end of
     training, so a run whose last validation did not improve, or that ends between validations, would leave a
-    ``last.ckpt`` some steps behind. Here ``last.ckpt`` is written at every validation, at the end of training and
-    when a run is interrupted (:meth:`write_last`), always to the same name: a resumed run overwrites it rather than
-    writing ``last-v1.ckpt`` beside it.
+    ``last.ckpt`` some steps behind. Here ``last.ckpt`` is written at every validation, at the end of training, when
+    a run is interrupted (:meth:`write_last`) and when it stops because its data cannot be read
+    (:meth:`on_exception`), always to the same name: a resumed run overwrites it rather than writing
+    ``last-v1.ckpt`` beside it.
     """
 
     def __init__(self, folder: str | Path, monitor: str):
@@ -62,6 +68,47 @@ class LastAndBestCheckpoint(ModelCheckpoint):
             return
         self._last_step = trainer.global_step
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """A run stopped by its data (a missing shard, an unreadable image with ``on_bad_image: raise``, too many
+        skipped samples) keeps its last finished step, as Ctrl-C does, and says so in its error line.
+
+        Only between steps: the loaders raise while fetching the next batch, before Lightning counts it, so the
+        weights, optimizer and loop progress all describe the last finished step. Under DDP only when every rank
+        stops together (:class:`BadDataError`): saving is a collective, and a rank alone would wait forever."""
+        from mmrope.data.images import ImageError
+        from mmrope.data.shards import BadSample, ShardError
+
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current
+        if (not isinstance(exception, (BadDataError, ImageError, ShardError, BadSample))
+                or (trainer.world_size > 1 and not isinstance(exception, BadDataError))
+                or batches.ready != batches.completed or trainer.global_step == 0):
+            return
+        self.write_last(trainer)
+        if trainer.global_step == self._last_step and self.last_model_path:
+            exception.saved_checkpoint = (Path(self.last_model_path), trainer.global_step)
+
+
+def save_last(trainer, folder: Path) -> Path:
+    """Write ``last.ckpt`` for the current step through the run's :class:`LastAndBestCheckpoint` -> its path (a
+    config that brings its own ``ModelCheckpoint`` gets ``<folder>/last.ckpt``)."""
+    checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, LastAndBestCheckpoint)]
+    if checkpoints:
+        checkpoints[0].write_last(trainer)
+        return Path(checkpoints[0].last_model_path)
+    path = Path(folder) / "last.ckpt"
+    trainer.save_checkpoint(path, weights_only=False)
+    return path
+
+
+def resume_hint(err: BaseException) -> str:
+    """What to say after the error line of a run that kept its last finished step (:meth:`LastAndBestCheckpoint.
+    on_exception`): where, and how to go on."""
+    saved = getattr(err, "saved_checkpoint", None)
+    if saved is None:
+        return ""
+    path, step = saved
+    return f" (saved {path} at step {step}: once the data is fixed, continue with --ckpt_path last)"
 
 
 class GracefulInterrupt(Callback):
@@ -94,13 +141,7 @@ class GracefulInterrupt(Callback):
         if trainer.world_size > 1:  # all ranks stop at the same step, or the collectives hang
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop and self.saved is None:
-            checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, LastAndBestCheckpoint)]
-            if checkpoints:
-                checkpoints[0].write_last(trainer)
-                self.saved = Path(checkpoints[0].last_model_path)
-            else:  # a config that brings its own ModelCheckpoint
-                self.saved = self.folder / "last.ckpt"
-                trainer.save_checkpoint(self.saved, weights_only=False)
+            self.saved = save_last(trainer, self.folder)
 
     def _stop_if_saved(self, trainer, *args) -> None:
         if self.saved is not None:
@@ -129,31 +170,56 @@ class BadDataGuard(Callback):
     Unreadable samples are skipped (each named once in a warning by the dataset); this counts them. The run stops
     when an epoch ends without one readable sample, or, once ``min(500, len(train set))`` samples were drawn, when
     more than ``data.max_skipped_fraction`` of them were skipped. Under DDP the ranks agree before stopping.
+
+    Either way ``last.ckpt`` holds the last finished step first, as on Ctrl-C: the share is judged at a step's end,
+    where that checkpoint is written, and the stop comes at the next hook, once the step's metrics are logged; an
+    epoch's end raises at once, and :meth:`LastAndBestCheckpoint.on_exception` saves.
     """
 
     CHECK_EVERY = 20  # steps between checks of the share (each is a collective under DDP)
     MIN_SAMPLES = 500  # drawn before the share is judged, so a few bad images early on do not stop a run
 
-    def __init__(self):
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)  # where last.ckpt goes when a config brings its own ModelCheckpoint
         self.read = self.skipped = self.epoch_read = self.epoch_skipped = self.batches = 0
+        self.stopping: BadDataError | None = None  # decided at a step's end, raised at the next hook
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.epoch_read = self.epoch_skipped = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._raise_if_stopping()
         skipped = batch.num_skipped if isinstance(batch, SkippedBatch) else int(batch.get("num_skipped", 0))
         read = 0 if isinstance(batch, SkippedBatch) else len(batch["input_ids"])
         self.read, self.skipped = self.read + read, self.skipped + skipped
         self.epoch_read, self.epoch_skipped = self.epoch_read + read, self.epoch_skipped + skipped
         self.batches += 1
-        if self.batches % self.CHECK_EVERY == 0:
-            self._check_share(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.batches % self.CHECK_EVERY == 0 and self.stopping is None:
+            try:
+                self._check_share(trainer)
+            except BadDataError as e:
+                if trainer.global_step > 0:  # every rank decided alike: the save, a collective, runs on all
+                    e.saved_checkpoint = (save_last(trainer, self.folder), trainer.global_step)
+                self.stopping = e
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._raise_if_stopping()
         _stop_if(trainer, self.epoch_read == 0 and self.epoch_skipped > 0,
                  f"no training sample of epoch {trainer.current_epoch} could be read ({self.epoch_skipped} skipped; "
                  "the warnings above name the files): check data.train and data.image_dir")
         self._check_share(trainer)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._raise_if_stopping()
+
+    def on_train_end(self, trainer, pl_module) -> None:  # the stop came at the last step
+        self._raise_if_stopping()
+
+    def _raise_if_stopping(self) -> None:
+        if self.stopping is not None:
+            raise self.stopping
 
     def _check_share(self, trainer) -> None:
         limit = getattr(trainer.datamodule, "max_skipped_fraction", None) if trainer.datamodule else None

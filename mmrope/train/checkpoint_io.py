@@ -30,16 +30,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = path.with_name(f".saving-{os.getpid()}.tmp")  # no "last" in the name: Lightning globs for it
         try:
             with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
+                writer = _KeepWriteError(f)
+                try:
+                    torch.save(checkpoint, writer)
+                except RuntimeError:
+                    if writer.error is not None:  # the reason torch's "file write failed" leaves out
+                        raise writer.error from None
+                    raise
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except Exception as e:  # noqa: BLE001 - torch's writer raises RuntimeError for a full disk, not OSError
+        except Exception as e:  # noqa: BLE001 - whatever torch's writer raises, the target stays whole
             tmp.unlink(missing_ok=True)
-            raise OSError(errno.EIO, f"cannot write checkpoint {path}: {_one_line(e)}") from None
+            code = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
+            raise OSError(code, f"cannot write checkpoint {path}: {_one_line(e)}") from None
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class _KeepWriteError:
+    """The file ``torch.save`` writes through, keeping the ``OSError`` a write raised: torch turns it into
+    ``[enforce fail at inline_container.cc:672] ... file write failed``, which does not say the disk is full."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def remove_stale_temporaries(folder: Path) -> None:

@@ -5,10 +5,13 @@
     python train.py fit --config configs/shapes_small.yaml --ckpt_path last        # resume where it stopped
     python train.py validate --config configs/shapes_small.yaml --ckpt_path last
     python train.py fit --config configs/debug.yaml --print_config                 # the full resolved config
+    python train.py fit --config configs/debug.yaml --overwrite                    # a new run over runs/debug's
 
 A thin LightningCLI over :mod:`mmrope.train.module` and :mod:`mmrope.train.datamodule`: ``--model.*`` are the
 model's config (:mod:`mmrope.model.config`), ``--data.*`` the data module's, ``--trainer.*`` Lightning's Trainer.
-Checkpoints go to <trainer.default_root_dir>/checkpoints/. ``python train.py`` in a checkout is the same command.
+Checkpoints go to <trainer.default_root_dir>/checkpoints/; a new ``fit`` refuses a folder that holds a run's
+``last.ckpt`` unless it continues it (``--ckpt_path last``) or replaces it (``--overwrite``). ``python train.py`` in a
+checkout is the same command.
 """
 
 from __future__ import annotations
@@ -16,14 +19,18 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
+from argparse import ArgumentError
 from pathlib import Path
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
+from mmrope.model.config import CaptionerConfig
 from mmrope.model.decoder_positions import SCHEMES
-from mmrope.train.callbacks import TrainingInterrupted, default_callbacks
+from mmrope.train.callbacks import TrainingInterrupted, default_callbacks, resume_hint
 from mmrope.train.checkpoint_io import AtomicCheckpointIO
-from mmrope.train.config_reader import _flatten, check_config_files, explicit_model_keys
+from mmrope.train.config_reader import _flatten, check_config_files, config_error, explicit_model_keys
 from mmrope.train.datamodule import CaptionDataModule
 from mmrope.train.module import CaptionModule, NonFiniteLossError
 
@@ -36,8 +43,32 @@ VISION_TO_DATA = {"patch_size": "patch_size", "spatial_merge_size": "merge_size"
 class CaptionCLI(LightningCLI):
     def __init__(self, *args, **kwargs):
         given = kwargs.get("args")
-        self.explicit_model_keys = explicit_model_keys(sys.argv[1:] if given is None else list(given))
+        self.command_line = list(sys.argv[1:] if given is None else given)
+        self.explicit_model_keys = explicit_model_keys(self.command_line)
+        # a parse error comes back as an exception, said in one line (parse_arguments), not under 130 lines of usage
+        kwargs["parser_kwargs"] = {"exit_on_error": False, **(kwargs.get("parser_kwargs") or {})}
+        self._overwrite: Path | None = None
         super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        with warnings.catch_warnings():
+            # main() passes the command line itself (with configs/... resolved to the package's copy), which
+            # LightningCLI warns about when the process has arguments of its own: they are the same ones
+            warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter")
+            try:
+                super().parse_arguments(parser, args)
+            except ArgumentError as err:
+                parsers = getattr(self, "_subcommand_parsers", {})
+                subcommand = next((a for a in self.command_line if a in parsers), None)
+                keys = set((parsers[subcommand] if subcommand else parser).get_defaults().keys())
+                raise ValueError(config_error(str(err), self.command_line, keys)) from None
+
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "fit":
+            parser.add_argument("--overwrite", type=bool, nargs="?", const=True, default=False,
+                                help="start a new run in a folder that holds one: its checkpoints are deleted")
+        return parser
 
     def add_arguments_to_parser(self, parser) -> None:
         for source, target in VISION_TO_DATA.items():  # written once, in the model's config
@@ -47,10 +78,12 @@ class CaptionCLI(LightningCLI):
         parser.link_arguments("data.tokenizer_state", "model.tokenizer", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
-        """Check ``--ckpt_path`` before Lightning reads it, and reconcile the model config with the checkpoint's.
+        """Resolve ``--ckpt_path`` to the one file Lightning will read, check it, and reconcile the model config with
+        the checkpoint's; refuse a new ``fit`` into a folder that holds a run.
 
-        Lightning would read a bad file with a long traceback and, for a file path, silently replace the model
-        config with the checkpoint's, explicit ``--model.*`` flags included. Here the file is read safely (one line
+        Lightning would resume the newest ``last*.ckpt`` (``last-v1.ckpt`` beside the ``last.ckpt`` checked here),
+        read a bad file with a long traceback and, for a file path, silently replace the model config with the
+        checkpoint's, explicit ``--model.*`` flags included. Here the exact file is handed on, read safely (one line
         for an empty, torn, crafted or foreign file), settings left at their defaults take the checkpoint's values
         (with a note), and a setting the config or a flag gives explicitly that disagrees with the checkpoint is
         refused, naming it: the weights would not fit, or the run would not be the one asked for."""
@@ -58,7 +91,18 @@ class CaptionCLI(LightningCLI):
         if not subcommand:
             return
         config = self.config[subcommand]
-        path = checkpoint_file(config.get("ckpt_path"), config.trainer.get("default_root_dir") or "runs/default")
+        root = Path(config.trainer.get("default_root_dir") or "runs/default")
+        asked = config.get("ckpt_path")
+        path = checkpoint_file(asked, root)
+        if asked in ("last", "hpc", None):  # Lightning gets the file checked below, not a keyword to resolve its way
+            config["ckpt_path"] = None if path is None else str(path)
+        if asked == "last" and path is None:
+            starts = "a new run starts" if subcommand == "fit" else "the model is not trained"
+            print(f"train.py: note: --ckpt_path last: no {root / 'checkpoints' / 'last.ckpt'} yet, so {starts}",
+                  file=sys.stderr)
+        if subcommand == "fit":
+            self._overwrite = refuse_to_replace(root, path, bool(config.get("overwrite")))
+            config["overwrite"] = False  # the saved config.yaml must not replace the run when it is run again
         if path is None:
             return
         from mmrope.checkpoints import read_checkpoint
@@ -73,6 +117,19 @@ class CaptionCLI(LightningCLI):
             print(f"train.py: note: model settings left at their defaults are taken from {path}: {shown}",
                   file=sys.stderr)
         self._checkpoint_weights = (path, state)
+
+    def before_fit(self) -> None:
+        """``--overwrite``: the old run's checkpoints go once the new run is built, just before it trains, so a
+        mistake in the new config leaves them alone; its logs stay, in their own version folders. Under DDP every
+        rank gets here, before the ranks connect: before the new run can have written anything."""
+        if self._overwrite is None:
+            return
+        old = sorted(self._overwrite.glob("*.ckpt"))
+        for path in old:
+            path.unlink(missing_ok=True)
+        if old:
+            print(f"train.py: note: --overwrite: deleted the {len(old)} checkpoints in {self._overwrite}",
+                  file=sys.stderr)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
@@ -101,26 +158,61 @@ def scheme_row_breaks(position_scheme: str) -> bool:
     return SCHEMES[position_scheme].row_breaks
 
 
-def checkpoint_file(ckpt_path: str | None, root: str) -> Path | None:
-    """The file ``--ckpt_path`` names: ``last`` is ``<root>/checkpoints/last.ckpt`` (None when there is none yet:
-    Lightning then starts from scratch, as it says); Lightning's other keywords are left to it."""
-    if not ckpt_path or ckpt_path in ("best", "hpc", "registry"):
+def checkpoint_file(ckpt_path: str | None, root: str | Path) -> Path | None:
+    """The one file ``--ckpt_path`` resumes or evaluates: ``last`` is ``<root>/checkpoints/last.ckpt`` (None when
+    there is none yet: a new run starts), ``hpc`` the highest ``<root>/hpc_ckpt_<n>.ckpt`` (as on SLURM without
+    ``--ckpt_path``, where Lightning resumes it by itself); ``best`` and ``registry`` are left to Lightning."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    if ckpt_path in ("best", "registry") or (not ckpt_path and not SLURMEnvironment.detect()):
         return None
     if ckpt_path == "last":
         path = Path(root) / "checkpoints" / "last.ckpt"
         return path if path.is_file() else None
+    if ckpt_path in ("hpc", None):
+        saved = {int(n): p for p in Path(root).glob("hpc_ckpt_*.ckpt")
+                 if (n := p.stem.removeprefix("hpc_ckpt_")).isdigit()}
+        if not saved and ckpt_path == "hpc":
+            raise ValueError(f"--ckpt_path hpc: no hpc_ckpt_<n>.ckpt in {root}")
+        return saved[max(saved)] if saved else None
     path = Path(ckpt_path)
     if not path.is_file():
         raise ValueError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
     return path
 
 
+def refuse_to_replace(root: Path, resumed: Path | None, overwrite: bool) -> Path | None:
+    """Refuse a ``fit`` that would replace the run in ``root``: a new one (or one continued from another folder's
+    checkpoint) where ``checkpoints/last.ckpt`` exists -> the checkpoint folder ``--overwrite`` empties, if any.
+
+    Without this, the new run's ``last.ckpt`` replaced the old one's and its ``best-*.ckpt`` joined the old run's,
+    which ``mmrope serve`` then offered side by side."""
+    folder = root / "checkpoints"
+    last = folder / "last.ckpt"
+    ours = resumed is not None and (resumed.resolve().parent == folder.resolve()
+                                    or resumed.name.startswith("hpc_ckpt_"))
+    if overwrite:
+        if ours:
+            raise ValueError(f"--overwrite deletes the checkpoints in {folder}, which --ckpt_path {resumed} would "
+                             "resume: give one of the two")
+        return folder if folder.is_dir() else None
+    if last.is_file() and not ours:
+        raise ValueError(f"{root} holds a run already ({last}): continue it with --ckpt_path last, start over "
+                         "with --overwrite (its checkpoints are deleted), or choose another --trainer.default_root_dir")
+    return None
+
+
 def reconcile_model_config(model, saved: dict, path: Path, explicit: set[str]) -> list[str]:
     """Make the parsed ``model`` namespace describe the checkpoint's architecture -> the settings taken from it.
 
     A setting that no config file or flag gave (``explicit``: dotted keys under ``model.``) takes the checkpoint's
-    value; one given explicitly with another value is a conflict, refused in one line."""
+    value; one given explicitly with another value is a conflict, refused in one line. A setting the config leaves
+    to be derived (``text.mrope_section``) that derives to the checkpoint's value is taken without a word."""
     given = {key: _plain(model.get(key)) for key in MODEL_KEYS}
+    try:
+        derived = CaptionerConfig.from_dict({k: v for k, v in given.items() if v is not None}).to_dict()
+    except ValueError:  # a config the checkpoint's values will complete
+        derived = {}
     taken = []
     for dotted, value in _flatten(saved):
         if dotted == "text.vocab_size" or dotted.split(".")[0] not in MODEL_KEYS:  # vocab: checked with the weights
@@ -132,7 +224,8 @@ def reconcile_model_config(model, saved: dict, path: Path, explicit: set[str]) -
             raise ValueError(f"--ckpt_path {path} was trained with model.{dotted}={value!r}, but the config asks for "
                              f"{mine!r}: drop that setting to use the checkpoint's, or start a new run")
         model[dotted] = value
-        taken.append(f"model.{dotted}={value!r}")
+        if _lookup(derived, dotted) != value:
+            taken.append(f"model.{dotted}={value!r}")
     return taken
 
 
@@ -177,8 +270,8 @@ def main(args: list[str] | None = None) -> int:
     except TrainingInterrupted as err:
         print(f"train.py: stopped by {err}", file=sys.stderr)
         return 128 + err.signum
-    except (NonFiniteLossError, ValueError, OSError) as err:
-        print(f"train.py: error: {one_line(err)}", file=sys.stderr)
+    except (NonFiniteLossError, ValueError, OSError, MisconfigurationException) as err:
+        print(f"train.py: error: {one_line(err)}{resume_hint(err)}", file=sys.stderr)
         return 1
     return 0
 

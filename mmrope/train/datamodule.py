@@ -200,13 +200,15 @@ class CaptionDataModule(L.LightningDataModule):
 
     # where in the epoch the last finished step left the data: saved in every checkpoint
     def state_dict(self) -> dict:
+        """``{"epoch": e, "batches": k}``: the last finished step was batch k of epoch e (and, for shards, the samples
+        every rank's workers had used). Read from the fit loop's progress, so it holds whatever hook the checkpoint
+        is written from: a step's end (Ctrl-C), a validation (all that a crash leaves), the end of training."""
         trainer = self.trainer
-        if trainer is None or not trainer.training:
+        if trainer is None or trainer.state.fn != "fit":
             return {}
         from mmrope.data.shards import ShardStream
 
-        state = {"epoch": trainer.current_epoch,
-                 "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        state = training_position(trainer.fit_loop)
         if isinstance(self._sets.get("train"), ShardStream):  # the samples every rank's workers had used, and the
             # split they were used in
             state["stream"] = self._sets["train"].state(state["epoch"], state["batches"])
@@ -216,7 +218,16 @@ class CaptionDataModule(L.LightningDataModule):
         self._resume = state or None
 
 
-# Our sampler resumes through CaptionDataModule.state_dict; Lightning cannot see that and warns otherwise.
+def training_position(fit_loop) -> dict:
+    """The epoch the last batch was drawn from and how many of its batches were trained on, from Lightning's loop
+    progress.
+
+    Not ``trainer.current_epoch``: that counts completed epochs, and the fit loop completes an epoch that
+    ``max_steps`` cut short, so the end-of-training checkpoint would name the next epoch. An epoch counts as begun
+    once ``on_train_epoch_start`` ran (``started``), and its batch counter is only reset when the next one begins,
+    so both hold at a step's end, at a validation and at the end of training."""
+    epoch = max(fit_loop.epoch_progress.current.started - 1, 0)
+    return {"epoch": epoch, "batches": fit_loop.epoch_loop.batch_progress.current.processed}
 
 
 # Our sampler resumes through CaptionDataModule.state_dict; Lightning cannot see that and warns otherwise.

@@ -26,7 +26,8 @@ scores each run after it), several devices, real caption files (shapes and clips
 
 Resume: ``--resume`` continues every run from its ``last.ckpt`` (written by this engine; all at one step), with the
 same data order. Ctrl-C or SIGTERM finishes the step in flight, writes every run's ``last.ckpt`` and exits with
-128 + the signal.
+128 + the signal. Without ``--resume`` a folder that holds a ``last.ckpt`` (this engine's or train.py's) is refused
+unless ``--overwrite`` says to delete its checkpoints; two runs may not share a folder.
 
 Einstein legend: r runs, b samples of a run's batch, n tokens, p parameter elements.
 """
@@ -58,6 +59,7 @@ STACKS = ("auto", "vmap", "loop")
 TRITON_APPLIES = (triton_or_reference, triton_or_compiled)  # the applies that may take the Triton kernel on CUDA
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 ENGINE = "mmrope.train.stacked"  # checkpoints written here say so; --resume refuses others
+PROG = "stacked"  # what its messages start with (the ablation's runner looks for "stacked: seed <k>: error")
 
 
 @dataclass
@@ -90,7 +92,7 @@ class StackedTrainer:
     """The runs of one configuration that differ only in their seed, trained as one set of batched weights."""
 
     def __init__(self, runs: list[tuple[int, Path]], train_args: list[str], options: EngineOptions | None = None,
-                 resume: bool = False):
+                 resume: bool = False, overwrite: bool = False):
         from lightning.pytorch import seed_everything
 
         from mmrope.train.config_reader import read_config
@@ -102,6 +104,8 @@ class StackedTrainer:
             raise ValueError("stacked training needs at least one --run SEED=DIR")
         if train_args[:1] != ["fit"]:
             raise ValueError("stacked training takes the arguments of `python -m mmrope.train fit ...`")
+        check_run_folders(runs, resume, overwrite)
+        self.overwrite = overwrite  # the runs' earlier checkpoints are deleted when training starts
         self.runs: list[Run] = []
         data = []
         for seed, root in runs:
@@ -246,6 +250,12 @@ class StackedTrainer:
         if self.start >= self.max_steps:
             say(f"every run is at step {self.start} of {self.max_steps} already: nothing to train")
             return 0
+        if self.overwrite:
+            old = [path for run in self.runs for path in sorted((run.root / "checkpoints").glob("*.ckpt"))]
+            for path in old:
+                path.unlink(missing_ok=True)
+            if old:
+                say(f"--overwrite: deleted the {len(old)} checkpoints of the runs' earlier training")
         self._open_logs()
         loader = DataLoader(self.batches, batch_size=None, shuffle=False, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.num_workers else None,
@@ -393,6 +403,23 @@ class StackedTrainer:
         self.global_step.fill_(self.start)
 
 
+def check_run_folders(runs: list[tuple[int, Path]], resume: bool, overwrite: bool) -> None:
+    """Refuse runs that would destroy one another's checkpoints, or an earlier run's unasked (``--overwrite``)."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the runs' checkpoints and --overwrite deletes them: give one of the two")
+    seen: dict[Path, int] = {}
+    for seed, root in runs:
+        folder = Path(root).resolve()
+        if folder in seen:
+            raise ValueError(f"--run {seen[folder]}={root} and --run {seed}={root} share one folder: each run needs "
+                             "its own")
+        seen[folder] = seed
+        last = Path(root) / "checkpoints" / "last.ckpt"
+        if not resume and not overwrite and last.is_file():
+            raise ValueError(f"{root} holds a run already ({last}): continue it with --resume, start over with "
+                             "--overwrite (its checkpoints are deleted), or choose another folder")
+
+
 def _device(trainer: dict) -> torch.device:
     accelerator = str(trainer.get("accelerator") or "auto")
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
@@ -443,6 +470,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--compile", default="none", choices=COMPILE_MODES)
     p.add_argument("--save-steps", default="", help="comma-separated steps to keep checkpoints/step<N>.ckpt at")
     p.add_argument("--resume", action="store_true", help="continue every run from its last.ckpt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in folders that hold a run: their checkpoints are deleted")
     return p.parse_args(argv[:split]), argv[split + 1:]
 
 
@@ -450,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
 
     def say(message: str) -> None:
-        print(f"stacked: {message}", file=sys.stderr, flush=True)
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
     try:
         args, train_args = parse_args(argv)
@@ -462,10 +491,10 @@ def main(argv: list[str] | None = None) -> int:
             runs.append((int(seed), Path(root)))
         save_steps = [int(s) for s in args.save_steps.split(",") if s.strip()]
         options = EngineOptions(args.stack, args.renderer, args.compile, save_steps)
-        trainer = StackedTrainer(runs, train_args, options, resume=args.resume)
+        trainer = StackedTrainer(runs, train_args, options, resume=args.resume, overwrite=args.overwrite)
         return trainer.train(say)
     except (ValueError, OSError) as err:
-        print(f"train.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
 
 
