@@ -201,7 +201,8 @@ def test_every_arm_of_the_gpu_grid_steps_stacked(tmp_path):
                                              stacked.EngineOptions(stack="vmap", renderer="torch"))
             x = to_device(trainer.batches[0], trainer.device)
             own = [r.module.model(x["images"][i], x["input_ids"][i], labels=x["labels"][i],
-                                  layout=Layout(x["position_ids"][i], None, x["media_slots"])).loss.item()
+                                  layout=Layout(x["position_ids"][i], None, x["media_slots"],
+                                                r.module.model.scheme.attention_groups(x["input_ids"][i]))).loss.item()
                    for i, r in enumerate(trainer.runs)]  # before the step: run 0's model is the stack's template
             losses, _ = trainer._step(trainer.params, *trainer.state.tensors(), trainer.global_step, x["images"],
                                       x["input_ids"], x["labels"], x["position_ids"], x["media_slots"])
@@ -303,8 +304,9 @@ def test_engine_keys_of_a_preset(tmp_path):
     gpu = load_plan(grid, "gpu")
     assert gpu.engine == "stacked" and gpu.parallel > 1
     assert load_plan(grid, "cpu").engine == "lightning"
+    assert load_plan(tiny_grid(tmp_path, "parallel: 2"), "tiny").parallel == 2  # train.py runs side by side too
     for preset, message in (("engine: jax", "engine='jax' is unknown"),
-                            ("parallel: 2", "parallel trains arms side by side with the stacked engine"),
+                            ("parallel: 0", "parallel=0: expected a positive whole number"),
                             ("engine: stacked\nengine_options: {stack: sideways}", "stack='sideways' is unknown"),
                             ("engine_options: {compile: default}", "add engine: stacked"),
                             ("engine: stacked\nengine_options: {speed: 11}", "unknown key 'speed'")):
