@@ -97,6 +97,12 @@ class Benchmark:
         """``n`` samples of ``split`` to score, the same at every size."""
         raise NotImplementedError
 
+    def probe_words(self) -> dict[str, tuple[str, ...]]:
+        """Words whose teacher-forced prediction validation reports as ``val/tf_<name>``: given the true caption
+        so far, is the model's most likely next word the right one where the target is one of these? It reads one
+        skill apart from the others (the relation once both objects are named); {} for none."""
+        return {}
+
     def accuracies(self, predictions: list[str], scenes: list[dict]) -> dict[str, float]:
         """The benchmark's own scores of captions (mean over samples); {} for a benchmark without scenes."""
         return {}

@@ -46,6 +46,11 @@ class Shapes(Benchmark):
     def canvas(self) -> int:
         return self.config.canvas or self.image_size
 
+    def probe_words(self) -> dict[str, tuple[str, ...]]:
+        if self.config.level == 1:
+            return {"place": ("top", "bottom", "left", "right", "centre")}
+        return {"relation": ("left", "right", "above", "below")}
+
     def vocabulary(self) -> list[str]:
         from mmrope.data.shapes import vocabulary_captions
 

@@ -90,6 +90,7 @@ class CaptionModule(L.LightningModule):
         if compile:
             self.model.compile()
         self._eval_outputs: dict[int, list[dict]] = {}
+        self._probe_counts: dict[str, torch.Tensor] = {}  # teacher-forced probe words: (right, total)
 
     # checkpoints carry what inference needs, independent of Lightning's hyper-parameters
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -182,8 +183,11 @@ class CaptionModule(L.LightningModule):
         if isinstance(batch, SkippedBatch):
             return
         if dataloader_idx == 0:
-            loss = self._loss(batch)
-            self.log("val/loss", loss, batch_size=len(batch["prompts"]), add_dataloader_idx=False, sync_dist=True)
+            out = self.model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["labels"],
+                             second_per_grid_t=batch["second_per_grid_t"], layout=batch.get("layout"))
+            self.log("val/loss", out.loss, batch_size=len(batch["prompts"]), add_dataloader_idx=False,
+                     sync_dist=True)
+            self._count_probes(out.logits, batch["labels"])
         captions = self._generate_batch(batch)
         outputs = self._eval_outputs.setdefault(dataloader_idx, [])
         for i, caption in enumerate(captions):
@@ -192,6 +196,25 @@ class CaptionModule(L.LightningModule):
                             "image": filmstrip(batch["prompts"][i]) if len(outputs) < 16 else None})
 
     test_step = validation_step
+
+    def _probes(self) -> dict[str, torch.Tensor]:
+        """The benchmark's probe words (:meth:`mmrope.benchmarks.Benchmark.probe_words`) as token ids, each word
+        one token of this tokenizer (a byte tokenizer has no such probes)."""
+        benchmark = getattr(getattr(self.trainer, "datamodule", None), "benchmark", None)
+        probes = {}
+        for name, words in (benchmark.probe_words() if benchmark is not None else {}).items():
+            ids = [self.tokenizer.encode(w) for w in words]
+            if all(len(i) == 1 for i in ids):
+                probes[name] = torch.tensor([i[0] for i in ids], device=self.device)
+        return probes
+
+    def _count_probes(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Teacher-forced accuracy at the probe words: right and total per probe, summed over the epoch."""
+        predicted, target = logits[:, :-1].argmax(-1), labels[:, 1:]  # logits[:, i] predicts token i + 1
+        for name, ids in self._probes().items():
+            at = torch.isin(target, ids)
+            counts = torch.stack(((predicted == target)[at].sum(), at.sum())).float()
+            self._probe_counts[name] = self._probe_counts.get(name, 0) + counts
 
     def on_validation_epoch_end(self) -> None:
         self._score("val")
@@ -214,6 +237,12 @@ class CaptionModule(L.LightningModule):
         names = getattr(datamodule, "eval_names", [])
         benchmark = getattr(datamodule, "benchmark", None)  # whose accuracies score the captions
         log_dir = self.trainer.log_dir  # a collective call under DDP: every rank asks
+        for name, counts in self._probe_counts.items():
+            if self.trainer.world_size > 1:
+                counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+            if counts[1] > 0:
+                self.log(f"{stage}/tf_{name}", float(counts[0] / counts[1]), rank_zero_only=False)
+        self._probe_counts = {}
         for idx in sorted(self._eval_outputs):
             local = self._eval_outputs[idx]
             outputs = self._gather(local)
