@@ -22,7 +22,7 @@ PRESET_KEYS = ("base", "arms", "encoders", "schemes", "seeds", "max_steps", "eva
 ENGINES = ("lightning", "stacked")  # one train.py process per run, or each arm's seeds in one mmrope.train.stacked
 ENGINE_OPTIONS = ("stack", "renderer", "compile", "save_steps")  # mmrope.train.stacked's options
 EVAL_KEYS = ("splits", "factors", "frames", "n", "batch_size", "max_new_tokens", "protocols")
-COMPARE_KEYS = ("arms", "split", "factor", "protocol", "metric")
+COMPARE_KEYS = ("arms", "split", "factor", "protocol", "frames", "metric")
 SPLITS = ("val", "test", "compositional")
 
 
@@ -36,12 +36,13 @@ class Comparison:
     split: str
     factor: float = 1.0
     protocol: str = "scaled"
+    frames: int | None = None  # clip grids: the frame count (None: the training count)
     metric: str | None = None
 
     @property
     def where(self) -> str:
         at = f"{self.split}, {self.factor:g}x" + ("" if self.protocol == "scaled" else f" {self.protocol}")
-        return at + (f", {self.metric}" if self.metric else "")
+        return at + (f", {self.frames} frames" if self.frames else "")
 
 
 @dataclass
@@ -217,11 +218,13 @@ def _comparisons(specs: Any, plan: Plan, where: str) -> list[Comparison]:
         if not (isinstance(arms, list) and len(arms) == 2 and all(a in names for a in arms) and arms[0] != arms[1]):
             raise ValueError(f"{where}[{i}]: arms={arms!r}: expected two different arms of the preset "
                              f"({', '.join(names)})")
+        frames = spec.get("frames", plan.train_frames)
         c = Comparison(arms[0], arms[1], spec.get("split", plan.splits[0]), float(spec.get("factor", 1)),
-                       spec.get("protocol", "scaled"), spec.get("metric"))
-        if c.split not in plan.splits or (c.protocol, c.factor) not in plan.scored:
+                       spec.get("protocol", "scaled"), frames, spec.get("metric"))
+        if c.split not in plan.splits or (c.protocol, c.factor) not in plan.scored or (
+                c.frames not in (plan.frames or [None])):
             raise ValueError(f"{where}[{i}]: {c.where} is not scored by the preset (splits {plan.splits}, "
-                             f"factors {plan.factors}, protocols {plan.protocols})")
+                             f"factors {plan.factors}, protocols {plan.protocols}, frames {plan.frames})")
         out.append(c)
     return out
 

@@ -121,7 +121,7 @@ def compare(plan: Plan, runs: dict, alpha: float = 0.05) -> list[dict]:
     results = []
     for c in plan.comparisons:
         metric = c.metric or plan.metric
-        point = (c.split, c.protocol, c.factor, None)
+        point = (c.split, c.protocol, c.factor, c.frames)
         a, b = outcomes(plan, runs, c.a, point, metric), outcomes(plan, runs, c.b, point, metric)
         if a is None or b is None or a.shape[0] != b.shape[0]:
             results.append({"comparison": c, "metric": metric, "missing": True})
@@ -158,7 +158,7 @@ def format_comparisons(results: list[dict], alpha: float = 0.05) -> str:
             continue
         reading = {"a": "A > B", "b": "B > A"}.get(
             r["verdict"], f"no difference detected (one below {r['mdd']:.2f} could be missed)")
-        lines.append(f"| {c.a} | {c.b} | {c.where}, {r['metric']} | {r['a']:.3f} | {r['b']:.3f} | "
+        lines.append(f"| {c.a} | {c.b} | {c.where}: {r['metric']} | {r['a']:.3f} | {r['b']:.3f} | "
                      f"{r['diff']:+.3f} [{r['lo']:+.2f}, {r['hi']:+.2f}] | {r['only_a']} / {r['only_b']} | "
                      f"{_p(r['p'])} | {_p(r['holm'])} | {r['mdd']:.3f} | {reading} |")
     return "\n".join(lines) + "\n"
