@@ -21,8 +21,8 @@ PRESET_KEYS = ("base", "arms", "encoders", "schemes", "seeds", "max_steps", "eva
                "parallel", "compare", "threshold")
 ENGINES = ("lightning", "stacked")  # one train.py process per run, or each arm's seeds in one mmrope.train.stacked
 ENGINE_OPTIONS = ("stack", "renderer", "compile", "save_steps")  # mmrope.train.stacked's options
-EVAL_KEYS = ("splits", "factors", "frames", "n", "batch_size", "max_new_tokens", "protocols")
-COMPARE_KEYS = ("arms", "split", "factor", "protocol", "frames", "metric")
+EVAL_KEYS = ("splits", "factors", "sizes", "frames", "n", "batch_size", "max_new_tokens", "protocols")
+COMPARE_KEYS = ("arms", "split", "factor", "size", "protocol", "frames", "metric")
 SPLITS = ("val", "test", "compositional")
 
 
@@ -41,7 +41,7 @@ class Comparison:
 
     @property
     def where(self) -> str:
-        at = f"{self.split}, {self.factor:g}x" + ("" if self.protocol == "scaled" else f" {self.protocol}")
+        at = f"{self.split}, {self.factor:.3g}x" + ("" if self.protocol == "scaled" else f" {self.protocol}")
         return at + (f", {self.frames} frames" if self.frames else "")
 
 
@@ -156,8 +156,10 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
     splits = list(ev.get("splits", ["test", "compositional"]))
     if not splits or any(s not in SPLITS for s in splits):
         raise ValueError(f"{grid}: eval.splits={splits}: expected some of {', '.join(SPLITS)}")
-    factors = [float(f) for f in ev.get("factors", [1])]
-    if not factors or any(f <= 0 for f in factors):
+    if "sizes" in ev and "factors" in (p.get("eval") or {}):
+        raise ValueError(f"{grid}: presets.{preset}.eval gives factors and the grid's eval sizes: give one")
+    factors = [float(f) for f in ev.get("factors", [1])] if "sizes" not in ev else None
+    if factors is not None and (not factors or any(f <= 0 for f in factors)):
         raise ValueError(f"{grid}: eval.factors={factors}: expected positive factors of the training size")
 
     base = Path(os.path.normpath(grid.parent / (p.get("base") or "")))  # relative to the grid: a wheel's grids too
@@ -180,8 +182,14 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
     elif "frames" in ev:
         raise ValueError(f"{grid}: eval.frames is for clip grids, but {base} trains on {benchmark.name}")
     size, window = int(vision["image_size"]), int(vision["patch_size"]) * int(vision["spatial_merge_size"])
+    if factors is None:  # sizes in pixels (a training size of 48 has no round factor for 32)
+        sizes = [int(z) for z in ev["sizes"]]
+        if not sizes or any(z <= 0 or z % window for z in sizes):
+            raise ValueError(f"{grid}: eval.sizes={sizes}: expected positive multiples of patch_size * "
+                             f"spatial_merge_size = {window}")
+        factors = [z / size for z in sizes]
     for f in factors:
-        if f * size != round(f * size) or round(f * size) % window:
+        if abs(f * size - round(f * size)) > 1e-9 or round(f * size) % window:
             raise ValueError(f"{grid}: eval factor {f:g} of the training size {size} gives {f * size:g} px, not a "
                              f"multiple of patch_size * spatial_merge_size = {window}")
     n, batch_size, max_new_tokens = (_positive(ev.get(k, default), f"eval.{k}", grid)
@@ -219,7 +227,9 @@ def _comparisons(specs: Any, plan: Plan, where: str) -> list[Comparison]:
             raise ValueError(f"{where}[{i}]: arms={arms!r}: expected two different arms of the preset "
                              f"({', '.join(names)})")
         frames = spec.get("frames", plan.train_frames)
-        c = Comparison(arms[0], arms[1], spec.get("split", plan.splits[0]), float(spec.get("factor", 1)),
+        factor = spec["size"] / plan.train_size if "size" in spec else float(spec.get("factor", 1))
+        factor = next((f for f in plan.factors if abs(f - factor) < 1e-9), factor)  # the plan's own float
+        c = Comparison(arms[0], arms[1], spec.get("split", plan.splits[0]), factor,
                        spec.get("protocol", "scaled"), frames, spec.get("metric"))
         if c.split not in plan.splits or (c.protocol, c.factor) not in plan.scored or (
                 c.frames not in (plan.frames or [None])):

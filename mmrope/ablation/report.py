@@ -261,7 +261,7 @@ def format_results(summary: list[dict], plan: Plan, metrics: tuple[str, ...] | N
         for protocol in plan.protocols:
             factors = [f for p, f in plan.scored if p == protocol]
             points = [(f, n) for f in factors for n in (plan.frames or [None])]
-            columns = [f"{round(f * plan.train_size)} px ({f:g}x)" + (f", {n} frames" if n else "")
+            columns = [f"{round(f * plan.train_size)} px ({f:.3g}x)" + (f", {n} frames" if n else "")
                        + (" train" if f == 1 and (n is None or n == plan.train_frames) else "") for f, n in points]
             shown = "" if plan.protocols == ["scaled"] else f", {protocol}"
             for metric in metrics:
@@ -363,7 +363,7 @@ def plot_metric_bars(summary: list[dict], split: str, path: Path, points: list[t
         errors = [[max(0.0, m - lo) for m, lo, _ in values], [max(0.0, hi - m) for m, _, hi in values]]
         xs = [g + (i - (len(arms) - 1) / 2) * width for g in range(len(points))]
         ax.bar(xs, [m for m, _, _ in values], width, yerr=errors, capsize=3, color=colours[i], label=arm)
-    ax.set_xticks(range(len(points)), [f"{f:g}x ({cells.get((arms[0], f, n), {}).get('size', '?')} px"
+    ax.set_xticks(range(len(points)), [f"{f:.3g}x ({cells.get((arms[0], f, n), {}).get('size', '?')} px"
                                        + (f", {n} frames)" if n else ")") for f, n in points])
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"{label or metric} accuracy")
