@@ -16,7 +16,8 @@ Options that isolate one skill: ``colours`` and ``shapes`` (the scene vocabulary
 naming trivial, so a run's budget goes to the relation), ``inside_cells`` (level 1: the object lies wholly inside its
 place's cell of the 3 x 3 grid, so on a canvas of 3 x 3 patches no patch holds part of another cell's object and a
 patch's content alone never tells its place), ``caption_order="reading"`` (levels 2-3: the leftmost, or topmost, object
-is named first, so every relation reads "left of" or "above" and the first word is no coin flip).
+is named first, so every relation reads "left of" or "above" and the first word is no coin flip;
+``caption_order="place_first"`` at level 1 says the place before the object: "in the top left is a red circle").
 
 Splits: "train", "val" and "test" are disjoint random streams over the same distribution (in-distribution).
 "compositional" holds colour x shape combinations that never appear in the other splits: with the default colours
@@ -68,7 +69,7 @@ EDGE = 0.02  # free margin between an object and the canvas edge
 GAP = 0.03  # free margin between two objects
 CELL_MARGIN = 0.06  # level 1: the centre stays this far inside its grid cell, so the place is never borderline
 CELL_EDGE = 0.01  # level 1 with inside_cells: the whole object stays this far inside its cell
-CAPTION_ORDERS = ("random", "reading")
+CAPTION_ORDERS = ("random", "reading", "place_first")
 DOMINANCE = 2.0  # a relation's axis offset is at least this many times the other axis's offset
 BACKGROUND_GREY = (24, 64)  # dark grey, so every colour stands out
 NOISE_AMPLITUDE = 12  # "noisy" background: uniform noise of +-12 grey levels
@@ -116,7 +117,8 @@ def scene_captions(scene: dict, order: str = "random") -> list[str]:
     objs, level = scene["objects"], scene["level"]
     if level == 1:
         o = objs[0]
-        return [f"{describe(o, False)} {PLACE_PHRASES[o['place']]}"]
+        place_first = f"{PLACE_PHRASES[o['place']]} is a {describe(o, False)}"
+        return [place_first] if order == "place_first" else [f"{describe(o, False)} {PLACE_PHRASES[o['place']]}"]
 
     def clauses(flip: bool) -> list[str]:
         out = []
