@@ -1,39 +1,54 @@
-"""Position encodings as plug-ins: the config's allowed strings are the registries' names, every registered encoder
-and scheme builds, trains a step and generates through the one model, and the hand-written maths agrees with timm's
-where timm has the same thing (RoPE-Mixed, 2D sin-cos, the resampling of an absolute table)."""
+"""Plug-ins: the configs check their names against the live registries, every registered encoder and scheme builds,
+trains a step and generates through the one model, and the hand-written maths agrees with timm's where timm has the
+same thing (RoPE-Mixed, 2D sin-cos, the resampling of an absolute table)."""
 
 from __future__ import annotations
 
-from typing import get_args
+from pathlib import Path
 
 import pytest
 import torch
 
 from mmrope.model.captioner import Captioner
-from mmrope.model.config import CaptionerConfig, PosEncoding, PositionScheme, TextConfig, VisionConfig
-from mmrope.model.decoder_positions import SCHEMES
-from mmrope.model.encoder_positions import ENCODERS, LearnedPosEmbed, sincos_2d
+from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
+from mmrope.model.decoder_schemes import SCHEMES, register_scheme
+from mmrope.model.decoder_schemes.flat import FlatPositions
+from mmrope.model.pos_encodings import ENCODERS
+from mmrope.model.pos_encodings.absolute import LearnedPosEmbed, sincos_2d
 from mmrope.model.positions import patch_positions
 from mmrope.model.rope import MixedRotaryEmbedding, apply_rotary
 from mmrope.model.tokens import vision_block
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def test_the_configs_strings_are_the_registries():
-    assert get_args(PosEncoding) == tuple(ENCODERS) and get_args(PositionScheme) == tuple(SCHEMES)
+
+def test_the_configs_check_names_against_the_live_registries():
     with pytest.raises(ValueError, match="vision.pos_encoding='rope9' is unknown: expected one of 'none', 'rope2d'"):
         VisionConfig(pos_encoding="rope9")
+    with pytest.raises(ValueError, match="position_scheme='rope9' is unknown: expected one of 'mrope', ") as err:
+        CaptionerConfig(position_scheme="rope9")
+    assert "MMROPE_PLUGINS" in str(err.value) and "\n" not in str(err.value)  # says how to add one's own
     for name, cls in {**ENCODERS, **SCHEMES}.items():
         assert cls.name == name and cls.__doc__, name  # every plug-in says what it is
 
+    @register_scheme("late_flat")  # after mmrope.model.config was imported: it counts all the same
+    class LateFlat(FlatPositions):
+        """flat, registered late."""
+
+    try:
+        assert isinstance(Captioner(CaptionerConfig(position_scheme="late_flat")).scheme, LateFlat)
+    finally:
+        del SCHEMES["late_flat"]
+
 
 def test_the_readme_lists_every_registered_arm_as_the_registry_describes_it():
-    from pathlib import Path
-
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    for name, cls in ENCODERS.items():
-        assert f"| `{name}`" in readme and cls.summary in readme and cls.source in readme, name
-    for name, cls in SCHEMES.items():
-        assert f"| `{name}`" in readme and cls.design in readme and cls.allocation in readme, name
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for registry, described in ((ENCODERS, ("summary", "source")), (SCHEMES, ("design", "allocation"))):
+        ours = [name for name, cls in registry.items() if cls.__module__.startswith("mmrope.")]
+        for name in ours:
+            assert f"| `{name}`" in readme and all(getattr(registry[name], a) in readme for a in described), name
+        rows = [readme.index(f"| `{name}`") for name in ours]
+        assert rows == sorted(rows), "the table lists the arms in the registry's order"
 
 
 def tiny(pos_encoding: str, scheme: str) -> Captioner:
@@ -185,7 +200,7 @@ def test_hybrid_adds_the_learned_table_and_rotates_as_rope2d():
 def test_a_scheme_that_leaves_an_axis_still_is_named_at_build(caplog):
     import logging
 
-    from mmrope.model.decoder_positions import ALMOST_STILL, still_axes
+    from mmrope.model.decoder_schemes import ALMOST_STILL, still_axes
 
     caplog.set_level(logging.WARNING, logger="mmrope")
     chunked = Captioner(CaptionerConfig(position_scheme="mrope"))  # head_dim 32, 64 px: a 4x4 grid

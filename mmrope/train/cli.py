@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
-from mmrope.model.decoder_positions import SCHEMES
+from mmrope.model.decoder_schemes import SCHEMES
 from mmrope.train.callbacks import TrainingInterrupted, default_callbacks
 from mmrope.train.checkpoint_io import AtomicCheckpointIO
 from mmrope.train.config_reader import _flatten, check_config_files, explicit_model_keys
