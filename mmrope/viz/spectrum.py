@@ -39,7 +39,8 @@ def spectrum(config: CaptionerConfig, schemes: list[str], grid: tuple[int, int, 
 
 def spectrum_table(turns: dict[str, dict], grid: tuple[int, int, int]) -> str:
     """Markdown: per scheme and axis, the fastest pair's turn per step and across the grid, and whether the axis is
-    still (under :data:`~mmrope.model.decoder_schemes.base.ALMOST_STILL` rad from end to end)."""
+    still (under :data:`~mmrope.model.decoder_schemes.base.ALMOST_STILL` rad from end to end), as the build-time
+    warning says it: a control whose media ids are still on purpose (``warn_if_still`` False) is marked as such."""
     t, h, w = grid
     lines = [f"| scheme | axis | radians per step (fastest pair) | radians across the {t}x{h}x{w} grid | |",
              "| --- | --- | ---: | ---: | --- |"]
@@ -48,7 +49,10 @@ def spectrum_table(turns: dict[str, dict], grid: tuple[int, int, int]) -> str:
             lines.append(f"| {name} | | | | not shown: {axes} |")
             continue
         for axis, (step, span) in axes.items():
-            still = "still: the decoder can hardly tell this axis apart" if float(span.max()) < ALMOST_STILL else ""
+            still = ""
+            if float(span.max()) < ALMOST_STILL:
+                still = ("still: the decoder can hardly tell this axis apart" if SCHEMES[name].warn_if_still
+                         else "by design: a control whose media ids do not move")
             lines.append(f"| {name} | {axis} | {float(step.max()):.3g} | {float(span.max()):.3g} | {still} |")
     return "\n".join(lines)
 
