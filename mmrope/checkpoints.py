@@ -27,7 +27,7 @@ from mmrope.data.tokenizer import Tokenizer, load_tokenizer
 from mmrope.model.config import CaptionerConfig
 
 EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-# weights that moved when the encodings became plug-ins (mmrope.model.encoder_positions): old name -> new name
+# weights that moved when the encodings became plug-ins (mmrope.model.pos_encodings): old name -> new name
 RENAMED = {"vision.pos_embed.": "vision.positions.pos_embed.", "vision.rope.": "vision.positions.rope."}
 
 

@@ -239,8 +239,8 @@ def test_results_come_from_per_scene_predictions_with_paired_tests(tmp_path):
 def test_shipped_grid_and_bad_grids(tmp_path):
     grid = ROOT / "configs/ablation/shapes.yaml"
     gpu = load_plan(grid, "gpu")  # every registered encoder, and every registered scheme, each on one axis
-    from mmrope.model.decoder_positions import SCHEMES
-    from mmrope.model.encoder_positions import ENCODERS
+    from mmrope.model.decoder_schemes import SCHEMES
+    from mmrope.model.pos_encodings import ENCODERS
 
     assert len(gpu.arms) == len(ENCODERS) - 1 + len(SCHEMES) - 1 and gpu.seeds == [0, 1, 2]
     assert gpu.sizes == [32, 48, 64, 96, 128] and {("rope2d", "flat"), ("none", "mrope_interleaved")} <= set(gpu.arms)

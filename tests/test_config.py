@@ -71,7 +71,8 @@ def test_bad_config_raises_one_line(build, message):
 
 
 def test_jsonargparse_reads_the_dataclasses():
-    """LightningCLI builds these from YAML; Literal choices are checked while parsing."""
+    """LightningCLI builds these from YAML; Literal choices are checked while parsing, the registries' names when the
+    config is made (the live registry: a plug-in registered after import counts)."""
     jsonargparse = pytest.importorskip("jsonargparse")
     parser = jsonargparse.ArgumentParser()
     parser.add_argument("--config", type=CaptionerConfig)
@@ -80,7 +81,10 @@ def test_jsonargparse_reads_the_dataclasses():
     assert config == CaptionerConfig(VisionConfig(pos_encoding="rope1d_flat", dim=64), position_scheme="flat")
     assert dataclasses.is_dataclass(config)
     with pytest.raises(SystemExit):
-        parser.parse_string("config:\n  vision: {pos_encoding: rope4d}\n")
+        parser.parse_string("config:\n  rotary_apply: triton\n")
+    bad = parser.parse_string("config:\n  vision: {pos_encoding: rope4d}\n")
+    with pytest.raises(ValueError, match="vision.pos_encoding='rope4d' is unknown: expected one of 'none', 'rope2d'"):
+        parser.instantiate_classes(bad)
 
 
 def test_config_files_whose_aliases_explode_are_refused(tmp_path):

@@ -11,7 +11,8 @@ import torch
 
 from mmrope.model.captioner import Captioner
 from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
-from mmrope.model.encoder_positions import ENCODERS, golden_gate_coordinates
+from mmrope.model.pos_encodings import ENCODERS
+from mmrope.model.pos_encodings.mixed_axes import golden_gate_coordinates
 from mmrope.model.positions import patch_positions
 from mmrope.model.rope import (
     GOLDEN_SPACING,

@@ -8,7 +8,7 @@ import torch
 
 from mmrope.model.captioner import Captioner
 from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
-from mmrope.model.decoder_positions import SCHEMES as DECODER_SCHEMES
+from mmrope.model.decoder_schemes import SCHEMES as DECODER_SCHEMES
 from mmrope.model.generation import image_prompts, suppress_special_tokens
 from mmrope.model.tokens import EOS_ID, IGNORE_INDEX, NUM_SPECIAL, PAD_ID
 

@@ -7,8 +7,8 @@ import torch
 
 from mmrope.model.captioner import Captioner
 from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
-from mmrope.model.encoder_positions import sincos_2d
 from mmrope.model.flops import flops_per_token, matmul_weights, num_parameters
+from mmrope.model.pos_encodings.absolute import sincos_2d
 from mmrope.model.tokens import EOS_ID, IGNORE_INDEX, IMAGE_TOKEN_ID, PAD_ID, VISION_END_ID, VISION_START_ID
 
 ENCODINGS = ["rope2d", "rope2d_mixed", "rope1d_flat", "sincos2d", "learned", "none"]

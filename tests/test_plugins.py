@@ -1,39 +1,146 @@
-"""Position encodings as plug-ins: the config's allowed strings are the registries' names, every registered encoder
-and scheme builds, trains a step and generates through the one model, and the hand-written maths agrees with timm's
-where timm has the same thing (RoPE-Mixed, 2D sin-cos, the resampling of an absolute table)."""
+"""Plug-ins: the configs check their names against the live registries, a scheme, an encoder and a benchmark
+defined in a user's own file train from a YAML that names them, every registered encoder and scheme builds, trains a
+step and generates through the one model, and the hand-written maths agrees with timm's where timm has the same
+thing (RoPE-Mixed, 2D sin-cos, the resampling of an absolute table)."""
 
 from __future__ import annotations
 
-from typing import get_args
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
+from mmrope import plugins
+from mmrope.benchmarks import BENCHMARKS
 from mmrope.model.captioner import Captioner
-from mmrope.model.config import CaptionerConfig, PosEncoding, PositionScheme, TextConfig, VisionConfig
-from mmrope.model.decoder_positions import SCHEMES
-from mmrope.model.encoder_positions import ENCODERS, LearnedPosEmbed, sincos_2d
+from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
+from mmrope.model.decoder_schemes import SCHEMES, register_scheme
+from mmrope.model.decoder_schemes.flat import FlatPositions
+from mmrope.model.pos_encodings import ENCODERS
+from mmrope.model.pos_encodings.absolute import LearnedPosEmbed, sincos_2d
 from mmrope.model.positions import patch_positions
 from mmrope.model.rope import MixedRotaryEmbedding, apply_rotary
 from mmrope.model.tokens import vision_block
 
+ROOT = Path(__file__).resolve().parents[1]
+USER_FILE = Path(__file__).with_name("plugin_arms.py")  # the user's own file of plug-ins
 
-def test_the_configs_strings_are_the_registries():
-    assert get_args(PosEncoding) == tuple(ENCODERS) and get_args(PositionScheme) == tuple(SCHEMES)
+
+def test_the_configs_check_names_against_the_live_registries():
     with pytest.raises(ValueError, match="vision.pos_encoding='rope9' is unknown: expected one of 'none', 'rope2d'"):
         VisionConfig(pos_encoding="rope9")
+    with pytest.raises(ValueError, match="position_scheme='rope9' is unknown: expected one of 'mrope', ") as err:
+        CaptionerConfig(position_scheme="rope9")
+    assert "MMROPE_PLUGINS" in str(err.value) and "\n" not in str(err.value)  # says how to add one's own
     for name, cls in {**ENCODERS, **SCHEMES}.items():
         assert cls.name == name and cls.__doc__, name  # every plug-in says what it is
 
+    @register_scheme("late_flat")  # after mmrope.model.config was imported: it counts all the same
+    class LateFlat(FlatPositions):
+        """flat, registered late."""
+
+    try:
+        assert isinstance(Captioner(CaptionerConfig(position_scheme="late_flat")).scheme, LateFlat)
+    finally:
+        del SCHEMES["late_flat"]
+
 
 def test_the_readme_lists_every_registered_arm_as_the_registry_describes_it():
-    from pathlib import Path
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for registry, described in ((ENCODERS, ("summary", "source")), (SCHEMES, ("design", "allocation"))):
+        ours = [name for name, cls in registry.items() if cls.__module__.startswith("mmrope.")]
+        for name in ours:
+            assert f"| `{name}`" in readme and all(getattr(registry[name], a) in readme for a in described), name
+        rows = [readme.index(f"| `{name}`") for name in ours]
+        assert rows == sorted(rows), "the table lists the arms in the registry's order"
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    for name, cls in ENCODERS.items():
-        assert f"| `{name}`" in readme and cls.summary in readme and cls.source in readme, name
-    for name, cls in SCHEMES.items():
-        assert f"| `{name}`" in readme and cls.design in readme and cls.allocation in readme, name
+
+@pytest.fixture
+def user_plugins(monkeypatch):
+    """``MMROPE_PLUGINS`` naming tests/plugin_arms.py, as a user sets it; what the file registers is removed after
+    the test, so that no other test sees it."""
+    monkeypatch.setenv(plugins.PLUGINS_VARIABLE, str(USER_FILE))
+    monkeypatch.setattr(plugins, "_loaded", {})
+    before = [(registry, set(registry)) for registry in (SCHEMES, ENCODERS, BENCHMARKS)]
+    yield
+    for registry, names in before:
+        for name in set(registry) - names:
+            del registry[name]
+    sys.modules.pop(USER_FILE.stem, None)
+
+
+def test_a_scheme_from_a_users_file_places_media_through_the_shared_base(user_plugins):
+    plugins.load_plugins()
+    config = CaptionerConfig(text=TextConfig(dim=32, num_heads=2, num_kv_heads=1), position_scheme="plugin_grid")
+    mine, mrope = SCHEMES["plugin_grid"](config), SCHEMES["mrope"](config)
+    input_ids = torch.tensor([[1] + vision_block(6) + [10, 11], [1, 7] + vision_block(4) + [10, 11, 0]])
+    mask = torch.tensor([[1] * 11, [1] * 10 + [0]])
+    grid_thw = torch.tensor([[1, 4, 6], [1, 4, 4]])  # decoder grids 2 x 3 and 2 x 2
+    (ids, deltas), (expected, expected_deltas) = (s.position_ids(input_ids, grid_thw, mask) for s in (mine, mrope))
+    assert torch.equal(ids[:, mask.bool()], expected[:, mask.bool()].float())  # M-RoPE's ids, placed by the base
+    assert torch.equal(deltas, expected_deltas.double())
+
+
+def test_a_scheme_an_encoder_and_a_benchmark_from_a_users_file_train_from_a_yaml(user_plugins, tmp_path, capsys,
+                                                                                 monkeypatch):
+    from mmrope.train import cli as train
+    from mmrope.train.module import CaptionModule
+
+    config = tmp_path / "plugins.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        seed_everything: 0
+        trainer:
+          accelerator: cpu
+          devices: 1
+          max_steps: 4
+          val_check_interval: 4
+          check_val_every_n_epoch: null
+          num_sanity_val_steps: 0
+          logger: false
+          enable_progress_bar: false
+          enable_model_summary: false
+          default_root_dir: {tmp_path / "run"}
+        model:
+          vision: {{patch_size: 8, image_size: 32, dim: 32, depth: 1, num_heads: 2, pos_encoding: plugin_rows}}
+          text: {{dim: 32, depth: 1, num_heads: 2, num_kv_heads: 1}}
+          position_scheme: plugin_grid
+          max_new_tokens: 4
+        data:
+          dataset: plugin_bars
+          options: {{n_train: 32, n_val: 8}}
+          batch_size: 8
+        """), encoding="utf-8")
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # LightningCLI warns when it also sees pytest's arguments
+    assert train.main(["fit", "--config", str(config)]) == 0, capsys.readouterr().err
+    assert "train.py: validation at step 4" in capsys.readouterr().out  # scored by the benchmark's own accuracy
+    checkpoints = tmp_path / "run" / "checkpoints"
+    saved = torch.load(checkpoints / "last.ckpt", weights_only=True)["mmrope"]["config"]
+    assert (saved["vision"]["pos_encoding"], saved["position_scheme"]) == ("plugin_rows", "plugin_grid")
+    assert list(checkpoints.glob("best-*.ckpt"))  # chosen by val/side, the benchmark's headline
+    module = CaptionModule.load_from_checkpoint(checkpoints / "last.ckpt", weights_only=True)
+    assert type(module.model.scheme) is SCHEMES["plugin_grid"]
+    assert type(module.model.vision.positions) is ENCODERS["plugin_rows"]
+
+
+def test_the_command_line_imports_the_files_mmrope_plugins_lists(tmp_path):
+    """A fresh process: nothing but MMROPE_PLUGINS brings the names in."""
+    args = ["fit", "--config", str(ROOT / "configs/debug.yaml"), "--model.position_scheme=plugin_grid",
+            "--model.vision.pos_encoding=plugin_rows", "--data.dataset=plugin_bars", "--print_config"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "mmrope.train", *args], capture_output=True, text=True, timeout=300,
+                          env={**env, "MMROPE_PLUGINS": str(USER_FILE)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "position_scheme: plugin_grid" in done.stdout and "dataset: plugin_bars" in done.stdout
+
+
+def test_a_plugin_that_cannot_be_imported_is_one_line(tmp_path):
+    for entry, message in ((str(tmp_path / "missing.py"), "no such file"), ("no_such_module_here", "no such module")):
+        with pytest.raises(ValueError, match=f"MMROPE_PLUGINS entry '{entry}': {message}"):
+            plugins.load_plugins(entry)
 
 
 def tiny(pos_encoding: str, scheme: str) -> Captioner:
@@ -185,7 +292,7 @@ def test_hybrid_adds_the_learned_table_and_rotates_as_rope2d():
 def test_a_scheme_that_leaves_an_axis_still_is_named_at_build(caplog):
     import logging
 
-    from mmrope.model.decoder_positions import ALMOST_STILL, still_axes
+    from mmrope.model.decoder_schemes import ALMOST_STILL, still_axes
 
     caplog.set_level(logging.WARNING, logger="mmrope")
     chunked = Captioner(CaptionerConfig(position_scheme="mrope"))  # head_dim 32, 64 px: a 4x4 grid

@@ -8,7 +8,7 @@ from padding import padded
 from mmrope.data.collate import CaptionCollator
 from mmrope.data.tokenizer import ByteTokenizer
 from mmrope.model.config import CaptionerConfig, TextConfig
-from mmrope.model.decoder_positions import SCHEMES
+from mmrope.model.decoder_schemes import SCHEMES
 from mmrope.model.generation import image_prompts
 from mmrope.model.positions import PAD_POSITION
 from mmrope.model.rope import apply_rotary

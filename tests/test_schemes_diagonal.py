@@ -1,6 +1,6 @@
-"""VideoRoPE, HoPE and Lumos-1's MM-RoPE (mmrope.model.schemes.diagonal): ids against the reference code's numbers,
-padding, decoding, the rotary allocations, HoPE's training draws, and the relative-position properties the papers
-claim."""
+"""VideoRoPE, HoPE and Lumos-1's MM-RoPE (mmrope.model.decoder_schemes.diagonal): ids against the reference code's
+numbers, padding, decoding, the rotary allocations, HoPE's training draws, and the relative-position properties the
+papers claim."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
-from mmrope.model.decoder_positions import SCHEMES
+from mmrope.model.decoder_schemes import SCHEMES
 from mmrope.model.rope import apply_rotary
 from mmrope.model.tokens import IMAGE_TOKEN_ID, NUM_SPECIAL, PAD_ID, VIDEO_TOKEN_ID, VISION_END_ID, VISION_START_ID
 

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
-from mmrope.model.decoder_positions import SCHEMES
+from mmrope.model.decoder_schemes import SCHEMES
+from mmrope.model.decoder_schemes.spatial_reset import head_section
 from mmrope.model.layers import Attention
 from mmrope.model.positions import PAD_POSITION, get_rope_index
 from mmrope.model.rope import RotaryEmbedding, apply_rotary
-from mmrope.model.schemes.spatial_reset import head_section
 
 X, VS, VE, IMG, VID = 20, 3, 4, 5, 6  # a text token, vision start/end, image and clip placeholders
 RESET = ["mrope_i", "mhrope", "il_rope", "omni_rope"]

@@ -2,8 +2,8 @@
 each run is scored. The grid format is documented in ``configs/ablation/shapes.yaml``.
 
 An arm is an (encoder ``pos_encoding``, decoder ``position_scheme``) pair, named ``<encoder>-<scheme>``; the names a
-grid may use are the model's registries (:data:`mmrope.model.encoder_positions.ENCODERS`,
-:data:`mmrope.model.decoder_positions.SCHEMES`). The base config and the preset's ``train`` overrides are resolved
+grid may use are the model's registries (:data:`mmrope.model.pos_encodings.ENCODERS`,
+:data:`mmrope.model.decoder_schemes.SCHEMES`). The base config and the preset's ``train`` overrides are resolved
 the way ``python -m mmrope.train`` resolves them (:func:`mmrope.train.config_reader.read_config`), so the scenes each
 run is scored on are the ones it trained on.
 """
@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 from typing import Any
+
+from mmrope.model.registry import PLUGINS_HINT
 
 PRESET_KEYS = ("base", "arms", "encoders", "schemes", "seeds", "max_steps", "eval", "train", "engine", "engine_options",
                "parallel", "compare", "threshold")
@@ -112,8 +114,8 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
     ``arms`` (names such as ``rope2d-mrope``, any pair of the grid) override the file."""
     import yaml
 
-    from mmrope.model.decoder_positions import SCHEMES
-    from mmrope.model.encoder_positions import ENCODERS
+    from mmrope.model.decoder_schemes import SCHEMES
+    from mmrope.model.pos_encodings import ENCODERS
     from mmrope.resources import find_config
     from mmrope.train.config_reader import read_config
 
@@ -288,7 +290,7 @@ def _names(values: Any, registry: dict, where: str) -> list[str]:
         raise ValueError(f"{where} must be a non-empty list, some of {', '.join(allowed)}")
     for v in values:
         if v not in allowed:
-            raise ValueError(f"{where}: {v!r} is unknown: expected one of {', '.join(allowed)}")
+            raise ValueError(f"{where}: {v!r} is unknown: expected one of {', '.join(allowed)} ({PLUGINS_HINT})")
     return list(values)
 
 

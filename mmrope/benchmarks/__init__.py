@@ -5,7 +5,7 @@
     captions.py  captions (COCO / imagefolder / CSV files), shards (WebDataset)
 """
 
-from mmrope.benchmarks import captions, clips, shapes  # noqa: F401, E402 - each registers itself
+from mmrope.benchmarks import captions, clips, shapes  # noqa: F401 - each registers itself
 from mmrope.benchmarks.base import BENCHMARKS, Benchmark, EvalSet, benchmark_of, register_benchmark
 
 __all__ = ["BENCHMARKS", "Benchmark", "EvalSet", "benchmark_of", "register_benchmark"]

@@ -110,10 +110,5 @@ class Benchmark:
 
 def benchmark_of(data: Mapping[str, Any]) -> Benchmark:
     """The benchmark ``data["dataset"]`` names, built from the resolved data section; one line naming the allowed
-    values for an unknown one."""
-    import mmrope.benchmarks  # noqa: F401 - the built-in benchmarks register themselves
-
-    name = data.get("dataset", "shapes")
-    if name not in BENCHMARKS:
-        raise ValueError(f"data.dataset={name!r} is unknown: expected one of {', '.join(map(repr, BENCHMARKS))}")
-    return BENCHMARKS[name](data)
+    values for an unknown one. Import it from :mod:`mmrope.benchmarks`, which registers the built-in ones."""
+    return BENCHMARKS[data.get("dataset", "shapes")](data)

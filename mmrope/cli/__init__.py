@@ -3,7 +3,8 @@
 
 Each module exposes ``register(subparsers)``, which adds its parser and sets ``func``; heavy imports stay inside
 ``func`` so that ``mmrope --help`` answers at once. Errors a user can fix (a bad file, field or value) come out as one
-line and a non-zero status; set ``MMROPE_DEBUG=1`` to see the traceback instead.
+line and a non-zero status; set ``MMROPE_DEBUG=1`` to see the traceback instead. The files and modules
+``MMROPE_PLUGINS`` lists are imported first (:mod:`mmrope.plugins`), so their arms and benchmarks are valid names.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mmrope.plugins import load_plugins
+
+    try:
+        load_plugins()  # MMROPE_PLUGINS: the user's own arms and benchmarks, before any name is read
+    except ValueError as err:
+        print(f"mmrope: error: {err}", file=sys.stderr)
+        return 1
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -165,7 +165,7 @@ def run_viz_attention(args: argparse.Namespace) -> int:
 
 def run_viz_spectrum(args: argparse.Namespace) -> int:
     from mmrope.model.config import CaptionerConfig
-    from mmrope.model.decoder_positions import SCHEMES
+    from mmrope.model.decoder_schemes import SCHEMES
     from mmrope.viz.spectrum import plot_spectrum, spectrum, spectrum_table
 
     refuse_nul(args, "config", "out")

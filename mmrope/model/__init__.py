@@ -3,8 +3,9 @@
     config.py              VisionConfig, TextConfig, CaptionerConfig: the YAML's ``model:`` section, validated
     rope.py                every rotary variant and the one apply function (the subject of the project)
     positions.py           (t, h, w) ids of the joint sequence and (row, col) ids of encoder patches
-    encoder_positions.py   the encoder's ``pos_encoding`` plug-ins, one small class each
-    decoder_positions.py   the decoder's ``position_scheme`` plug-ins, one small class each
+    registry.py            Registry: the name -> class table of every plug-in, checked live
+    pos_encodings/         the encoder's ``pos_encoding`` plug-ins: base.py (ENCODERS), one module per family
+    decoder_schemes/       the decoder's ``position_scheme`` plug-ins: base.py (SCHEMES), one module per family
     layers.py              RMSNorm, MLPs, attention with rotary q/k, GQA and a KV cache
     rotary_apply.py        which rotary apply runs (reference, compiled, Triton), chosen at build
     triton_rope.py         the fused rotary apply on CUDA

@@ -4,7 +4,7 @@ Per sample the decoder reads ``[vision_start, image tokens ..., vision_end, capt
 block per image or clip of the sample. The merger projects the encoder's tokens to the decoder's width; they replace
 the ``IMAGE_TOKEN_ID`` slots (images) and ``VIDEO_TOKEN_ID`` slots (clips) in order of appearance over the batch.
 Break tokens that close media rows under a scheme that reads them (Pixtral's) are ordinary embedded tokens, not slots.
-``position_scheme`` (:mod:`mmrope.model.decoder_positions`) gives the joint sequence its (t, h, w) ids, computed once
+``position_scheme`` (:mod:`mmrope.model.decoder_schemes`) gives the joint sequence its (t, h, w) ids, computed once
 per forward, and the decoder its rotary tables.
 
 Einstein legend: b batch, n tokens, c decoder dim, v vocab.
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrope.model.config import CaptionerConfig
-from mmrope.model.decoder_positions import AXIS_NAMES, SCHEMES, DecoderScheme, still_axes
+from mmrope.model.decoder_schemes import AXIS_NAMES, SCHEMES, DecoderScheme, still_axes
 from mmrope.model.generation import Prompt, generate
 from mmrope.model.rotary_apply import select_rotary_apply
 from mmrope.model.text import TextDecoder, is_right_padded
@@ -135,7 +135,7 @@ class Captioner(nn.Module):
 
 def warn_still_axes(config: CaptionerConfig, scheme: DecoderScheme) -> None:
     """One log line per axis of the training image's decoder grid that ``scheme`` turns by almost nothing from edge
-    to edge (:func:`mmrope.model.decoder_positions.still_axes`): such a decoder can hardly tell that axis apart."""
+    to edge (:func:`mmrope.model.decoder_schemes.base.still_axes`): such a decoder can hardly tell that axis apart."""
     if not scheme.warn_if_still:
         return
     v = config.vision

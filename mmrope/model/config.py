@@ -4,8 +4,10 @@
 and rejects a bad one with one line that names the field, the value and what is allowed (configs also arrive as
 JSON, where nothing else checks them). Derived fields are ``None`` until resolved where they cannot freeze: the
 decoder's MLP width by a property (``TextConfig.mlp_hidden_dim``), the scheme-dependent ``mrope_section`` by
-``CaptionerConfig``. String choices are ``Literal`` so that configs stay plain data for
-jsonargparse; :meth:`CaptionerConfig.to_dict` / :meth:`CaptionerConfig.from_dict` give the config.json of a checkpoint.
+``CaptionerConfig``. Fixed string choices are ``Literal``; the plug-in choices (``vision.pos_encoding``,
+``position_scheme``) are plain strings checked against the live registries when a config is made, so that a class
+registered in a user's own file after this module was imported counts. Configs stay plain data for jsonargparse;
+:meth:`CaptionerConfig.to_dict` / :meth:`CaptionerConfig.from_dict` give the config.json of a checkpoint.
 """
 
 from __future__ import annotations
@@ -17,19 +19,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
 
-from mmrope.model.decoder_positions import SCHEMES
-from mmrope.model.encoder_positions import ENCODERS
+from mmrope.model.decoder_schemes import SCHEMES
+from mmrope.model.pos_encodings import ENCODERS
 from mmrope.model.tokens import NUM_SPECIAL
 
-# The allowed strings are the registries' names: adding a plug-in class adds its string here.
-PosEncoding = Literal[tuple(ENCODERS)]
-PositionScheme = Literal[tuple(SCHEMES)]
 RotaryApply = Literal["auto", "reference", "fused"]
-
-def _check_choice(name: str, value: Any, literal: Any) -> None:
-    allowed = get_args(literal)
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is unknown: expected one of {', '.join(repr(a) for a in allowed)}")
 
 
 def check_types(prefix: str, obj: Any) -> None:
@@ -100,7 +94,7 @@ class VisionConfig:
     depth: int = 4
     num_heads: int = 4
     mlp_ratio: float = 4.0
-    pos_encoding: PosEncoding = "rope2d"  # the ablation switch; see README "Model"
+    pos_encoding: str = "rope2d"  # the ablation switch: a name in ENCODERS (README "Model")
     # RoPE-ViT's image base (an 8x8 grid never needs Llama's slow frequencies), for rope2d and rope1d_flat alike;
     # rope2d_mixed learns its frequencies from the paper's init (theta 10)
     rope_theta: float = 100.0
@@ -112,9 +106,9 @@ class VisionConfig:
 
     def __post_init__(self):
         check_types("vision.", self)
+        encoding = ENCODERS[self.pos_encoding]  # the live registry: an unknown name is one line listing the known
         _check_positive("vision", self, "patch_size", "image_size", "dim", "depth", "num_heads", "mlp_ratio",
                         "rope_theta", "temporal_patch_size", "in_channels")
-        _check_choice("vision.pos_encoding", self.pos_encoding, PosEncoding)
         if self.spatial_merge_size not in (1, 2):
             raise ValueError(f"vision.spatial_merge_size={self.spatial_merge_size} is not supported: expected 1 or 2")
         window = self.patch_size * self.spatial_merge_size
@@ -123,11 +117,19 @@ class VisionConfig:
                              f"vision.spatial_merge_size={self.spatial_merge_size} does not divide: expected a "
                              f"multiple of patch_size * spatial_merge_size = {window}")
         _check_divisible("vision", self, "dim", "num_heads")
-        ENCODERS[self.pos_encoding].check(self)
+        encoding.check(self)
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+
+# `--help` shows the names registered when this module is imported (jsonargparse reads the docstrings); the configs
+# check the live registries, so a plug-in registered later counts as well
+VisionConfig.__doc__ += f"""
+    Attributes:
+        pos_encoding: a name in ENCODERS (README "Model"): {', '.join(ENCODERS)}, or a plug-in's
+"""
 
 
 @dataclass
@@ -185,10 +187,10 @@ class CaptionerConfig:
 
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    # see mmrope.model.decoder_positions and README "Model". Interleaved, not Qwen2-VL's chunked mrope: with head_dim 32
-    # chunked sections turn the w axis by under 0.01 rad across a small grid, and the decoder cannot read columns
-    # (docs/ablation.md measures both)
-    position_scheme: PositionScheme = "mrope_interleaved"
+    # a name in SCHEMES (mmrope.model.decoder_schemes, README "Model"). Interleaved, not Qwen2-VL's chunked mrope:
+    # with head_dim 32 chunked sections turn the w axis by under 0.01 rad across a small grid, and the decoder cannot
+    # read columns (docs/ablation.md measures both)
+    position_scheme: str = "mrope_interleaved"
     # Qwen2.5-VL's absolute time for clips: a temporal patch's t id is floor(seconds since the clip's start *
     # tokens_per_second), so a clip sampled at another frame rate keeps its ids on the same time scale.
     # None: t ids count temporal patches (Qwen2-VL).
@@ -200,11 +202,10 @@ class CaptionerConfig:
 
     def __post_init__(self):
         check_types("", self)
-        _check_choice("position_scheme", self.position_scheme, PositionScheme)
+        scheme = SCHEMES[self.position_scheme]  # the live registry: an unknown name is one line listing the known
         if self.tokens_per_second is not None and not self.tokens_per_second > 0:
             raise ValueError(f"tokens_per_second={self.tokens_per_second} must be positive, or null for Qwen2-VL's "
                              "temporal-patch ids")
-        scheme = SCHEMES[self.position_scheme]
         if self.text.mrope_section is None:  # derived here: the default depends on the scheme
             section = scheme.default_section(self.text.head_dim // 2)
             self.text = dataclasses.replace(self.text, mrope_section=section)
@@ -218,6 +219,12 @@ class CaptionerConfig:
     def from_dict(cls, d: dict[str, Any]) -> CaptionerConfig:
         """Inverse of :meth:`to_dict`; missing keys take their defaults, an unknown key raises."""
         return _from_dict(cls, d, prefix="")
+
+
+CaptionerConfig.__doc__ += f"""
+    Attributes:
+        position_scheme: a name in SCHEMES (README "Model"): {', '.join(SCHEMES)}, or a plug-in's
+"""
 
 
 def as_config(cls: type, value: Any, prefix: str = "") -> Any:

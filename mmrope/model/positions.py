@@ -58,7 +58,8 @@ def raster_positions(h: int, w: int, merge: int = 1, device: torch.device | str 
     return pos[:, 0] * w + pos[:, 1]
 
 
-def _real_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+def real_token_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(b, n) bool: the tokens of ``input_ids`` that ``attention_mask`` keeps (all of them when it is None)."""
     if attention_mask is None:
         return torch.ones_like(input_ids, dtype=torch.bool)
     if attention_mask.shape != input_ids.shape:
@@ -128,7 +129,7 @@ def get_rope_index(input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None 
     """
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}: expected (batch, seq)")
-    real = _real_token_mask(input_ids, attention_mask)
+    real = real_token_mask(input_ids, attention_mask)
     b, n = input_ids.shape
     compact = real.long().cumsum(1) - 1  # running index over real tokens
     thw = torch.zeros(3, b, n, dtype=torch.long, device=input_ids.device)  # (t, i, j) inside a block; 0 for text
@@ -167,7 +168,7 @@ def flat_position_ids(input_ids: torch.Tensor, image_grid_thw: torch.Tensor | No
                       **_: object) -> tuple[torch.Tensor, torch.Tensor]:
     """The flat arm: every real token, image tokens in raster order, gets its running index on all three rows, so
     M-RoPE degenerates to 1D RoPE over the flattened sequence. Same inputs and outputs as :func:`get_rope_index`."""
-    real = _real_token_mask(input_ids, attention_mask)
+    real = real_token_mask(input_ids, attention_mask)
     compact = (real.long().cumsum(1) - 1).masked_fill(~real, PAD_POSITION)
     position_ids = compact.unsqueeze(0).expand(3, -1, -1).clone()
     rope_deltas = (real.sum(1, keepdim=True) - input_ids.shape[1]).long()
@@ -206,7 +207,7 @@ def media_tokens(input_ids: torch.Tensor, grid_thw: torch.Tensor | None, attenti
     """The media tokens (ids in ``token_ids``, real under ``attention_mask``) of ``input_ids`` (b, n), matched to
     ``grid_thw`` (num_media, 3) encoder-patch grids in order of appearance; each block must be one contiguous run of
     its grid's size. None when there are no media."""
-    real = _real_token_mask(input_ids, attention_mask)
+    real = real_token_mask(input_ids, attention_mask)
     is_media = torch.zeros_like(real)
     for token_id in token_ids:
         is_media |= input_ids == token_id
@@ -233,7 +234,7 @@ def placed_position_ids(input_ids: torch.Tensor, media: MediaTokens | None, rela
     every text id, and the delta, is an exact float64 sum: ``cache_index + delta`` (:func:`decode_position_ids`)
     then gives the next token the float32 id the full sequence gives it, bit for bit.
     """
-    real = _real_token_mask(input_ids, attention_mask)
+    real = real_token_mask(input_ids, attention_mask)
     b, n = input_ids.shape
     compact = (real.long().cumsum(1) - 1).double()  # running index over real tokens
     shift_at_end = torch.zeros(b * n, dtype=torch.float64, device=input_ids.device)

@@ -44,7 +44,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
         if x.shape[1] % cos.shape[1]:
             raise ValueError(f"rotary table has {cos.shape[1]} heads but x has {x.shape[1]}: expected a divisor")
         cos, sin = (t.repeat_interleave(x.shape[1] // cos.shape[1], dim=1) for t in (cos, sin))
-    x1, x2 = x.to(_rotary_dtype(x.dtype, cos.dtype)).chunk(2, dim=-1)
+    x1, x2 = x.to(rotary_dtype(x.dtype, cos.dtype)).chunk(2, dim=-1)
     out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     return out.to(x.dtype)
 
@@ -61,7 +61,7 @@ def inverse_frequencies(num_pairs: int, theta: float, dim: int | None = None) ->
     return theta ** (-torch.arange(0, 2 * num_pairs, 2, dtype=torch.float64) / dim)
 
 
-def _rotary_dtype(*dtypes: torch.dtype) -> torch.dtype:
+def rotary_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """float32, or float64 when an input is float64 (for exact references); never lower."""
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
@@ -72,7 +72,7 @@ def _cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _angles_from_axes(positions: torch.Tensor, axis_of_pair: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """angle[..., n, k] = positions[..., n, axis_of_pair[k]] * inv_freq[k], in float32. positions: (..., n, axes)."""
-    dtype = _rotary_dtype(positions.dtype, inv_freq.dtype)
+    dtype = rotary_dtype(positions.dtype, inv_freq.dtype)
     return positions.to(dtype).index_select(-1, axis_of_pair) * inv_freq.to(dtype)
 
 
@@ -92,7 +92,7 @@ class _FixedFrequencies(nn.Module):
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        self.inv_freq = self._inv_freq64.to(self.inv_freq.device, _rotary_dtype(self.inv_freq.dtype))
+        self.inv_freq = self._inv_freq64.to(self.inv_freq.device, rotary_dtype(self.inv_freq.dtype))
         return self
 
 
@@ -106,7 +106,7 @@ class RotaryEmbedding(_FixedFrequencies):
         self._set_inv_freq(inverse_frequencies(head_dim // 2, theta))
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = _rotary_dtype(positions.dtype, self.inv_freq.dtype)
+        dtype = rotary_dtype(positions.dtype, self.inv_freq.dtype)
         return _cos_sin(positions.to(dtype).unsqueeze(-1) * self.inv_freq.to(dtype))
 
 
@@ -174,7 +174,7 @@ class MixedRotaryEmbedding(nn.Module):
         self.freqs.no_weight_decay = True
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = _rotary_dtype(positions.dtype, self.freqs.dtype)
+        dtype = rotary_dtype(positions.dtype, self.freqs.dtype)
         pos = positions.to(dtype)
         if pos.ndim == 2:
             pos = pos.unsqueeze(0)  # (1, n, 2)
@@ -219,7 +219,7 @@ class GoldenGateRotaryEmbedding(_FixedFrequencies):
         self._set_inv_freq(golden_gate_frequencies(num_heads, head_dim // 2, min_freq, max_freq))
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = _rotary_dtype(positions.dtype, self.inv_freq.dtype)
+        dtype = rotary_dtype(positions.dtype, self.inv_freq.dtype)
         pos = positions.to(dtype)
         if pos.ndim == 2:
             pos = pos.unsqueeze(0)  # (1, n, 2)
@@ -266,7 +266,7 @@ class ComRoPELDEmbedding(nn.Module):
         return self.base - self.base.transpose(-1, -2)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        dtype = _rotary_dtype(positions.dtype, self.base.dtype)
+        dtype = rotary_dtype(positions.dtype, self.base.dtype)
         with torch.autocast(positions.device.type, enabled=False):  # matrix_exp's products stay in float32
             pos = positions.to(dtype)[None, :, :, None]  # (1, n, axes, 1)
             turns = (pos * self.scales.to(dtype)[:, None]).sum(2)  # (depth, n, blocks): sum_axis theta * x
@@ -281,7 +281,7 @@ def apply_block_rotation(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tenso
     blocks, size = rotation.shape[-3], rotation.shape[-1]
     if blocks * size != x.shape[-1]:
         raise ValueError(f"block rotation has {blocks} blocks of {size} channels but head_dim is {x.shape[-1]}")
-    dtype = _rotary_dtype(x.dtype, rotation.dtype)
+    dtype = rotary_dtype(x.dtype, rotation.dtype)
     with torch.autocast(x.device.type, enabled=False):
         x_blocks = x.to(dtype).unflatten(-1, (blocks, size)).unsqueeze(-1)  # (b, h, n, blocks, s, 1)
         out = (rotation.to(dtype) @ x_blocks).squeeze(-1)

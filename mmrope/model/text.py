@@ -98,7 +98,7 @@ class Block(nn.Module):
 class TextDecoder(nn.Module):
     """Causal decoder over input embeddings, so the captioner can splice image tokens into the sequence.
 
-    ``positions`` turns position ids into rotary tables: a :class:`mmrope.model.decoder_positions.DecoderScheme`
+    ``positions`` turns position ids into rotary tables: a :class:`mmrope.model.decoder_schemes.base.DecoderScheme`
     in the captioner, any module mapping (3, b, n) ids to ``(cos, sin)`` otherwise (default: M-RoPE with
     ``config.mrope_section``, which on text alone is 1D RoPE)."""
 

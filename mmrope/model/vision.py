@@ -25,8 +25,8 @@ from einops import rearrange
 from torch import nn
 
 from mmrope.model.config import VisionConfig
-from mmrope.model.encoder_positions import ENCODERS
 from mmrope.model.layers import Attention, Mlp
+from mmrope.model.pos_encodings import ENCODERS
 from mmrope.model.positions import patch_positions
 from mmrope.model.rotary_apply import RotaryApply, reference
 
@@ -71,7 +71,7 @@ def clip_mask(media: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
 
 
 class VisionEncoder(nn.Module):
-    """ViT with the position encoding ``config.pos_encoding`` names (:mod:`mmrope.model.encoder_positions`); only
+    """ViT with the position encoding ``config.pos_encoding`` names (:mod:`mmrope.model.pos_encodings`); only
     that encoding's module is built, as ``self.positions``."""
 
     def __init__(self, config: VisionConfig, out_dim: int, rotary: RotaryApply = reference):

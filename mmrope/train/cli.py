@@ -27,7 +27,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from mmrope.model.config import CaptionerConfig
-from mmrope.model.decoder_positions import SCHEMES
+from mmrope.model.decoder_schemes import SCHEMES
 from mmrope.train.callbacks import TrainingInterrupted, default_callbacks, resume_hint
 from mmrope.train.checkpoint_io import AtomicCheckpointIO
 from mmrope.train.config_reader import _flatten, check_config_files, config_error, explicit_model_keys

@@ -150,9 +150,13 @@ def check_config_files(args: list[str]) -> list[str]:
     """Read every ``--config`` file first, so a YAML mistake names its file and line (jsonargparse would say
     ``<unicode string>``), a missing file, a file that is not a mapping of keys, or one whose aliases expand past
     ``MAX_YAML_VALUES`` values is one line -> ``args`` with each ``configs/...`` file that is not in the current
-    folder replaced by the package's copy (:func:`mmrope.resources.find_config`)."""
+    folder replaced by the package's copy (:func:`mmrope.resources.find_config`). Before that, import the plug-ins
+    ``MMROPE_PLUGINS`` lists (:mod:`mmrope.plugins`): every train command line passes here before it is parsed,
+    and the configs may name what they register."""
+    from mmrope.plugins import load_plugins
     from mmrope.resources import find_config
 
+    load_plugins()
     args = list(args)
     for i in range(len(args)):
         name = _config_file_argument(args, i)

@@ -77,9 +77,7 @@ class CaptionDataModule(L.LightningDataModule):
                  allow_outside_paths: bool = False,
                  patch_size: int = 8, merge_size: int = 2, temporal_patch_size: int = 1, row_breaks: bool = False):
         super().__init__()
-        if dataset not in BENCHMARKS:  # the live registry: a benchmark registered in a user's file counts
-            raise ValueError(f"data.dataset={dataset!r} is unknown: expected one of "
-                             f"{', '.join(map(repr, BENCHMARKS))}")
+        benchmark = BENCHMARKS[dataset]  # the live registry: an unknown name is one line listing the known
         if not (isinstance(max_skipped_fraction, (int, float)) and 0 <= max_skipped_fraction <= 1):
             raise ValueError(f"data.max_skipped_fraction={max_skipped_fraction!r}: expected a share in [0, 1]")
         self.dataset = dataset
@@ -97,7 +95,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.patch_size, self.merge_size, self.temporal_patch_size = patch_size, merge_size, temporal_patch_size
         self.row_breaks = row_breaks
         sections = {"shapes": self.shapes, "clips": self.clips, "shards": self.shards}
-        self.benchmark: Benchmark = BENCHMARKS[dataset]({
+        self.benchmark: Benchmark = benchmark({
             "dataset": dataset, **sections, **({dataset: options} if options is not None else {}),
             **self.paths, "image_dir": image_dir, "karpathy_split": karpathy_split, "image_size": image_size,
             "resize": resize, "seed": seed, "allow_outside_paths": allow_outside_paths, "on_bad_image": on_bad_image})
@@ -229,6 +227,13 @@ def training_position(fit_loop) -> dict:
     epoch = max(fit_loop.epoch_progress.current.started - 1, 0)
     return {"epoch": epoch, "batches": fit_loop.epoch_loop.batch_progress.current.processed}
 
+
+# `--help` shows the names registered when this module is imported (jsonargparse reads the docstring); __init__
+# checks the live registry, so a benchmark registered later (MMROPE_PLUGINS) counts as well
+CaptionDataModule.__doc__ += f"""
+    Args:
+        dataset: a name in BENCHMARKS (mmrope.benchmarks): {', '.join(BENCHMARKS)}, or a plug-in's
+"""
 
 # Our sampler resumes through CaptionDataModule.state_dict; Lightning cannot see that and warns otherwise.
 warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")

@@ -22,7 +22,8 @@ from mmrope.data.collate import SkippedBatch
 from mmrope.data.tokenizer import Tokenizer, load_tokenizer
 from mmrope.eval.scoring import score_generated
 from mmrope.model.captioner import Captioner
-from mmrope.model.config import CaptionerConfig, PositionScheme, RotaryApply, TextConfig, VisionConfig, as_config
+from mmrope.model.config import CaptionerConfig, RotaryApply, TextConfig, VisionConfig, as_config
+from mmrope.model.decoder_schemes import SCHEMES
 from mmrope.model.flops import num_parameters
 from mmrope.model.vision import clip_mask
 from mmrope.train.optim import OptimConfig, cosine_with_warmup, parameter_groups
@@ -59,7 +60,7 @@ class CaptionModule(L.LightningModule):
     """
 
     def __init__(self, vision: VisionConfig = VisionConfig(), text: TextConfig = TextConfig(),  # noqa: B008
-                 position_scheme: PositionScheme = "mrope_interleaved",
+                 position_scheme: str = "mrope_interleaved",
                  tokens_per_second: float | None = None, rotary_apply: RotaryApply = "auto",
                  optim: OptimConfig = OptimConfig(), max_new_tokens: int = 24,  # noqa: B008
                  on_nonfinite: Literal["raise", "skip"] = "raise", compile: bool = False,
@@ -273,6 +274,14 @@ class CaptionModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         return [{"id": i, "caption": c} for i, c in zip(batch["ids"], self._generate_batch(batch))]
+
+
+# `--help` shows the names registered when this module is imported (jsonargparse reads the docstring);
+# CaptionerConfig checks the live registry, so a plug-in registered later (MMROPE_PLUGINS) counts as well
+CaptionModule.__doc__ += f"""
+    Args:
+        position_scheme: a name in SCHEMES (README "Model"): {', '.join(SCHEMES)}, or a plug-in's
+"""
 
 
 def filmstrip(media: list[torch.Tensor]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """q·k similarity against relative (Δrow, Δcol) offset: what a rotary encoding lets attention tell apart.
 
-Every rotary encoder plug-in (:mod:`mmrope.model.encoder_positions`) is drawn the same way: its tables for a grid,
+Every rotary encoder plug-in (:mod:`mmrope.model.pos_encodings`) is drawn the same way: its tables for a grid,
 the centre patch's query against every patch's key, with q = k = ones so that only position speaks.
 """
 
@@ -11,20 +11,20 @@ from pathlib import Path
 import torch
 
 from mmrope.model.config import VisionConfig
-from mmrope.model.encoder_positions import ENCODERS, EncoderPositions
+from mmrope.model.pos_encodings import ENCODERS, PosEncoding
 from mmrope.model.positions import patch_positions
 from mmrope.model.rope import apply_rotary
 from mmrope.viz.figures import pyplot, save
 
 
-def encoder_positions(encoding: str, head_dim: int = 64, theta: float = 100.0, num_heads: int = 1) -> EncoderPositions:
+def encoder_positions(encoding: str, head_dim: int = 64, theta: float = 100.0, num_heads: int = 1) -> PosEncoding:
     """A freshly initialised encoder plug-in with one block of ``num_heads`` heads of ``head_dim`` channels."""
     config = VisionConfig(dim=head_dim * num_heads, num_heads=num_heads, depth=1, pos_encoding=encoding,
                           rope_theta=theta)
     return ENCODERS[encoding](config)
 
 
-def relative_similarity(positions: EncoderPositions | str, grid: int = 16, layer: int = 0,
+def relative_similarity(positions: PosEncoding | str, grid: int = 16, layer: int = 0,
                         head: int = 0) -> torch.Tensor:
     """Mean q·k between the centre patch of a grid x grid image and every patch -> (grid, grid) map indexed by
     (Δrow, Δcol) + centre, for block ``layer`` and ``head`` of an encoder plug-in (or a fresh one named by

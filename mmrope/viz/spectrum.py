@@ -3,7 +3,7 @@
 A decoder can only tell two media tokens apart along an axis if some rotary pair turns noticeably between them. With
 Qwen2-VL's chunked M-RoPE at head_dim 32 the w axis gets only the slowest pairs, which turn under 0.01 rad across a
 4 x 4 grid: the columns look alike. :func:`spectrum` measures this for any registered scheme, on the ids the scheme
-itself gives a media block of the grid (:meth:`mmrope.model.decoder_positions.DecoderScheme.grid_turns`), and
+itself gives a media block of the grid (:meth:`mmrope.model.decoder_schemes.base.DecoderScheme.grid_turns`), and
 :func:`plot_spectrum` draws it.
 """
 
@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from mmrope.model.config import CaptionerConfig
-from mmrope.model.decoder_positions import ALMOST_STILL, SCHEMES
+from mmrope.model.decoder_schemes import ALMOST_STILL, SCHEMES
 from mmrope.viz.figures import pyplot, save
 
 AXIS_COLOURS = {"t": "C0", "h": "C1", "w": "C2"}
@@ -39,7 +39,8 @@ def spectrum(config: CaptionerConfig, schemes: list[str], grid: tuple[int, int, 
 
 def spectrum_table(turns: dict[str, dict], grid: tuple[int, int, int]) -> str:
     """Markdown: per scheme and axis, the fastest pair's turn per step and across the grid, and whether the axis is
-    still (under :data:`~mmrope.model.decoder_positions.ALMOST_STILL` rad from end to end)."""
+    still (under :data:`~mmrope.model.decoder_schemes.base.ALMOST_STILL` rad from end to end), as the build-time
+    warning says it: a control whose media ids are still on purpose (``warn_if_still`` False) is marked as such."""
     t, h, w = grid
     lines = [f"| scheme | axis | radians per step (fastest pair) | radians across the {t}x{h}x{w} grid | |",
              "| --- | --- | ---: | ---: | --- |"]
@@ -48,7 +49,10 @@ def spectrum_table(turns: dict[str, dict], grid: tuple[int, int, int]) -> str:
             lines.append(f"| {name} | | | | not shown: {axes} |")
             continue
         for axis, (step, span) in axes.items():
-            still = "still: the decoder can hardly tell this axis apart" if float(span.max()) < ALMOST_STILL else ""
+            still = ""
+            if float(span.max()) < ALMOST_STILL:
+                still = ("still: the decoder can hardly tell this axis apart" if SCHEMES[name].warn_if_still
+                         else "by design: a control whose media ids do not move")
             lines.append(f"| {name} | {axis} | {float(step.max()):.3g} | {float(span.max()):.3g} | {still} |")
     return "\n".join(lines)
 

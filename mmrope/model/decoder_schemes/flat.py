@@ -1,6 +1,7 @@
 """Decoder schemes with one id per token, repeated on the (t, h, w) rows, so that every rotary pair reads it (1D
-RoPE, like ``flat``). They differ in where the media tokens sit on that line: V2PE steps through a medium by a
-fraction of an id per token, Pixtral reads it row by row with a break token closing each row.
+RoPE). They differ in where the media tokens sit on that line: ``flat`` gives them the running index in raster
+order, V2PE steps through a medium by a fraction of an id per token, Pixtral reads it row by row with a break token
+closing each row.
 
 Einstein legend: b batch, n tokens, m media tokens.
 """
@@ -12,13 +13,27 @@ from typing import ClassVar
 
 import torch
 
-from mmrope.model.decoder_positions import FlatPositions, register_scheme
-from mmrope.model.positions import media_tokens, placed_position_ids
-from mmrope.model.tokens import IMAGE_BREAK_ID, IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
+from mmrope.model.decoder_schemes.base import DecoderScheme, PlacedMedia, register_scheme
+from mmrope.model.positions import flat_position_ids
+from mmrope.model.tokens import IMAGE_BREAK_ID
+
+
+@register_scheme("flat")
+class FlatPositions(DecoderScheme):
+    """The running index on all three rows, media tokens in raster order: 1D RoPE over the flattened sequence, as a
+    text-only decoder would read it (nanoVLM, the prototype this project started from)."""
+
+    design = "the running index on all rows (media in raster order)"
+    allocation = "1D: every pair on the one index"
+    source = "1D RoPE (Su et al. 2021) over the flattened sequence"
+    one_index = True
+
+    def position_ids(self, input_ids, grid_thw, attention_mask=None, clip=None, second_per_grid_t=None):
+        return flat_position_ids(input_ids, attention_mask=attention_mask)
 
 
 @register_scheme("v2pe")
-class V2PE(FlatPositions):
+class V2PE(PlacedMedia):
     """V2PE: text advances one id per token, a medium's tokens a fraction of one, so that long visual contexts use up
     few positions. The rule the Multimodal-RoPEs collection implements (the official ``rope_pos_id_stride /
     num_image_token``): a block of N tokens after the token at id p puts its k-th token (k = 1..N) at
@@ -29,7 +44,7 @@ class V2PE(FlatPositions):
         tokens  x   vs  img   img   img  img   img   img  ve  x
         id      0   1   1.67  2.33  3    3.67  4.33  5    6   7        rope_delta = 7 + 1 - 10 = -2
 
-    Ids are float32 and rope deltas float64 (see :func:`mmrope.model.positions.placed_position_ids`).
+    Ids are float32 and rope deltas float64 (:class:`~mmrope.model.decoder_schemes.base.PlacedMedia`).
     """
 
     design = "one id per token; a medium's N tokens step V / N ids each, text resumes at ceil(end) + 1"
@@ -39,19 +54,16 @@ class V2PE(FlatPositions):
     # V2PE was evaluated at rope_pos_id_stride 64 per tile of 256 tokens, a step of 1/4. Our 64 px training image
     # has 16 merged tokens: V = 4 gives it that step of 1/4 (V = 16 would give it step 1, flat's ids).
     visual_stride: ClassVar[float] = 4.0
+    one_index = True
 
-    def position_ids(self, input_ids, grid_thw, attention_mask=None, clip=None, second_per_grid_t=None):
-        media = media_tokens(input_ids, grid_thw, attention_mask, token_ids=(IMAGE_TOKEN_ID, VIDEO_TOKEN_ID),
-                             spatial_merge_size=self.merge)
-        if media is None:
-            return placed_position_ids(input_ids, None, None, None, attention_mask)
+    def place(self, media, clip, second_per_grid_t):
         t, i, j = media.thw.double()
         _, rows, cols = media.grid[media.block].double().unbind(-1)
         frame_span = math.ceil(self.visual_stride)  # ids a frame uses up: the next starts at ceil of its end
         # relative to s = p + 1, the id the first token would get as text
         relative = t * frame_span + (i * cols + j + 1) * self.visual_stride / (rows * cols) - 1  # (m,)
         advance = media.grid[:, 0].double() * frame_span
-        return placed_position_ids(input_ids, media, relative.expand(3, -1), advance, attention_mask)
+        return relative.expand(3, -1), advance
 
 
 @register_scheme("pixtral")

@@ -15,13 +15,12 @@ from typing import ClassVar
 
 import torch
 
-from mmrope.model.decoder_positions import DecoderScheme, register_scheme
-from mmrope.model.positions import MediaTokens, media_tokens, placed_position_ids
-from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
+from mmrope.model.decoder_schemes.base import PlacedMedia, register_scheme
+from mmrope.model.positions import MediaTokens
 
 
 @register_scheme("circle_rope")
-class CircleRoPE(DecoderScheme):
+class CircleRoPE(PlacedMedia):
     """Circle-RoPE's ids, built as the Multimodal-RoPEs collection's circlerope.py builds them with the official
     config (radius R = 10, alpha = 0.5, coordinates centred; no distance blending), chunked allocation as M-RoPE.
 
@@ -42,7 +41,7 @@ class CircleRoPE(DecoderScheme):
     A clip stacks one ring per temporal patch along the text direction, frame f shifted by f on every row (the
     collection's extension: the paper has images only); t counts temporal patches (``tokens_per_second`` is not
     read). The paper's AGE mode, which alternates Circle-RoPE and M-RoPE ids across layers, is not supported, as in
-    the collection. Ids are float32 and rope deltas float64 (:func:`mmrope.model.positions.placed_position_ids`).
+    the collection. Ids are float32 and rope deltas float64 (:class:`~mmrope.model.decoder_schemes.base.PlacedMedia`).
     """
 
     design = "media on a ring of radius R orthogonal to the text line (1, 1, 1), frames stacked along it"
@@ -52,15 +51,11 @@ class CircleRoPE(DecoderScheme):
     alpha: ClassVar[float] = 0.5  # weight of the spatial angle against the raster-index angle
     temporal_stride: ClassVar[float] = 1.0  # ids between the rings of consecutive temporal patches
 
-    def position_ids(self, input_ids, grid_thw, attention_mask=None, clip=None, second_per_grid_t=None):
-        media = media_tokens(input_ids, grid_thw, attention_mask, token_ids=(IMAGE_TOKEN_ID, VIDEO_TOKEN_ID),
-                             spatial_merge_size=self.merge)
-        if media is None:
-            return placed_position_ids(input_ids, None, None, None, attention_mask)
+    def place(self, media, clip, second_per_grid_t):
         relative = self.ring(media)  # (3, m)
         extent = relative.new_full((len(media.grid),), -math.inf)
         extent = extent.scatter_reduce(0, media.block, relative.amax(0), "amax")  # largest id offset per block
-        return placed_position_ids(input_ids, media, relative, extent + 1, attention_mask)
+        return relative, extent + 1
 
     def ring(self, media: MediaTokens) -> torch.Tensor:
         """Each media token's (t, h, w) ids relative to its block's start s -> (3, m) float64."""

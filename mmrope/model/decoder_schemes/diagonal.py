@@ -2,8 +2,8 @@
 HoPE (the diagonal layout: a frame's h and w ids centred on its t id), Lumos-1's MM-RoPE (M-RoPE's grid, scaled).
 
 All three number a media block from s, the id its first token would get if it were text, and let the text after it
-continue at s + the block's advance (:func:`mmrope.model.positions.placed_position_ids`), so decoding continues each
-row's running index with the base class's ``cache_index + rope_delta``. A clip is one block of T temporal patches
+continue at s + the block's advance (:class:`~mmrope.model.decoder_schemes.base.PlacedMedia`), so decoding continues
+each row's running index with the base class's ``cache_index + rope_delta``. A clip is one block of T temporal patches
 (Qwen2-VL's layout; the Multimodal-RoPEs collection splits clips into one-frame blocks only for Qwen3-VL's
 timestamped frames, and says to drop that split otherwise). The temporal coordinate tau of a token is its temporal
 patch index, or with ``tokens_per_second`` Qwen2.5-VL's absolute time floor(t * second_per_grid_t *
@@ -20,10 +20,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from mmrope.model.decoder_positions import DecoderScheme, register_scheme
-from mmrope.model.positions import MediaTokens, media_tokens, placed_position_ids
+from mmrope.model.decoder_schemes.base import PlacedMedia, register_scheme
 from mmrope.model.rope import MultimodalRotaryEmbedding
-from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
 
 if TYPE_CHECKING:
     from mmrope.model.config import CaptionerConfig
@@ -67,43 +65,6 @@ class AllocatedRotaryEmbedding(MultimodalRotaryEmbedding):
         if unrotated:
             rotated = ~torch.isin(axis_of_pair, torch.tensor(list(unrotated)))
             self._set_inv_freq(self._inv_freq64 * rotated)
-
-
-class PlacedMedia(DecoderScheme):
-    """The schemes below (not registered itself): each media token's ids from its temporal coordinate tau and its
-    (i, j) on its block's decoder grid, by :meth:`place`; text continues after each block's advance."""
-
-    def position_ids(self, input_ids, grid_thw, attention_mask=None, clip=None, second_per_grid_t=None):
-        media = media_tokens(input_ids, grid_thw, attention_mask, token_ids=(IMAGE_TOKEN_ID, VIDEO_TOKEN_ID),
-                             spatial_merge_size=self.merge)
-        if media is None:
-            return placed_position_ids(input_ids, None, None, None, attention_mask)
-        tau, tau_max = self.temporal_index(media, clip, second_per_grid_t)
-        relative, advance = self.place(media, tau, tau_max)
-        return placed_position_ids(input_ids, media, relative, advance, attention_mask)
-
-    def place(self, media: MediaTokens, tau: torch.Tensor, tau_max: torch.Tensor,
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids of each media token relative to its block's s (3, m), each block's advance (num_media,))."""
-        raise NotImplementedError
-
-    def temporal_index(self, media: MediaTokens, clip: torch.Tensor | None,
-                       second_per_grid_t: Sequence[float] | torch.Tensor | None,
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """tau of each media token (m,) and the largest of each block (num_media,): the temporal patch index, or
-        with ``tokens_per_second`` floor(t * second_per_grid_t * tokens_per_second) for clips (an image's is 0)."""
-        tau, tau_max = media.thw[0], media.grid[:, 0] - 1
-        if self.tokens_per_second is None or clip is None or not bool(clip.any()):
-            return tau, tau_max
-        clip = clip.to(media.grid.device)
-        if second_per_grid_t is None or len(second_per_grid_t) != int(clip.sum()):
-            raise ValueError(f"tokens_per_second={self.tokens_per_second} scales clip time: expected "
-                             f"second_per_grid_t (temporal_patch_size / fps) for each of the {int(clip.sum())} "
-                             f"clips, got {second_per_grid_t!r}")
-        scale = torch.ones(len(media.grid), dtype=torch.float64, device=media.grid.device)
-        scale[clip] = torch.as_tensor(second_per_grid_t, dtype=torch.float64, device=scale.device) \
-            * self.tokens_per_second
-        return (tau * scale[media.block]).floor().long(), (tau_max * scale).floor().long()
 
 
 @register_scheme("videorope")
@@ -154,19 +115,12 @@ class VideoRoPE(PlacedMedia):
         h = (num_pairs - t + 1) // 2
         return [t, h, num_pairs - t - h]
 
-    @classmethod
-    def check(cls, config: CaptionerConfig) -> None:
-        try:
-            cls.axis_of_pair(config)
-        except ValueError as err:
-            raise ValueError(f"text.mrope_section={config.text.mrope_section} does not fit "
-                             f"position_scheme={cls.name!r}: {err}") from None
-
     def temporal_strides(self, num_media: int) -> torch.Tensor:
         """The temporal spacing of each medium (num_media,), float64."""
         return torch.full((num_media,), float(self.temporal_stride), dtype=torch.float64)
 
-    def place(self, media, tau, tau_max):
+    def place(self, media, clip, second_per_grid_t):
+        tau, tau_max = self.temporal_index(media, clip, second_per_grid_t)
         stride = self.temporal_strides(len(media.grid)).to(media.grid.device)
         t = tau * stride[media.block]
         _, i, j = media.thw
@@ -280,21 +234,22 @@ class LumosMMRoPE(PlacedMedia):
         pixels = vision.patch_size * vision.spatial_merge_size
         frames = 1 if config.tokens_per_second is not None else vision.temporal_patch_size
         self.scale = tuple(self.position_scale or (frames, pixels, pixels))
-        self.rope = AllocatedRotaryEmbedding(text.head_dim, text.rope_theta, meta_component_axes(text.head_dim // 2))
+        self.rope = AllocatedRotaryEmbedding(text.head_dim, text.rope_theta, self.axis_of_pair(config))
 
     @classmethod
     def default_section(cls, num_pairs: int) -> list[int]:
         return torch.bincount(meta_component_axes(num_pairs), minlength=3).tolist()
 
     @classmethod
-    def check(cls, config: CaptionerConfig) -> None:
-        expected = cls.default_section(config.text.head_dim // 2)
+    def axis_of_pair(cls, config: CaptionerConfig) -> torch.Tensor:
+        num_pairs = config.text.head_dim // 2
+        expected = cls.default_section(num_pairs)
         if config.text.mrope_section != expected:
-            raise ValueError(f"text.mrope_section={config.text.mrope_section} does not fit "
-                             f"position_scheme='lumos_mmrope', whose pairs cycle T, T, H, W, H, W, H, W: expected "
-                             f"{expected} (or null)")
+            raise ValueError(f"its pairs cycle T, T, H, W, H, W, H, W: expected {expected} (or null)")
+        return meta_component_axes(num_pairs)
 
-    def place(self, media, tau, tau_max):
+    def place(self, media, clip, second_per_grid_t):
+        tau, tau_max = self.temporal_index(media, clip, second_per_grid_t)
         scale = torch.tensor(self.scale, dtype=torch.float64, device=media.grid.device)[:, None]  # (3, 1)
         relative = torch.stack((tau, media.thw[1], media.thw[2])) * scale
         extent = torch.stack((tau_max, media.grid[:, 1] - 1, media.grid[:, 2] - 1)) * scale  # (3, num_media)

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import torch
 
-from mmrope.model.decoder_positions import MRoPE, register_scheme
-from mmrope.model.positions import _media_ids, _real_token_mask
-from mmrope.model.rope import _rotary_dtype, mrope_axis_of_pair
+from mmrope.model.decoder_schemes.base import register_scheme
+from mmrope.model.decoder_schemes.mrope import MRoPE
+from mmrope.model.positions import media_tokens, real_token_mask
+from mmrope.model.rope import rotary_dtype
 from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
 
 
@@ -41,24 +42,13 @@ class SpatialReset(MRoPE):
 
     design = "(s+t, i, j) per media token: h, w local to the block; text continues after s + max(T, H, W)"
 
-    @classmethod
-    def check(cls, config) -> None:
-        if cls.interleaved:
-            try:
-                mrope_axis_of_pair(config.text.head_dim // 2, config.text.mrope_section, interleaved=True)
-            except ValueError as err:
-                raise ValueError(f"text.mrope_section={config.text.mrope_section} does not fit "
-                                 f"position_scheme={cls.name!r}: {err}") from None
-
     def position_ids(self, input_ids, grid_thw, attention_mask=None, clip=None, second_per_grid_t=None):
         position_ids, rope_deltas = super().position_ids(input_ids, grid_thw, attention_mask, clip, second_per_grid_t)
-        is_media = ((input_ids == IMAGE_TOKEN_ID) | (input_ids == VIDEO_TOKEN_ID)) & _real_token_mask(
-            input_ids, attention_mask)
-        found = _media_ids(is_media, grid_thw, self.merge, None, "media")  # images and clips, in order of appearance
-        if found is not None:
-            thw, *_, where = found  # (3, m) local (t, i, j); (m,) flat index of each media token
+        media = media_tokens(input_ids, grid_thw, attention_mask, token_ids=(IMAGE_TOKEN_ID, VIDEO_TOKEN_ID),
+                             spatial_merge_size=self.merge)  # images and clips, in order of appearance
+        if media is not None:
             n = input_ids.shape[1]
-            position_ids[1:, where // n, where % n] = thw[1:]
+            position_ids[1:, media.where // n, media.where % n] = media.thw[1:]  # local (i, j)
         return position_ids, rope_deltas
 
 
@@ -114,7 +104,7 @@ class MultiHeadRoPE(SpatialReset):
         if position_ids.ndim != 3 or position_ids.shape[0] != 3:
             raise ValueError(f"MHRoPE position ids have shape {tuple(position_ids.shape)}: expected (3, batch, seq)")
         inv_freq = self.rope.inv_freq
-        dtype = _rotary_dtype(position_ids.dtype, inv_freq.dtype)
+        dtype = rotary_dtype(position_ids.dtype, inv_freq.dtype)
         ids = position_ids.to(dtype).index_select(0, self.head_axis).transpose(0, 1)  # (b, g, n)
         return ids.unsqueeze(-1) * inv_freq.to(dtype)
 
@@ -151,7 +141,7 @@ class ILRoPE(SpatialReset):
 
     def position_ids(self, input_ids, grid_thw, attention_mask=None, clip=None, second_per_grid_t=None):
         position_ids, rope_deltas = super().position_ids(input_ids, grid_thw, attention_mask, clip, second_per_grid_t)
-        text = (input_ids != IMAGE_TOKEN_ID) & (input_ids != VIDEO_TOKEN_ID) & _real_token_mask(
+        text = (input_ids != IMAGE_TOKEN_ID) & (input_ids != VIDEO_TOKEN_ID) & real_token_mask(
             input_ids, attention_mask)
         position_ids[1:].masked_fill_(text, 0)
         return position_ids, rope_deltas

@@ -1,4 +1,6 @@
-"""How the joint sequence knows where things are: one small class per ``position_scheme``, registered under it.
+"""What every decoder position scheme is: the registry :data:`SCHEMES`, the base :class:`DecoderScheme` and the
+shared bases of the families (:class:`PlacedMedia`). The schemes themselves are the other modules of this package,
+one per family; this module imports none of them.
 
 A scheme is two decisions (the split the MRoPE-I paper, arXiv 2510.23095, makes): a *position design*, which ids
 each token of ``[vision_start, media tokens ..., vision_end, caption ...]`` gets, and a *frequency allocation*, which
@@ -6,9 +8,10 @@ rotary pairs each id axis drives. It gives the ids of a batch and the rope delta
 decoding (:meth:`DecoderScheme.position_ids`, :meth:`DecoderScheme.decode_position_ids`), and turns ids into the
 half tables every attention layer applies (``forward``). :meth:`DecoderScheme.pair_frequencies` tells which axis
 each pair reads and how fast it turns: the spectrum diagnostic and the build-time warning read it. Adding a scheme is
-one class here (and its tests); the config's allowed strings and the ablation read :data:`SCHEMES`.
+one registered class (and its tests), in this package or in a user's own file; the config, the README tables and
+the ablation read :data:`SCHEMES`.
 
-Einstein legend: b batch, n tokens, k rotary pairs.
+Einstein legend: b batch, n tokens, m media tokens, k rotary pairs.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from mmrope.model.positions import decode_position_ids, flat_position_ids, get_rope_index
+from mmrope.model.positions import MediaTokens, decode_position_ids, media_tokens, placed_position_ids
 from mmrope.model.registry import Registry
 from mmrope.model.rope import MultimodalRotaryEmbedding, default_mrope_section, mrope_axis_of_pair
 from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, media_blocks, vision_block
@@ -48,6 +51,9 @@ class DecoderScheme(nn.Module):
     # whether a media block's ids that barely turn along an axis deserve the build-time warning; a control whose
     # media ids are still on purpose says no
     warn_if_still: ClassVar[bool] = True
+    # one id repeated on the three rows, so that every rotary pair reads it (1D RoPE): the rows' sections do not
+    # matter, and :meth:`pair_frequencies` says so
+    one_index: ClassVar[bool] = False
 
     def __init__(self, config: CaptionerConfig):
         super().__init__()
@@ -62,8 +68,34 @@ class DecoderScheme(nn.Module):
         return default_mrope_section(num_pairs, cls.interleaved)
 
     @classmethod
+    def axis_of_pair(cls, config: CaptionerConfig) -> torch.Tensor:
+        """Which id row (0 t, 1 h, 2 w) each rotary pair reads under ``text.mrope_section`` -> (k,); a ValueError
+        saying why when the section cannot be laid out the way this scheme allocates its pairs."""
+        return mrope_axis_of_pair(config.text.head_dim // 2, config.text.mrope_section, cls.interleaved)
+
+    @classmethod
     def check(cls, config: CaptionerConfig) -> None:
-        """One line naming the field when ``config`` cannot hold this scheme."""
+        """One line naming the field when ``config`` cannot hold this scheme: by default, when its
+        ``text.mrope_section`` does not fit the scheme's allocation (:meth:`axis_of_pair`)."""
+        try:
+            cls.axis_of_pair(config)
+        except ValueError as err:
+            raise ValueError(f"text.mrope_section={config.text.mrope_section} does not fit "
+                             f"position_scheme={cls.name!r}: {err}") from None
+
+    def clip_seconds(self, clip: torch.Tensor | None, second_per_grid_t: Sequence[float] | torch.Tensor | None,
+                     ) -> torch.Tensor | None:
+        """Seconds per temporal patch of each clip of a batch (num_clips,) float64, when ``tokens_per_second``
+        makes a clip's t ids its time (Qwen2.5-VL); None when it does not, or the batch has no clip. ``clip``
+        (num_media,) marks the clips; one line when ``second_per_grid_t`` does not give one value per clip."""
+        if self.tokens_per_second is None or clip is None or not bool(clip.any()):
+            return None
+        clips = int(clip.sum())
+        if second_per_grid_t is None or len(second_per_grid_t) != clips:
+            raise ValueError(f"tokens_per_second={self.tokens_per_second} scales clip time: expected "
+                             f"second_per_grid_t (temporal_patch_size / fps) for each of the {clips} clips, got "
+                             f"{second_per_grid_t!r}")
+        return torch.as_tensor(second_per_grid_t, dtype=torch.float64)
 
     def position_ids(self, input_ids: torch.Tensor, grid_thw: torch.Tensor,
                      attention_mask: torch.Tensor | None = None, clip: torch.Tensor | None = None,
@@ -95,8 +127,10 @@ class DecoderScheme(nn.Module):
         return angles.cos(), angles.sin()
 
     def pair_frequencies(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(radians per unit of id for each rotary pair (k,), the axis each reads (k,): 0 t, 1 h, 2 w)."""
-        return self.rope.inv_freq.double(), self.rope.axis_of_pair
+        """(radians per unit of id for each rotary pair (k,), the axis each reads (k,): 0 t, 1 h, 2 w, -1 the one
+        index of a :attr:`one_index` scheme)."""
+        axes = self.rope.axis_of_pair
+        return self.rope.inv_freq.double(), torch.full_like(axes, -1) if self.one_index else axes
 
     @torch.no_grad()
     def grid_turns(self, grid: Sequence[int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -134,68 +168,40 @@ def still_axes(scheme: DecoderScheme, grid: Sequence[int]) -> dict[str, float]:
             if float(span.max()) < ALMOST_STILL}
 
 
-@register_scheme("mrope")
-class MRoPE(DecoderScheme):
-    """Qwen2-VL's M-RoPE. A media block of decoder grid (T, H, W) starting at s gives its token (t, i, j) the ids
-    (s + t, s + i, s + j); text continues after the block's largest id, with t = h = w, so on text alone it is 1D
-    RoPE. Chunked allocation: t takes the first (fastest) section of pairs, h the next, w the last (slowest). With
-    ``tokens_per_second`` a clip's t is its time (Qwen2.5-VL)."""
-
-    design = "(s+t, s+i, s+j) per media token; text continues after the block's largest id"
-    allocation = "chunked: t, h, w sections, fastest first"
-    source = "Qwen2-VL (arXiv 2409.12191); Qwen2.5-VL's absolute time"
+class PlacedMedia(DecoderScheme):
+    """The base of the schemes that place each media token's ids themselves (not registered itself): a media block
+    starts at s, the id its first token would get if it were text; :meth:`place` gives each of its tokens its ids
+    relative to s and the block its advance, where the text after it continues relative to s
+    (:func:`mmrope.model.positions.placed_position_ids`). Ids are float32 and rope deltas float64, so that a layout
+    may use fractional ids; decoding continues each row's running index with the base class's
+    ``cache_index + rope_delta``. The centred (diagonal.py), ring (circle.py), fractional (flat.py: v2pe) and
+    one-id (blind.py) layouts are such schemes."""
 
     def position_ids(self, input_ids, grid_thw, attention_mask=None, clip=None, second_per_grid_t=None):
-        clip = torch.zeros(len(grid_thw), dtype=torch.bool) if clip is None else clip.to(grid_thw.device)
-        time_scale = {}
-        if self.tokens_per_second is not None and bool(clip.any()):
-            if second_per_grid_t is None or len(second_per_grid_t) != int(clip.sum()):
-                raise ValueError(f"tokens_per_second={self.tokens_per_second} scales clip time: expected "
-                                 f"second_per_grid_t (temporal_patch_size / fps) for each of the {int(clip.sum())} "
-                                 f"clips, got {second_per_grid_t!r}")
-            time_scale = {"second_per_grid_t": torch.as_tensor(second_per_grid_t, dtype=torch.float64),
-                          "tokens_per_second": self.tokens_per_second}
-        return get_rope_index(input_ids, grid_thw[~clip], grid_thw[clip], attention_mask,
-                              image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID,
-                              spatial_merge_size=self.merge, **time_scale)
+        media = media_tokens(input_ids, grid_thw, attention_mask, token_ids=(IMAGE_TOKEN_ID, VIDEO_TOKEN_ID),
+                             spatial_merge_size=self.merge)
+        if media is None:
+            return placed_position_ids(input_ids, None, None, None, attention_mask)
+        relative, advance = self.place(media, clip, second_per_grid_t)
+        return placed_position_ids(input_ids, media, relative, advance, attention_mask)
 
+    def place(self, media: MediaTokens, clip: torch.Tensor | None,
+              second_per_grid_t: Sequence[float] | torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids of each media token relative to its block's s (3, m), each block's advance (num_media,)); ``clip``
+        and ``second_per_grid_t`` as in :meth:`DecoderScheme.position_ids`, for a layout that reads time."""
+        raise NotImplementedError
 
-@register_scheme("mrope_interleaved")
-class InterleavedMRoPE(MRoPE):
-    """M-RoPE's ids with the rotary pairs cycling t, h, w, t, h, w, ... (Qwen3-VL), so every axis gets fast and slow
-    pairs: chunked M-RoPE leaves w only the slowest ones, nearly still across a small grid."""
-
-    design = MRoPE.design
-    allocation = "interleaved: pairs cycle t, h, w"
-    source = "Qwen3-VL"
-    interleaved = True
-
-    @classmethod
-    def check(cls, config: CaptionerConfig) -> None:
-        try:
-            mrope_axis_of_pair(config.text.head_dim // 2, config.text.mrope_section, interleaved=True)
-        except ValueError as err:
-            raise ValueError(f"text.mrope_section={config.text.mrope_section} does not fit "
-                             f"position_scheme='mrope_interleaved': {err}") from None
-
-
-@register_scheme("flat")
-class FlatPositions(DecoderScheme):
-    """The running index on all three rows, media tokens in raster order: 1D RoPE over the flattened sequence, as a
-    text-only decoder would read it (nanoVLM, the prototype this project started from)."""
-
-    design = "the running index on all rows (media in raster order)"
-    allocation = "1D: every pair on the one index"
-    source = "1D RoPE (Su et al. 2021) over the flattened sequence"
-
-    def position_ids(self, input_ids, grid_thw, attention_mask=None, clip=None, second_per_grid_t=None):
-        return flat_position_ids(input_ids, attention_mask=attention_mask)
-
-    def pair_frequencies(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.rope.inv_freq.double(), torch.full_like(self.rope.axis_of_pair, -1)  # -1: the one index
-
-
-# Last, on purpose: the schemes in mmrope.model.schemes subclass DecoderScheme and register themselves in SCHEMES, so
-# they need this module complete; importing them here registers them whenever SCHEMES is read (config.py builds its
-# allowed strings from SCHEMES at import).
-import mmrope.model.schemes  # noqa: E402, F401
+    def temporal_index(self, media: MediaTokens, clip: torch.Tensor | None,
+                       second_per_grid_t: Sequence[float] | torch.Tensor | None,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tau of each media token (m,) and the largest of each block (num_media,): the temporal patch index, or
+        with ``tokens_per_second`` floor(t * second_per_grid_t * tokens_per_second) for clips (an image's is 0),
+        M-RoPE's rule."""
+        tau, tau_max = media.thw[0], media.grid[:, 0] - 1
+        seconds = self.clip_seconds(clip, second_per_grid_t)
+        if seconds is None:
+            return tau, tau_max
+        clip = clip.to(media.grid.device)
+        scale = torch.ones(len(media.grid), dtype=torch.float64, device=media.grid.device)
+        scale[clip] = seconds.to(scale.device) * self.tokens_per_second
+        return (tau * scale[media.block]).floor().long(), (tau_max * scale).floor().long()

@@ -1,0 +1,87 @@
+"""The package's import graph, read from the source: no import circle, and the model imports nothing of mmrope
+outside it (STYLE.md: anyone can lift ``mmrope.model`` into their own loop)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mmrope"
+# plug-in registries and what they hold: not even an import deferred into a function may close a circle here
+REGISTRIES = ("mmrope.model", "mmrope.benchmarks")
+
+
+def module_names() -> dict[str, Path]:
+    names = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return names
+
+
+def imports(name: str, path: Path, known: dict[str, Path], deferred: bool) -> set[str]:
+    """The mmrope modules ``name`` imports when it runs (not under ``if TYPE_CHECKING:``); with ``deferred``, also
+    those imported inside functions. ``from a import b`` imports ``a`` and, when it is a module, ``a.b``."""
+    found = set()
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, (ast.Import, ast.ImportFrom)) and (deferred or not inner):
+                if isinstance(child, ast.Import):
+                    targets = [alias.name for alias in child.names]
+                else:
+                    assert child.level == 0, f"{name}: a relative import"
+                    targets = [child.module] + [f"{child.module}.{alias.name}" for alias in child.names]
+                found.update(t for t in targets if t in known and t != name)
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), False)
+    return found
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_module_imports_itself_round_a_circle():
+    known = module_names()
+    assert {"mmrope.model.decoder_schemes.base", "mmrope.model.pos_encodings.base", "mmrope.benchmarks"} <= set(known)
+    assert circles({n: imports(n, p, known, deferred=False) for n, p in known.items()}) == []
+    registries = {n: p for n, p in known.items() if n.startswith(REGISTRIES)}
+    assert circles({n: imports(n, p, registries, deferred=True) for n, p in registries.items()}) == []
+
+
+def test_the_model_imports_nothing_of_mmrope_outside_it():
+    known = module_names()
+    for name, path in known.items():
+        if name.startswith("mmrope.model"):
+            outside = {m for m in imports(name, path, known, deferred=True) if not m.startswith("mmrope.model")}
+            assert not outside, f"{name} imports {outside}"
