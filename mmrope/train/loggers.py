@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -61,13 +62,10 @@ def run_loggers(root: str | Path, config: LoggingConfig) -> list:
 
     loggers = [CSVLogger(root, name="logs")]
     tensorboard = config.tensorboard
-    if tensorboard is None or tensorboard:
-        try:
-            import tensorboard as _  # noqa: F401
-        except ImportError:
-            if tensorboard:
-                raise ValueError(f"logging.tensorboard: true needs the tensorboard package: {INSTALL}") from None
-            tensorboard = False
+    if tensorboard is not False and importlib.util.find_spec("tensorboard") is None:
+        if tensorboard:
+            raise ValueError(f"logging.tensorboard: true needs the tensorboard package: {INSTALL}")
+        tensorboard = False
     if tensorboard is not False:
         # hparams are written by LogRunConfig (no hp_metric placeholder: the HPARAMS tab reads the run's scalars)
         loggers.append(TensorBoardLogger(root, name="logs", version=loggers[0].version, default_hp_metric=False))
