@@ -317,6 +317,7 @@ def train_args(plan: Plan, encoder: str, scheme: str, seed: int, run_dir: Path, 
     """The ``python -m mmrope.train`` arguments of one run (``mmrope.train.cli.main(args)`` takes them as they are)."""
     return ["fit", "--config", str(plan.base), f"--trainer.default_root_dir={run_dir}",
             f"--seed_everything={seed}", f"--data.seed={seed}", *arm_args(plan, encoder, scheme),
+            f"--logging.tags={json.dumps({'arm': arm_name(encoder, scheme), 'seed': seed})}",  # trackers' run tags
             *(["--ckpt_path=last"] if resume else [])]
 
 

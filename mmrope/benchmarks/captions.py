@@ -1,6 +1,7 @@
-"""Real caption sets: files on disk (``captions``: a COCO captions JSON, an imagefolder ``metadata.jsonl`` or a CSV)
-and WebDataset shards (``shards``, :mod:`mmrope.data.shards`). Headline: CIDEr-D. An imagefolder that ``mmrope data
-shapes`` wrote keeps its scenes, so it is scored with the shapes accuracies as well."""
+"""Real caption sets: files on disk (``captions``: a COCO captions JSON, an imagefolder ``metadata.jsonl``, a CSV, or a
+Hugging Face dataset saved with ``save_to_disk`` or as parquet) and WebDataset shards (``shards``,
+:mod:`mmrope.data.shards`). Headline: CIDEr-D. An imagefolder that ``mmrope data shapes`` wrote keeps its scenes, so
+it is scored with the shapes accuracies as well."""
 
 from __future__ import annotations
 
@@ -12,20 +13,43 @@ from mmrope.benchmarks.shapes import Shapes, shapes_accuracies
 
 
 def records_set(path: str | Path, image_dir: str | Path | None = None, n: int | None = None,
-                resize: str = "fixed", allow_outside: bool = False) -> EvalSet:
-    """Images and captions of a COCO json, an imagefolder (``metadata.jsonl``) or a CSV; an imagefolder that
-    ``mmrope data shapes`` wrote keeps its scenes (checked by :func:`mmrope.data.shapes.check_scene` as they are
-    read), so it gets the shapes accuracies too."""
+                resize: str = "fixed", allow_outside: bool = False, image_column: str | None = None,
+                caption_column: str | None = None) -> EvalSet:
+    """Images and captions of a COCO json, an imagefolder (``metadata.jsonl``), a CSV or a Hugging Face dataset on
+    disk (whose images are decoded here, evaluation sets being small; a bad one is left out with one warning); an
+    imagefolder that ``mmrope data shapes`` wrote keeps its scenes (checked by
+    :func:`mmrope.data.shapes.check_scene` as they are read), so it gets the shapes accuracies too."""
     from mmrope.data.captions import load_caption_records
 
-    records = load_caption_records(path, image_dir, allow_outside)[:n]
+    records = load_caption_records(path, image_dir, allow_outside, image_column, caption_column)[:n]
+    images = [r.image for r in records]
+    if not all(isinstance(image, Path) for image in images):
+        records, images = _decoded(records)
     if not records:
         raise ValueError(f"{path}: no images to evaluate on")
     scenes = [r.scene for r in records]
     scored = all(s is not None for s in scenes)
-    return EvalSet(str(path), lambda size, frames=None: [r.image for r in records], [r.captions for r in records],
+    return EvalSet(str(path), lambda size, frames=None: images, [r.captions for r in records],
                    scenes if scored else None, resize, accuracies=shapes_accuracies if scored else None,
                    columns=Shapes.columns if scored else ())
+
+
+def _decoded(records: list) -> tuple[list, list]:
+    """The records whose images decode, and those images (PIL)."""
+    import logging
+
+    from mmrope.data.captions import load_record_image
+    from mmrope.data.images import ImageError
+
+    kept, images = [], []
+    for record in records:
+        try:
+            images.append(load_record_image(record.image))
+        except ImageError as e:
+            logging.getLogger("mmrope").warning("skipping bad image %s", e)
+            continue
+        kept.append(record)
+    return kept, images
 
 
 def shards_set(spec: str | Path, n: int | None = None, resize: str = "fixed", trust: bool = False) -> EvalSet:
@@ -76,10 +100,21 @@ class _Files(Benchmark):
         return file
 
 
+@dataclass
+class CaptionsConfig:
+    """``data.captions``: the columns of a Hugging Face dataset on disk (:mod:`mmrope.data.hf_datasets`); the other
+    caption formats have fixed names."""
+    image_column: str = "image"  # datasets' Image feature (bytes and path), bytes, or a path inside the folder
+    caption_column: str | None = None  # a string or a list of strings; None: the first of caption, text, captions
+
+
 @register_benchmark("captions")
 class Captions(_Files):
-    summary = "a caption set on disk: a COCO captions JSON, an imagefolder metadata.jsonl or a CSV"
-    what = "a COCO captions JSON, a folder with metadata.jsonl, or a CSV file"
+    summary = ("a caption set on disk: a COCO captions JSON, an imagefolder metadata.jsonl, a CSV, or a Hugging Face "
+               "dataset (save_to_disk folder or parquet)")
+    config_class = CaptionsConfig
+    what = ("a COCO captions JSON, a folder with metadata.jsonl, a CSV file, a datasets save_to_disk folder or a "
+            ".parquet file")
 
     def records(self, split: str):
         """Caption records of a split: its own file, or with a Karpathy split file, the train file's share."""
@@ -89,7 +124,7 @@ class Captions(_Files):
         path = self.path(split, self.data.get("train") if karpathy else None)
         coco = {"karpathy_split": karpathy, "split": split} if karpathy else {}
         return load_caption_records(path, self.data.get("image_dir"), bool(self.data.get("allow_outside_paths")),
-                                    **coco)
+                                    self.config.image_column, self.config.caption_column, **coco)
 
     def vocabulary(self) -> list[str]:
         return [c for r in self.records("train") for c in r.captions]
@@ -102,7 +137,8 @@ class Captions(_Files):
 
     def eval_set(self, split="test", n=None, allow_outside: bool = False, **options) -> EvalSet:
         return records_set(self.eval_file(split), self.data.get("image_dir"), n, self.data.get("resize", "fixed"),
-                           allow_outside or bool(self.data.get("allow_outside_paths")))
+                           allow_outside or bool(self.data.get("allow_outside_paths")), self.config.image_column,
+                           self.config.caption_column)
 
 
 @dataclass

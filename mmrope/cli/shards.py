@@ -1,6 +1,7 @@
 """``mmrope data shard``: WebDataset shards from any caption format the project reads (COCO JSON, imagefolder
-``metadata.jsonl``, CSV, the shapes benchmark); ``mmrope data index``: the index of shards written elsewhere
-(img2dataset's), so that training can split them exactly. Formats: data/README.md, "Shards".
+``metadata.jsonl``, CSV, a Hugging Face dataset saved with ``save_to_disk`` or as parquet, the shapes benchmark);
+``mmrope data index``: the index of shards written elsewhere (img2dataset's), so that training can split them exactly.
+Formats: data/README.md, "Shards".
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from pathlib import Path
 def register(commands) -> None:
     """Add ``shard`` and ``index`` to the ``mmrope data`` subcommands."""
     p = commands.add_parser(
-        "shard", help="write WebDataset shards (+ index.json) from COCO, imagefolder, CSV or shapes",
+        "shard", help="write WebDataset shards (+ index.json) from COCO, imagefolder, CSV, HF datasets or shapes",
         description="Write image-caption shards as img2dataset does ({key}.jpg + {key}.txt + {key}.json, "
-                    "000000.tar ...), their index.json and captions.txt. Image files are copied byte for byte "
-                    "(JPEG, PNG, WebP; other formats are stored as PNG). The same input gives the same files.")
+                    "000000.tar ...), their index.json and captions.txt. Image files, and images held in a "
+                    "Hugging Face dataset, are copied byte for byte (JPEG, PNG, WebP; other formats are stored as "
+                    "PNG). The same input gives the same files.")
     p.add_argument("source", nargs="+",
-                   help="'shapes', or caption files: a COCO captions .json, a folder with metadata.jsonl, a .csv "
-                        "(several are written one after the other)")
+                   help="'shapes', or caption files: a COCO captions .json, a folder with metadata.jsonl, a .csv, "
+                        "a Hugging Face datasets save_to_disk folder, a .parquet file (several are written one after "
+                        "the other)")
     p.add_argument("--out", type=Path, required=True, help="a new folder for the shards")
     p.add_argument("--samples-per-shard", type=int, default=1000, help="(default: 1000)")
     p.add_argument("--image-dir", action="append", type=Path, default=None,
@@ -29,6 +32,10 @@ def register(commands) -> None:
     p.add_argument("--split", default=None,
                    help="with --karpathy-split: train (with restval), val or test; for shapes: train, val, test or "
                         "compositional (default: train)")
+    p.add_argument("--image-column", default=None,
+                   help="a Hugging Face dataset's image column (default: image)")
+    p.add_argument("--caption-column", default=None,
+                   help="a Hugging Face dataset's caption column (default: the first of caption, text, captions)")
     p.add_argument("--allow-outside-paths", action="store_true",
                    help="let caption files name images outside their folder (see data/README.md)")
     p.add_argument("--overwrite", action="store_true",
@@ -97,6 +104,7 @@ def _records(args: argparse.Namespace) -> list:
     for i, source in enumerate(args.source):
         path = Path(source)
         records += load_caption_records(path, dirs[i] if dirs else None, args.allow_outside_paths,
+                                        args.image_column, args.caption_column,
                                         **(coco if path.suffix == ".json" else {}))
     return records
 

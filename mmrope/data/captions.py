@@ -1,4 +1,5 @@
-"""Real caption data: COCO captions JSON, an imagefolder ``metadata.jsonl``, or a CSV, all read into one record list.
+"""Real caption data: COCO captions JSON, an imagefolder ``metadata.jsonl``, a CSV, or a Hugging Face dataset on disk
+(``save_to_disk`` folder or parquet: :mod:`mmrope.data.hf_datasets`), all read into one record list.
 
 Every loader returns ``CaptionRecord``s (an image path and all its captions); ``CaptionDataset`` turns them into
 samples. All captions of an image stay in ``references`` for evaluation; training draws one per (seed, epoch,
@@ -10,6 +11,8 @@ counts it in ``num_skipped`` and returns None, which ``CaptionCollator`` drops (
 ``on_bad_image="raise"`` raises the ``ImageError`` instead.
 """
 
+from __future__ import annotations
+
 import csv
 import io
 import json
@@ -17,19 +20,22 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from torch.utils.data import Dataset
 
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, ImageTransform, load_image, sample_rng
 from mmrope.data.shapes import check_scene
 
+if TYPE_CHECKING:
+    from mmrope.data.hf_datasets import ArrowImage
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class CaptionRecord:
-    image: Path
+    image: Path | ArrowImage  # a file, or an image held in a dataset's Arrow / parquet file
     captions: list[str]
     id: str
     scene: dict | None = field(default=None)  # a shapes scene, when the data was exported by ``mmrope data shapes``
@@ -167,10 +173,17 @@ def load_csv(path: str | Path, image_dir: str | Path | None = None, allow_outsid
 
 
 def load_caption_records(path: str | Path, image_dir: str | Path | None = None, allow_outside: bool = False,
+                         image_column: str | None = None, caption_column: str | None = None,
                          **coco_kwargs) -> list[CaptionRecord]:
-    """Pick the loader from the path: a folder or a ``.jsonl`` -> imagefolder, ``.csv`` -> CSV, ``.json`` -> COCO
-    (images in ``image_dir``, default the JSON's folder). ``allow_outside``: see :func:`inside`."""
+    """Pick the loader from the path: a Hugging Face ``save_to_disk`` folder, a ``.parquet`` or ``.arrow`` file (or
+    a pattern of them) -> :func:`mmrope.data.hf_datasets.load_hf_records` (``image_column``, ``caption_column``), any
+    other folder or a ``.jsonl`` -> imagefolder, ``.csv`` -> CSV, ``.json`` -> COCO (images in ``image_dir``, default
+    the JSON's folder). ``allow_outside``: see :func:`inside`."""
+    from mmrope.data.hf_datasets import is_hf_dataset, load_hf_records
+
     path = Path(path)
+    if is_hf_dataset(path):
+        return load_hf_records(path, image_column, caption_column, allow_outside)
     if path.is_dir():
         return load_imagefolder(path, allow_outside)
     if path.suffix == ".jsonl":
@@ -182,7 +195,14 @@ def load_caption_records(path: str | Path, image_dir: str | Path | None = None, 
     if path.suffix == ".json":
         return load_coco(path, image_dir if image_dir is not None else path.parent, allow_outside=allow_outside,
                          **coco_kwargs)
-    raise ValueError(f"{path}: expected a folder with metadata.jsonl, a .csv or a COCO .json captions file")
+    raise ValueError(f"{path}: expected a folder with metadata.jsonl, a .csv, a COCO .json captions file, a Hugging "
+                     "Face save_to_disk folder or a .parquet file")
+
+
+def load_record_image(image: Path | ArrowImage, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+    """A record's image as 8-bit RGB: a file (:func:`load_image`) or bytes in a dataset's file; ``ImageError``s
+    name the file, or the file and row."""
+    return load_image(image, max_pixels) if isinstance(image, str | Path) else image.load(max_pixels)
 
 
 def _read_json(path: Path):
@@ -229,7 +249,7 @@ class CaptionDataset(Dataset):
         rec = self.records[index]
         rng = sample_rng(self.seed, self.epoch, index, "captions")
         try:
-            img = load_image(rec.image, self.max_pixels)
+            img = load_record_image(rec.image, self.max_pixels)
         except ImageError as e:
             if self.on_bad_image == "raise":
                 raise

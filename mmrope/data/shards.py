@@ -586,20 +586,24 @@ class ShardSample(NamedTuple):
 
 
 def record_samples(records) -> Iterator[ShardSample | str]:
-    """Caption records (:mod:`mmrope.data.captions`) as shard samples: JPEG, PNG and WebP files keep their bytes,
-    other formats are decoded and stored as PNG; a file that cannot be read is a one-line reason (a str) instead."""
+    """Caption records (:mod:`mmrope.data.captions`) as shard samples: JPEG, PNG and WebP files (and such images held
+    in a Hugging Face dataset's file) keep their bytes, other formats are decoded and stored as PNG; an image that
+    cannot be read is a one-line reason (a str) instead."""
     import io
 
-    from mmrope.data.images import load_image
+    from mmrope.data.captions import load_record_image
 
     for rec in records:
-        ext = rec.image.suffix.lower().lstrip(".")
         try:
-            if ext in IMAGE_EXTENSIONS:
-                data = rec.image.read_bytes()
+            if isinstance(rec.image, Path):
+                ext = rec.image.suffix.lower().lstrip(".")
+                data = rec.image.read_bytes() if ext in IMAGE_EXTENSIONS else None
             else:
+                data = rec.image.read_bytes()
+                ext = image_extension(data)
+            if ext not in IMAGE_EXTENSIONS:
                 buffer, ext = io.BytesIO(), "png"
-                load_image(rec.image).save(buffer, format="PNG")
+                load_record_image(rec.image).save(buffer, format="PNG")
                 data = buffer.getvalue()
         except OSError as e:
             yield f"{rec.image}: cannot read ({e.strerror or e})"
@@ -608,6 +612,17 @@ def record_samples(records) -> Iterator[ShardSample | str]:
             yield str(e)
             continue
         yield ShardSample(data, ext, list(rec.captions), rec.id, rec.scene)
+
+
+def image_extension(data: bytes) -> str | None:
+    """``jpg``, ``png`` or ``webp`` from an image's first bytes (its signature), None for any other format."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
 
 
 def shapes_samples(n: int, size: int = 64, seed: int = 0, level: int = 2, split: str = "train",

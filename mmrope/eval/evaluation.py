@@ -36,7 +36,8 @@ def resolve_data(data: str | dict, train_size: int, split: str = "test", n: int 
     path = Path(data)
     if not path.exists():
         raise ValueError(f"{path}: no such file or folder: expected a YAML config, a dataset (a folder with "
-                         "metadata.jsonl, a COCO .json or a .csv), shards (their index.json) or the word shapes")
+                         "metadata.jsonl, a COCO .json, a .csv, a datasets save_to_disk folder or a .parquet), "
+                         "shards (their index.json) or the word shapes")
     if path.name == "index.json" or (path / "index.json").is_file() and not (path / "metadata.jsonl").is_file():
         return shards_set(path, n, trust=trust_shards)
     return records_set(path, n=n, allow_outside=allow_outside)

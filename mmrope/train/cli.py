@@ -32,6 +32,7 @@ from mmrope.train.callbacks import TrainingInterrupted, default_callbacks, resum
 from mmrope.train.checkpoint_io import AtomicCheckpointIO
 from mmrope.train.config_reader import _flatten, check_config_files, config_error, explicit_model_keys
 from mmrope.train.datamodule import CaptionDataModule
+from mmrope.train.loggers import LoggingConfig, LogRunConfig, run_loggers
 from mmrope.train.module import CaptionModule, NonFiniteLossError
 
 MODEL_KEYS = ("vision", "text", "position_scheme", "tokens_per_second")  # what the weights' shapes depend on
@@ -48,6 +49,7 @@ class CaptionCLI(LightningCLI):
         # a parse error comes back as an exception, said in one line (parse_arguments), not under 130 lines of usage
         kwargs["parser_kwargs"] = {"exit_on_error": False, **(kwargs.get("parser_kwargs") or {})}
         self._overwrite: Path | None = None
+        kwargs.setdefault("save_config_callback", LogRunConfig)  # config.yaml, and the config and tags for trackers
         super().__init__(*args, **kwargs)
 
     def parse_arguments(self, parser, args) -> None:
@@ -76,6 +78,7 @@ class CaptionCLI(LightningCLI):
         # the scheme decides the media block's layout: Pixtral's rows end in break tokens
         parser.link_arguments("model.position_scheme", "data.row_breaks", compute_fn=scheme_row_breaks)
         parser.link_arguments("data.tokenizer_state", "model.tokenizer", apply_on="instantiate")
+        parser.add_class_arguments(LoggingConfig, "logging")  # TensorBoard, MLflow and tags: mmrope.train.loggers
 
     def _parse_ckpt_path(self) -> None:
         """Resolve ``--ckpt_path`` to the one file Lightning will read, check it, and reconcile the model config with
@@ -145,7 +148,7 @@ class CaptionCLI(LightningCLI):
         root = config.get("default_root_dir") or "runs/default"
         kwargs.setdefault("plugins", list(config.get("plugins") or []) + [AtomicCheckpointIO()])
         if config.get("logger") in (None, True):
-            kwargs.setdefault("logger", default_loggers(root))
+            kwargs.setdefault("logger", default_loggers(root, self._get(self.config_init, "logging")))
         callbacks = list(config.get("callbacks") or [])
         callbacks += [c for c in default_callbacks(root, self.datamodule.monitor)
                       if not any(isinstance(t, type(c)) for t in callbacks)]  # a config's own ModelCheckpoint wins
@@ -246,18 +249,10 @@ def _lookup(d, dotted: str):
     return list(d) if isinstance(d, tuple) else d
 
 
-def default_loggers(root: str):
-    """CSV always (the training loss at every logged step); TensorBoard too when it is installed."""
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    loggers = [CSVLogger(root, name="logs")]
-    try:
-        import tensorboard  # noqa: F401
-
-        loggers.append(TensorBoardLogger(root, name="logs", version=loggers[0].version))
-    except ImportError:
-        pass
-    return loggers
+def default_loggers(root: str, logging: LoggingConfig | None = None):
+    """CSV always (the training loss at every logged step), and the trackers ``logging`` asks for (TensorBoard
+    when installed, unless it says otherwise): :mod:`mmrope.train.loggers`."""
+    return run_loggers(root, logging or LoggingConfig())
 
 
 def main(args: list[str] | None = None) -> int:

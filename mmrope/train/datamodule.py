@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mmrope.benchmarks import BENCHMARKS, Benchmark
-from mmrope.benchmarks.captions import ShardsConfig
+from mmrope.benchmarks.captions import CaptionsConfig, ShardsConfig
 from mmrope.benchmarks.clips import ClipsConfig
 from mmrope.benchmarks.shapes import ShapesConfig
 from mmrope.data.tokenizer import Tokenizer, load_tokenizer
@@ -45,7 +45,8 @@ class ResumableSampler(DistributedSampler):
 
 class CaptionDataModule(L.LightningDataModule):
     """The data of any registered benchmark (``dataset``, :mod:`mmrope.benchmarks`): shapes (default), synthetic
-    clips, a real caption set (COCO JSON, imagefolder ``metadata.jsonl`` or CSV), or WebDataset shards (``dataset:
+    clips, a real caption set (COCO JSON, imagefolder ``metadata.jsonl``, CSV, or a Hugging Face dataset on disk whose
+    columns ``captions.image_column`` / ``captions.caption_column`` name), or WebDataset shards (``dataset:
     shards``; ``train``, ``val``, ``test``: their ``index.json``), streamed so that every rank and worker reads its
     own samples once an epoch and a resumed run goes on where it stopped. The benchmark decides what its datasets,
     vocabulary and headline metric are; this module adds tokenizer, transforms, samplers and loaders.
@@ -65,6 +66,7 @@ class CaptionDataModule(L.LightningDataModule):
                  shapes: ShapesConfig = ShapesConfig(),  # noqa: B008
                  clips: ClipsConfig = ClipsConfig(),  # noqa: B008
                  shards: ShardsConfig = ShardsConfig(),  # noqa: B008
+                 captions: CaptionsConfig = CaptionsConfig(),  # noqa: B008
                  options: dict | None = None,
                  train: str | None = None, val: str | None = None, test: str | None = None,
                  image_dir: str | None = None, karpathy_split: str | None = None,
@@ -84,6 +86,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.shapes = copy.deepcopy(as_config(ShapesConfig, shapes, "data.shapes."))
         self.clips = copy.deepcopy(as_config(ClipsConfig, clips, "data.clips."))
         self.shards = copy.deepcopy(as_config(ShardsConfig, shards, "data.shards."))
+        self.captions = copy.deepcopy(as_config(CaptionsConfig, captions, "data.captions."))
         self.paths = {"train": train, "val": val, "test": test}
         self.image_size, self.resize = image_size, resize
         self.min_pixels, self.max_pixels, self.augment = min_pixels, max_pixels, augment
@@ -94,7 +97,7 @@ class CaptionDataModule(L.LightningDataModule):
         self.max_skipped_fraction = float(max_skipped_fraction)
         self.patch_size, self.merge_size, self.temporal_patch_size = patch_size, merge_size, temporal_patch_size
         self.row_breaks = row_breaks
-        sections = {"shapes": self.shapes, "clips": self.clips, "shards": self.shards}
+        sections = {"shapes": self.shapes, "clips": self.clips, "shards": self.shards, "captions": self.captions}
         self.benchmark: Benchmark = benchmark({
             "dataset": dataset, **sections, **({dataset: options} if options is not None else {}),
             **self.paths, "image_dir": image_dir, "karpathy_split": karpathy_split, "image_size": image_size,
