@@ -169,8 +169,9 @@ def score_run(plan: Plan, ckpt: Path, device: str | None = None) -> tuple[list[d
             sizes = [round(f * plan.train_size) for f in factors]
             results, _ = evaluate(pipeline, _eval_set(plan, split, protocol), sizes, batch_size=plan.batch_size,
                                   max_new_tokens=plan.max_new_tokens, samples=True, **clips)
-            for factor, r in zip(factors, results):  # one row per size (and frame count), in order
-                where = {"split": split, "protocol": protocol, "factor": factor, "size": r["size"],
+            factor_of = dict(zip(sizes, factors))
+            for r in results:  # one row per size and frame count
+                where = {"split": split, "protocol": protocol, "factor": factor_of[r["size"]], "size": r["size"],
                          **({"frames": r["frames"]} if "frames" in r else {})}
                 rows.append({**where, **{k: v for k, v in r.items() if k != "samples"}})
                 scenes += [{**where, **sample} for sample in r["samples"]]
