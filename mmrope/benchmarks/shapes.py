@@ -25,7 +25,8 @@ class ShapesConfig:
     shapes: list[str] | None = None  # None: circle, square, triangle
     max_objects: int = 4  # level 3: objects per scene, 3 to this
     inside_cells: bool = False  # level 1: each object wholly inside its place's cell of the 3 x 3 grid
-    caption_order: Literal["random", "reading"] = "random"  # levels 2-3: reading names the leftmost / topmost first
+    caption_order: Literal["random", "reading", "place_first"] = "random"  # reading (levels 2-3): the leftmost /
+    # topmost object first; place_first (level 1): "in the top left is a red circle"
     mix_levels: list[int] | None = None  # training scenes drawn from these levels in equal shares; None: level
     loss_words: list[str] | None = None  # a diagnostic: only these caption words are predicted (the rest is given)
     train_sizes: list[int] | None = None  # training scenes drawn at one of these canvases each (objects scaled)
