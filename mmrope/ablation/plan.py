@@ -206,7 +206,8 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
     plan = Plan(grid, preset, base, pairs, list(range(n_seeds)), steps, train, splits, factors, n, batch_size,
                 max_new_tokens, size, frames, benchmark.clip_mode, benchmark.frames, benchmark.metric, data, engine,
                 engine_options, parallel, protocols)
-    plan.comparisons = _comparisons(p.get("compare") or [], plan, f"{grid}: presets.{preset}.compare")
+    plan.comparisons = _comparisons(p.get("compare") or [], plan, f"{grid}: presets.{preset}.compare",
+                                    chosen=arms is not None and not isinstance(p.get("arms"), dict))
     threshold = p.get("threshold")
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
         raise ValueError(f"{grid}: presets.{preset}.threshold={threshold!r}: expected an accuracy in (0, 1]")
@@ -214,9 +215,10 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
     return plan
 
 
-def _comparisons(specs: Any, plan: Plan, where: str) -> list[Comparison]:
+def _comparisons(specs: Any, plan: Plan, where: str, chosen: bool = False) -> list[Comparison]:
     """A preset's ``compare`` list: each ``[arm, arm]`` (at the first split, 1x, scaled) or ``{arms: [arm, arm],
-    split, factor, protocol, metric}``; both arms must be in the plan and the point scored."""
+    split, factor | size, protocol, frames, metric}``; both arms must be in the plan and the point scored. With
+    arms ``chosen`` on the command line, comparisons of arms left out are dropped."""
     if not isinstance(specs, list):
         raise ValueError(f"{where} must be a list of comparisons, [arm, arm] or {{arms: [arm, arm], factor: ...}}")
     names = [arm_name(e, s) for e, s in plan.arms]
@@ -225,6 +227,8 @@ def _comparisons(specs: Any, plan: Plan, where: str) -> list[Comparison]:
         spec = {"arms": spec} if isinstance(spec, list) else spec
         _check_keys(spec, COMPARE_KEYS, f"{where}[{i}]")
         arms = spec.get("arms")
+        if chosen and isinstance(arms, list) and not all(a in names for a in arms):
+            continue
         if not (isinstance(arms, list) and len(arms) == 2 and all(a in names for a in arms) and arms[0] != arms[1]):
             raise ValueError(f"{where}[{i}]: arms={arms!r}: expected two different arms of the preset "
                              f"({', '.join(names)})")
