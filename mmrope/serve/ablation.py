@@ -253,9 +253,8 @@ class AblationFolder:
 
         if metric not in METRICS:
             raise ValueError(f"metric {metric[:40]!r}: expected one of {', '.join(METRICS)}")
-        runs = self.read_runs()
-        with self.lock:
-            key = ("table", metric)
+        with self.lock:  # the runs and the cells computed from them, together
+            runs, key = self.read_runs(), ("table", metric)
             if key not in self.cache:
                 cells = summarize_scenes(self.plan, runs, (metric,))
                 self.cache[key] = [{"arm": c["arm"], "split": c["split"], "protocol": c["protocol"],
@@ -268,8 +267,8 @@ class AblationFolder:
         """The stated comparisons, tested as results.md tests them (McNemar, Holm, bootstrap interval, MDD)."""
         from mmrope.ablation.report import compare
 
-        runs = self.read_runs()
         with self.lock:
+            runs = self.read_runs()
             if "compare" not in self.cache:
                 rows = []
                 for r in compare(self.plan, runs):

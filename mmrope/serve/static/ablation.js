@@ -4,9 +4,12 @@
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
-// matplotlib's tab10, the colours results.md's plots give the arms, in the same order
-const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-                 "#17becf"];
+// the colours the report's plots give the arms, in the same order: matplotlib's tab10, or tab20 past 10 arms
+const TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+               "#17becf"];
+const TAB20 = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728", "#ff9896", "#9467bd",
+               "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#7f7f7f", "#c7c7c7", "#bcbd22", "#dbdb8d",
+               "#17becf", "#9edae5"];
 let summary = null;
 
 function element(tag, text, className) {
@@ -46,7 +49,8 @@ async function get(path, query) {
 }
 
 function colourOf(arm) {
-  return COLOURS[summary.arms.indexOf(arm) % COLOURS.length];
+  const i = summary.arms.indexOf(arm);
+  return summary.arms.length <= TAB10.length ? TAB10[i] : TAB20[i % TAB20.length];
 }
 
 const pointKey = (p) => [p.protocol, p.factor, p.frames ?? ""].join("|");
