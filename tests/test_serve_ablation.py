@@ -6,7 +6,7 @@ The folder is built from the session's trained checkpoint (tests/conftest.py) in
 arm B the same weights read under a flat decoder scheme (1D ids, so the two arms differ); both are scored by the
 ablation's own scorer (:func:`mmrope.ablation.runner.score_run`) and given a CSV log to draw.
 
-    python tests/test_serve_ablation.py OUT docs/serve_ablation.png     the README's screenshot of a real folder
+    python tests/test_serve_ablation.py OUT docs/serve_ablation.png [FACTOR]     the README's screenshot of a folder
 """
 
 from __future__ import annotations
@@ -274,9 +274,10 @@ def test_the_plan_comes_from_plan_json_or_the_grid_flags(ablation, tmp_path, cap
         assert len(err.strip().splitlines()) == 1 and line in err, err
 
 
-def drive(page, url: str, screenshot: Path | None = None) -> dict:
-    """Open the page, read its table, pick the scenes the first arm gets wrong and inspect the first (or the first
-    scene) -> what it showed."""
+def drive(page, url: str, screenshot: Path | None = None, point: str | None = None) -> dict:
+    """Open the page, read its table, pick the scenes the first arm gets wrong (at the training size, or at
+    ``point``, a value of the size select such as ``scaled|1.5|``) and inspect the first (or the first scene) -> what
+    it showed."""
     page.goto(url)
     page.wait_for_selector("#table tbody tr")
     page.wait_for_selector("#curves path.mean", state="attached")
@@ -292,6 +293,9 @@ def drive(page, url: str, screenshot: Path | None = None) -> dict:
                            "return i && i.complete && i.naturalWidth > 0; }")
     shown["all"] = page.locator("#scenes tbody tr").count()
     arm = shown["arms"][0]
+    if point is not None:
+        page.select_option("#scene-point", point)
+        page.wait_for_selector(f'#scenes[data-point="{point}"]', state="attached")
     page.select_option("#show", f"wrong:{arm}")
     page.wait_for_selector(f'#scenes[data-show="wrong:{arm}"]', state="attached")
     shown["wrong"] = page.eval_on_selector_all("#scenes tbody td.index", "cells => cells.map(c => +c.textContent)")
@@ -381,17 +385,23 @@ def test_page_in_a_headless_browser(ablation, tmp_path):
     assert list(workdir.iterdir()) == []
 
 
-if __name__ == "__main__":  # the README's screenshot: python tests/test_serve_ablation.py OUT docs/serve_ablation.png
+if __name__ == "__main__":  # python tests/test_serve_ablation.py OUT docs/serve_ablation.png [FACTOR]
     from playwright.sync_api import sync_playwright
 
     out, target = Path(sys.argv[1]), Path(sys.argv[2]).resolve()
+    point = f"scaled|{float(sys.argv[3]) if len(sys.argv) > 3 else 1.5:g}|"  # the scenes an arm gets wrong off-size
     server, url = start_page(out, Path.cwd(), Path(os.devnull))
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-            drive(browser.new_page(viewport={"width": 1300, "height": 900}), url, target)
+            drive(browser.new_page(viewport={"width": 1300, "height": 900}), url, target, point)
             browser.close()
     finally:
         server.terminate()
         server.wait(timeout=60)
+    from PIL import Image
+
+    with Image.open(target) as shot:  # 256 colours: a third of the bytes, the text as sharp
+        shot = shot.convert("RGB").quantize(256, Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    shot.save(target, optimize=True)
     print(f"wrote {target}")

@@ -163,7 +163,8 @@ function drawComparisons() {
   const m = results.filter((r) => !r.missing).length;
   $("compare-note").textContent = "Stated in the grid before the runs; each on the paired (seed, scene) outcomes of " +
     `its two arms. p: exact McNemar on the discordant pairs; Holm: adjusted over these ${m}; interval: two-level ` +
-    "bootstrap of the difference; MDD: the difference the test had an 80% chance to detect.";
+    "bootstrap of the difference; MDD: the difference the test had an 80% chance to detect (a null can miss a " +
+    "smaller one).";
   const head = element("tr");
   head.append(...["A", "B", "at", "A", "B", "A - B [95% CI]", "only A / only B right", "p", "Holm p", "MDD",
                   "reading"].map((t) => element("th", t)));
@@ -174,8 +175,7 @@ function drawComparisons() {
       row.lastChild.colSpan = 8;
       return row;
     }
-    const reading = { a: "A > B", b: "B > A" }[r.verdict] ??
-      `no difference detected (one below ${fixed(r.mdd, 2)} could be missed)`;
+    const reading = { a: "A > B", b: "B > A" }[r.verdict] ?? "no difference detected (MDD)";
     row.append(...[r.a, r.b, `${r.where}: ${r.metric}`, fixed(r.mean_a, 3), fixed(r.mean_b, 3),
                    `${signed(r.diff, 3)} [${signed(r.low, 2)}, ${signed(r.high, 2)}]`, `${r.only_a} / ${r.only_b}`,
                    pValue(r.p), pValue(r.holm), fixed(r.mdd, 3), reading].map((t) => element("td", t)));
@@ -309,7 +309,7 @@ async function drawScenes() {
   const tbody = element("tbody");
   tbody.append(...rows);
   $("scenes").replaceChildren(thead, tbody);
-  $("scenes").dataset.show = answer.show;
+  Object.assign($("scenes").dataset, { show: answer.show, point: pointKey(answer.point) });
   const counts = arms.map((arm) => `${arm} ${answer.counts[arm].wrong} wrong of ` +
     `${answer.counts[arm].right + answer.counts[arm].wrong}`).join("; ");
   $("scenes-note").textContent = `${answer.total} scene${answer.total === 1 ? "" : "s"} shown` +
