@@ -142,7 +142,7 @@ class AblationFolder:
             f = math.nan
         match = next((g for p, g in plan.scored if p == protocol and g == f), None)
         if match is None:
-            scored = ", ".join(f"{g:g}x" + ("" if p == "scaled" else f" {p}") for p, g in plan.scored)
+            scored = ", ".join(f"{g:.3g}x" + ("" if p == "scaled" else f" {p}") for p, g in plan.scored)
             raise ValueError(f"point {protocol[:40]} at {factor[:20]}x is not scored by the plan ({scored})")
         if plan.frames is None:
             if frames:
@@ -241,7 +241,7 @@ class AblationFolder:
     def _point_json(self, protocol: str, factor: float, frames: int | None) -> dict:
         size = round(factor * self.plan.train_size)
         train = factor == 1 and protocol == "scaled" and frames in (None, self.plan.train_frames)
-        label = f"{size} px ({factor:g}x)" + (f", {frames} frames" if frames else "")
+        label = f"{size} px ({factor:.3g}x)" + (f", {frames} frames" if frames else "")  # as results.md
         return {"protocol": protocol, "factor": factor, "size": size, "frames": frames, "train": train,
                 "label": label + ("" if protocol == "scaled" else f" {protocol}")}
 
