@@ -1,5 +1,6 @@
 """``mmrope serve``: a local web page that captions an uploaded image or clip with a checkpoint chosen from a folder,
-and shows the beam alternatives, where the decoder looked for each word, and the (t, h, w) ids (:mod:`mmrope.serve`).
+and shows the beam alternatives, where the decoder looked for each word, and the (t, h, w) ids (:mod:`mmrope.serve`);
+with ``--ablation OUT``, a page that reads an ablation folder (:mod:`mmrope.serve.ablation`).
 
 Heavy imports stay inside ``run_serve`` so that ``mmrope --help`` answers at once.
 """
@@ -19,9 +20,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "is captioned with a checkpoint chosen from those under --ckpt-dir (.ckpt files and exported "
                     "folders). It shows the caption, the beam search's best captions, one attention overlay per "
                     "word (as `mmrope viz attention`) and the (t, h, w) position ids of the prompt and caption. "
-                    "Runs offline; uploads live in a temporary folder only while they are captioned.")
-    p.add_argument("--ckpt-dir", type=Path, default=Path("runs"),
+                    "Runs offline; uploads live in a temporary folder only while they are captioned. With "
+                    "--ablation OUT it serves instead a page that reads an ablation folder `mmrope ablate` wrote: "
+                    "the arms x sizes table with its intervals and stated tests, the learning curves, every scene's "
+                    "captions, and two arms' attention and (t, h, w) ids on one scene, at the training size and "
+                    "off it.")
+    p.add_argument("--ckpt-dir", type=Path, default=None,
                    help="the folder whose checkpoints the page offers, searched recursively (default: runs)")
+    p.add_argument("--ablation", type=Path, metavar="OUT",
+                   help="serve the page of this ablation folder (the --out of `mmrope ablate`) instead; only files "
+                        "under it are read")
+    p.add_argument("--grid", type=Path,
+                   help="with --ablation: the grid file the folder was run with, when it holds no plan.json")
+    p.add_argument("--preset", help="with --ablation and --grid: the preset it was run with")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only, as is any loopback address; "
                         "any other lets other machines upload files, and warns)")
@@ -52,11 +63,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import signal
-
     from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS
     from mmrope.data.videos import DEFAULT_MAX_CLIP_FRAMES, DEFAULT_MAX_CLIP_PIXELS
-    from mmrope.serve.server import MAX_QUEUED, MAX_UPLOAD_BYTES, CheckpointFolder, Settings, serve
+    from mmrope.serve.server import MAX_QUEUED, MAX_UPLOAD_BYTES, CheckpointFolder, Settings
+
+    if args.ablation is not None:
+        return run_ablation_page(args)
+    if args.grid is not None or args.preset is not None:
+        raise ValueError("--grid and --preset go with --ablation OUT")
+    args.ckpt_dir = args.ckpt_dir or Path("runs")
 
     for flag, value in (("--max-bytes", args.max_bytes), ("--max-pixels", args.max_pixels),
                         ("--max-frames", args.max_frames), ("--max-clip-pixels", args.max_clip_pixels),
@@ -86,6 +101,40 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"mmrope serve: {server.url} ({len(offered)} checkpoints under {args.ckpt_dir}; Ctrl-C stops)",
               flush=True)
         print(f"mmrope serve: uploads go to {server.upload_dir}, removed at exit", file=sys.stderr, flush=True)
+
+    return serve_until_stopped(settings, args, announce)
+
+
+def run_ablation_page(args: argparse.Namespace) -> int:
+    from mmrope.serve.ablation import AblationFolder, read_plan
+    from mmrope.serve.server import MAX_QUEUED, AblationSettings
+
+    if args.ckpt_dir is not None:
+        raise ValueError("--ckpt-dir is the caption page's; --ablation OUT serves the ablation's page")
+    if args.max_queued is not None and args.max_queued < 0:
+        raise ValueError(f"--max-queued must be 0 or more, got {args.max_queued}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: expected 0 to 65535 (0 picks a free one)")
+    plan = read_plan(args.ablation, args.grid, args.preset)
+    folder = AblationFolder(args.ablation, plan, device=args.device)
+    settings = AblationSettings(folder, max_queued=MAX_QUEUED if args.max_queued is None else args.max_queued)
+    scored = len(folder.read_runs())
+
+    def announce(server) -> None:
+        if not server.loopback_only:
+            print(f"mmrope serve: warning: listening on {args.host}, not a loopback address: anyone who can reach "
+                  "this machine can read the ablation's results and use its CPU; the page has no login",
+                  file=sys.stderr)
+        print(f"mmrope serve: {server.url} (preset {plan.preset} of {plan.grid}: {len(plan.arms)} arms x "
+              f"{len(plan.seeds)} seeds, {scored} runs scored, under {args.ablation}; Ctrl-C stops)", flush=True)
+
+    return serve_until_stopped(settings, args, announce)
+
+
+def serve_until_stopped(settings, args: argparse.Namespace, announce) -> int:
+    import signal
+
+    from mmrope.serve.server import serve
 
     def stop(signum, frame):
         raise KeyboardInterrupt  # so that the temporary folder is removed on SIGTERM too

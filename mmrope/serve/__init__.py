@@ -1,5 +1,6 @@
 """``mmrope serve``: a local web page to caption an image or a clip and see why (``server.py``: HTTP, checkpoints,
-limits; ``explain.py``: what is shown; ``static/``: the page).
+limits; ``explain.py``: what is shown; ``static/``: the page), and ``mmrope serve --ablation OUT``, a page to read an
+ablation folder (``ablation.py``: what it shows; ``static/ablation.*``: the page).
 
 Why a plain page on Python's standard library (``http.server``) rather than Gradio or Streamlit, the usual tools
 for such demos: the page needs one upload, a few fields and some pictures, which a few hundred lines of HTML and

@@ -1,10 +1,26 @@
-"""The HTTP side of ``mmrope serve``: the page, the checkpoints it may offer, one upload at a time through the model.
+"""The HTTP side of ``mmrope serve``: the caption page, the checkpoints it may offer, one upload at a time through the
+model; and ``mmrope serve --ablation OUT``'s page, which only reads one ablation folder.
+
+The caption page:
 
     GET  /                    the page (index.html, app.js, style.css: package data, read once at start)
     GET  /api/info            the checkpoints under --ckpt-dir and the upload limits, as JSON
     POST /api/caption?ckpt=NAME&strategy=greedy|beam&beams=N&name=FILE
                               the file's bytes as the body -> :func:`mmrope.serve.explain.explain`'s JSON, or
                               {"error": "<file>: <reason>"} with a 4xx status
+
+The ablation page (:mod:`mmrope.serve.ablation` answers; every name is checked against the grid's plan):
+
+    GET  /                    the page (ablation.html, ablation.js, style.css, ablation.css)
+    GET  /api/summary         the plan, the runs scored and trained, metrics, curve series, the stated tests
+    GET  /api/table?metric=M  every arm x point cell of M: mean and 95% interval
+    GET  /api/curves?series=S S (val/place, train/loss, ...) against steps, per run and per arm
+    GET  /api/scenes?split=&protocol=&factor=&frames=&seed=&show=all|disagree|wrong:ARM|right:ARM
+                              each scene's reference and every arm's caption and score
+    GET  /api/image?split=&protocol=&factor=&frames=&index=
+                              one scene as the runs were scored on it, a PNG
+    GET  /api/inspect?a=ARM&b=ARM&seed=&split=&index=&protocol=&factor=&frames=
+                              the scene through both arms' last.ckpt, at the training size and at the point given
 
 What keeps it safe to run:
 - It listens on 127.0.0.1 unless --host says otherwise. While the address it listens on is a loopback one
@@ -26,6 +42,11 @@ What keeps it safe to run:
   accepted, and links that lead outside that folder are not listed.
 - The page puts every text it receives into the document as text (``textContent``), never as HTML, and the
   server's Content-Security-Policy allows no script but its own and no connection elsewhere.
+- The ablation page takes no upload and no body (a request with one is refused unread, the connection closed), a
+  request target of at most 2,048 characters and 16 query fields. A client names arms, seeds, splits, points,
+  scenes, metrics and series, never a path: each is checked against the plan, and the files read are the runs' own
+  under OUT, each resolved first (one a link leads outside OUT is refused, 403). Its model calls (the inspector)
+  share the caption page's rules: one at a time, ``max_queued`` waiting, 503 beyond.
 """
 
 from __future__ import annotations
@@ -49,6 +70,7 @@ from urllib.parse import parse_qs, urlsplit
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from mmrope.data.videos import DEFAULT_MAX_CLIP_FRAMES, DEFAULT_MAX_CLIP_PIXELS
 from mmrope.inference import DEFAULT_MAX_FRAMES
+from mmrope.serve.ablation import AblationFolder, NotThere, OutsideFolder
 
 MAX_UPLOAD_BYTES = 32 * 2**20  # a 50-megapixel JPEG fits; a larger body is refused before it is read
 MAX_BEAMS = 8  # beyond this a CPU answers slowly and the alternatives stop differing
@@ -58,6 +80,11 @@ MAX_QUEUED = 4  # uploads waiting for the model; a few people sharing a page, no
 ESCAPED = str.maketrans({**{c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}, ord("\\"): "\\\\"})
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/style.css": ("style.css", "text/css; charset=utf-8")}
+ABLATION_ASSETS = {"/": ("ablation.html", "text/html; charset=utf-8"),
+                   "/ablation.js": ("ablation.js", "text/javascript; charset=utf-8"),
+                   "/style.css": ("style.css", "text/css; charset=utf-8"),
+                   "/ablation.css": ("ablation.css", "text/css; charset=utf-8")}
+MAX_REQUEST_TARGET = 2048  # characters of path and query: the ablation page's longest is a few hundred
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
@@ -78,6 +105,14 @@ class Settings:
     size: int | None = None
     resize: str = "fixed"
     clip_mode: str = "block"
+
+
+@dataclass
+class AblationSettings:
+    """What ``mmrope serve --ablation``'s flags fix: the folder, its plan read (:mod:`mmrope.serve.ablation`)."""
+
+    folder: AblationFolder
+    max_queued: int = MAX_QUEUED
 
 
 class CheckpointFolder:
@@ -143,26 +178,20 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
-class CaptionServer(ThreadingHTTPServer):
-    """One page, one model call at a time (``lock``), at most ``max_queued`` more waiting (``slots``), uploads under
-    ``upload_dir``."""
+class LocalServer(ThreadingHTTPServer):
+    """What both pages' servers share: their static files (package data, read once at start), the Host check that
+    keeps a loopback server out of reach of DNS rebinding, and one line per failed request."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], settings: Settings, upload_dir: Path):
+    def __init__(self, address: tuple[str, int], handler: type, assets: dict[str, tuple[str, str]]):
         import socket
 
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self.settings = settings
-        self.checkpoints = CheckpointFolder(settings.ckpt_dir)
-        self.pipelines = PipelineCache(settings.device)
-        self.upload_dir = upload_dir
-        self.lock = threading.Lock()
-        self.slots = threading.BoundedSemaphore(settings.max_queued + 1)  # the one captioned and those waiting
         static = files("mmrope.serve") / "static"
-        self.assets = {route: (static.joinpath(name).read_bytes(), kind) for route, (name, kind) in ASSETS.items()}
-        super().__init__(address, CaptionHandler)
+        self.assets = {route: (static.joinpath(name).read_bytes(), kind) for route, (name, kind) in assets.items()}
+        super().__init__(address, handler)
         # decided by the address bound, not the name given: --host 127.0.0.2 or a name for 127.0.1.1 is loopback
         self.loopback_only = is_loopback(self.server_address[0])
         self.host_names = {"localhost", address[0].lower().strip("[]")}  # and any loopback address
@@ -190,23 +219,77 @@ class CaptionServer(ThreadingHTTPServer):
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
-class CaptionHandler(BaseHTTPRequestHandler):
-    server: CaptionServer
+class CaptionServer(LocalServer):
+    """One page, one model call at a time (``lock``), at most ``max_queued`` more waiting (``slots``), uploads under
+    ``upload_dir``."""
+
+    def __init__(self, address: tuple[str, int], settings: Settings, upload_dir: Path):
+        self.settings = settings
+        self.checkpoints = CheckpointFolder(settings.ckpt_dir)
+        self.pipelines = PipelineCache(settings.device)
+        self.upload_dir = upload_dir
+        self.lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(settings.max_queued + 1)  # the one captioned and those waiting
+        super().__init__(address, CaptionHandler, ASSETS)
+
+
+class PageHandler(BaseHTTPRequestHandler):
+    """What both pages' handlers share: the Host check, the page's files, JSON answers with the page's security
+    headers, and a log that escapes what clients send."""
+
+    server: LocalServer
     server_version = "mmrope-serve"
     timeout = 60  # seconds a client may stall while sending its request
+
+    def _send_asset(self, route: str) -> bool:
+        """Send one of the page's files when ``route`` names one -> whether it did."""
+        if route not in self.server.assets:
+            return False
+        body, kind = self.server.assets[route]
+        self._send(HTTPStatus.OK, body, kind)
+        return True
+
+    def _host_allowed(self) -> bool:
+        """False (and a 421 sent) when serving loopback only and the Host header names another host."""
+        if self.server.allows_host(self.headers.get("Host", "")):
+            return True
+        self.close_connection = True
+        refusal = {"error": "this server answers to loopback addresses (127.0.0.1, ::1) and localhost only"}
+        self._send_json(HTTPStatus.MISDIRECTED_REQUEST, refusal)
+        return False
+
+    def _send_json(self, status: HTTPStatus, answer: dict) -> None:
+        self._send(status, json.dumps(answer).encode("utf-8"), "application/json")
+
+    def _send(self, status: HTTPStatus, body: bytes, kind: str) -> None:
+        self.send_response(status)
+        if status == HTTPStatus.SERVICE_UNAVAILABLE:
+            self.send_header("Retry-After", "5")
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        sys.stderr.write(f"mmrope serve: {self.address_string()} {(format % args).translate(ESCAPED)}\n")
+
+
+class CaptionHandler(PageHandler):
+    server: CaptionServer
 
     def do_GET(self) -> None:
         if not self._host_allowed():
             return
         route = urlsplit(self.path).path
-        if route in self.server.assets:
-            body, kind = self.server.assets[route]
-            self._send(HTTPStatus.OK, body, kind)
-        elif route == "/api/info":
+        if route == "/api/info":
             s = self.server.settings
             self._send_json(HTTPStatus.OK, {"checkpoints": self.server.checkpoints.names(), "max_bytes": s.max_bytes,
                                             "max_pixels": s.max_pixels, "max_beams": MAX_BEAMS})
-        else:
+        elif not self._send_asset(route):
             self._send_json(HTTPStatus.NOT_FOUND, {"error": f"{route[:80]}: no such page"})
 
     def do_POST(self) -> None:
@@ -291,33 +374,109 @@ class CaptionHandler(BaseHTTPRequestHandler):
         return HTTPStatus.OK, {"name": name, "checkpoint": checkpoint,
                                "seconds": round(time.perf_counter() - start, 2), **answer}
 
-    def _host_allowed(self) -> bool:
-        """False (and a 421 sent) when serving loopback only and the Host header names another host."""
-        if self.server.allows_host(self.headers.get("Host", "")):
-            return True
+class AblationServer(LocalServer):
+    """The ablation page: one folder, read only; one model call at a time (``lock``, the inspector), at most
+    ``max_queued`` more waiting (``slots``)."""
+
+    def __init__(self, address: tuple[str, int], settings: AblationSettings):
+        self.settings, self.folder = settings, settings.folder
+        self.lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(settings.max_queued + 1)
+        super().__init__(address, AblationHandler, ABLATION_ASSETS)
+
+
+class AblationHandler(PageHandler):
+    """GET only, and no body: every question is a few names in the query, each checked against the plan by
+    :class:`~mmrope.serve.ablation.AblationFolder` before a file is read."""
+
+    server: AblationServer
+
+    def do_GET(self) -> None:
+        if not self._host_allowed():
+            return
+        if self.headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in self.headers:
+            self.close_connection = True  # the body is not read, so the connection cannot carry another request
+            self._send_json(HTTPStatus.BAD_REQUEST, {"error": "a request to this page carries no body"})
+            return
+        if len(self.path) > MAX_REQUEST_TARGET:
+            self._send_json(HTTPStatus.REQUEST_URI_TOO_LONG,
+                            {"error": f"a request of {len(self.path)} characters: the limit is {MAX_REQUEST_TARGET}"})
+            return
+        target = urlsplit(self.path)
+        if self._send_asset(target.path):
+            return
+        answer = ABLATION_ROUTES.get(target.path)
+        if answer is None:
+            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"{target.path[:80]}: no such page"})
+            return
+        try:
+            query = {k: v[-1] for k, v in parse_qs(target.query, keep_blank_values=True, max_num_fields=16).items()}
+            body = answer(self, query)
+        except OutsideFolder as e:
+            self._send_json(HTTPStatus.FORBIDDEN, {"error": str(e)})
+        except NotThere as e:
+            self._send_json(HTTPStatus.NOT_FOUND, {"error": str(e)})
+        except ValueError as e:  # a name the plan does not hold, a checkpoint that cannot be read
+            self._send_json(HTTPStatus.BAD_REQUEST, {"error": " ".join(str(e).split())[:300]})
+        except Busy as e:
+            self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(e)})
+        except Exception as e:  # noqa: BLE001 - the server stays up; the traceback goes to its terminal
+            traceback.print_exc()
+            self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error ({type(e).__name__})"})
+        else:
+            if isinstance(body, bytes):
+                self._send(HTTPStatus.OK, body, "image/png")
+            else:
+                self._send_json(HTTPStatus.OK, body)
+
+    def do_POST(self) -> None:
         self.close_connection = True
-        refusal = {"error": "this server answers to loopback addresses (127.0.0.1, ::1) and localhost only"}
-        self._send_json(HTTPStatus.MISDIRECTED_REQUEST, refusal)
-        return False
+        self._send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "this page only reads: GET"})
 
-    def _send_json(self, status: HTTPStatus, answer: dict) -> None:
-        self._send(status, json.dumps(answer).encode("utf-8"), "application/json")
+    def _point(self, q: dict) -> tuple:
+        return self.server.folder.point(q.get("split", ""), q.get("protocol", "scaled"), q.get("factor", "1"),
+                                        q.get("frames", ""))
 
-    def _send(self, status: HTTPStatus, body: bytes, kind: str) -> None:
-        self.send_response(status)
-        if status == HTTPStatus.SERVICE_UNAVAILABLE:
-            self.send_header("Retry-After", "5")
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Referrer-Policy", "no-referrer")
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+    def _summary(self, q: dict) -> dict:
+        return self.server.folder.summary()
 
-    def log_message(self, format: str, *args) -> None:
-        sys.stderr.write(f"mmrope serve: {self.address_string()} {(format % args).translate(ESCAPED)}\n")
+    def _table(self, q: dict) -> dict:
+        return self.server.folder.table(q.get("metric", self.server.folder.plan.metric))
+
+    def _curves(self, q: dict) -> dict:
+        return self.server.folder.curves(q.get("series", f"val/{self.server.folder.plan.metric}"))
+
+    def _scenes(self, q: dict) -> dict:
+        folder = self.server.folder
+        return folder.scenes(self._point(q), folder.seed(q.get("seed", "0")), q.get("show", "all"))
+
+    def _image(self, q: dict) -> bytes:
+        folder = self.server.folder
+        return folder.image(self._point(q), folder.index(q.get("index", "")))
+
+    def _inspect(self, q: dict) -> dict:
+        folder = self.server.folder
+        arms = list(dict.fromkeys(folder.arm(q.get(k, "")) for k in ("a", "b") if k == "a" or q.get(k)))
+        seed, index, point = folder.seed(q.get("seed", "0")), folder.index(q.get("index", "")), self._point(q)
+        if not self.server.slots.acquire(blocking=False):
+            raise Busy(f"the server is busy ({self.server.settings.max_queued} scenes are waiting for the model); "
+                       "try again in a moment")
+        try:
+            with self.server.lock:
+                start = time.perf_counter()
+                answer = folder.inspect(arms, seed, index, point)
+        finally:
+            self.server.slots.release()
+        return {**answer, "seconds": round(time.perf_counter() - start, 2)}
+
+
+class Busy(Exception):
+    """The model is in use and ``max_queued`` requests wait for it already."""
+
+
+ABLATION_ROUTES = {"/api/summary": AblationHandler._summary, "/api/table": AblationHandler._table,
+                   "/api/curves": AblationHandler._curves, "/api/scenes": AblationHandler._scenes,
+                   "/api/image": AblationHandler._image, "/api/inspect": AblationHandler._inspect}
 
 
 def shown_name(name: str) -> str:
@@ -338,20 +497,24 @@ def _copy(source, target, length: int, chunk: int = 2**20) -> int:
     return copied
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8765,
+def serve(settings: Settings | AblationSettings, host: str = "127.0.0.1", port: int = 8765,
           announce=lambda server: print(server.url, flush=True)) -> None:
-    """Serve until interrupted. ``announce(server)`` is called once the socket listens (its ``url``,
-    ``upload_dir`` and ``loopback_only``). A port or address that cannot be listened on is one ``OSError`` line."""
+    """Serve the caption page (:class:`Settings`) or an ablation's (:class:`AblationSettings`) until interrupted.
+    ``announce(server)`` is called once the socket listens (its ``url``, ``loopback_only`` and, for the caption
+    page, ``upload_dir``). A port or address that cannot be listened on is one ``OSError`` line."""
     import os
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="mmrope-serve-") as tmp:
         # matplotlib's colour maps create its config folder on import: keep that here too, unless one is chosen
         os.environ.setdefault("MPLCONFIGDIR", str(Path(tmp) / "matplotlib"))
-        uploads = Path(tmp) / "uploads"
-        uploads.mkdir()
         try:
-            server = CaptionServer((host, port), settings, uploads)
+            if isinstance(settings, AblationSettings):
+                server = AblationServer((host, port), settings)
+            else:
+                uploads = Path(tmp) / "uploads"
+                uploads.mkdir()
+                server = CaptionServer((host, port), settings, uploads)
         except (OSError, OverflowError) as e:  # in use, not this machine's, no such name; a port over 65535
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise OSError(f"cannot listen on {host} port {port}: {reason}") from None
