@@ -62,6 +62,7 @@ def run_ablate(args: argparse.Namespace) -> int:
             for seed, run_dir in run_dirs:
                 print(shlex.join(train_command(plan, encoder, scheme, seed, run_dir)))
         return 0
+    write_plan(plan, args.out)
     try:
         rows, failures = run_ablation(plan, args.out, args.device)
     except RunInterrupted as e:
@@ -77,6 +78,21 @@ def run_ablate(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         return 1
     return 0
+
+
+def write_plan(plan, out: Path) -> None:
+    """``OUT/plan.json``: which grid and preset (and command-line seeds, steps and arms) the folder holds, so that
+    ``mmrope serve --ablation OUT`` can read it; the last preset run into a folder is the one results.md shows."""
+    import json
+
+    from mmrope.ablation.plan import arm_name
+
+    out.mkdir(parents=True, exist_ok=True)
+    plan_json = {"grid": str(Path(plan.grid).resolve()), "preset": plan.preset, "seeds": len(plan.seeds),
+                 "max_steps": plan.max_steps, "arms": [arm_name(e, s) for e, s in plan.arms]}
+    tmp = out / ".plan.json.tmp"
+    tmp.write_text(json.dumps(plan_json) + "\n", encoding="utf-8")
+    tmp.replace(out / "plan.json")
 
 
 def plural(n: int, word: str) -> str:
