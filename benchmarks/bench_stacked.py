@@ -8,7 +8,7 @@ side by side in interleaved rounds, each contender's S runs at the same step of 
 
 - ``one after another``: what S ``python -m mmrope.train`` processes do per step, without Lightning's own
   overhead: each seed's batch drawn by Pillow and collated, its layout, forward + backward, clip_grad_norm_, AdamW;
-- ``stacked (loop | vmap), pillow | torch``: :mod:`mmrope.train.stacked`'s step of all S runs (per-run gradients by
+- ``stacked (loop | vmap), pillow | torch``: :mod:`mmrope.train.stacked.step` of all S runs (per-run gradients by
   a loop over the runs or by vmap, the flat AdamW), the batches drawn by Pillow or by the torch renderer.
 
 Each row also splits the step into its data part (draw, collate, layout; torch: draw included) and its model part
@@ -40,7 +40,7 @@ def step_contenders(config: str, seeds: int, steps: int) -> dict:
     from mmrope.model.captioner import Layout
     from mmrope.train.optim import cosine_with_warmup, parameter_groups
     from mmrope.train.stacked import EngineOptions, StackedTrainer
-    from mmrope.train.stacked_data import to_device
+    from mmrope.train.stacked.data import to_device
 
     root = Path(tempfile.mkdtemp())
     runs = [(k, root / f"seed{k}") for k in range(seeds)]
@@ -54,8 +54,8 @@ def step_contenders(config: str, seeds: int, steps: int) -> dict:
         return to_device(trainer.batches[counter["step"] % steps], trainer.device)
 
     def model_step(trainer, inputs):
-        trainer._step(trainer.params, *trainer.state.tensors(), trainer.global_step, inputs["images"],
-                      inputs["input_ids"], inputs["labels"], inputs["position_ids"], inputs["media_slots"])
+        trainer.step(trainer.params, *trainer.state.tensors(), trainer.global_step, inputs["images"],
+                     inputs["input_ids"], inputs["labels"], inputs["position_ids"], inputs["media_slots"])
 
     # one after another: each seed's own model and torch.optim.AdamW, as CaptionModule configures them
     models = [r.module.model for r in base.runs]

@@ -16,9 +16,9 @@ import pytest
 import torch
 from test_train import ROOT, tiny_args
 
+from mmrope import checkpoints
 from mmrope.checkpoints import read_exported, write_exported
 from mmrope.inference import load
-from mmrope.train import checkpoint_io
 from mmrope.train import cli as train
 from mmrope.train.checkpoint_io import AtomicCheckpointIO
 
@@ -196,7 +196,7 @@ class NearlyFullDisk(io.FileIO):
 
 
 def test_a_full_disk_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(checkpoint_io, "open", lambda path, mode: NearlyFullDisk(path, mode), raising=False)
+    monkeypatch.setattr(checkpoints, "open", lambda path, mode: NearlyFullDisk(path, mode), raising=False)
     target = tmp_path / "checkpoints" / "last.ckpt"
     with pytest.raises(OSError) as e:
         AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(1000), "steps": list(range(100))}, target)

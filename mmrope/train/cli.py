@@ -9,7 +9,9 @@
 
 A thin LightningCLI over :mod:`mmrope.train.module` and :mod:`mmrope.train.datamodule`: ``--model.*`` are the
 model's config (:mod:`mmrope.model.config`), ``--data.*`` the data module's, ``--trainer.*`` Lightning's Trainer.
-Checkpoints go to <trainer.default_root_dir>/checkpoints/; a new ``fit`` refuses a folder that holds a run's
+The run itself (seed, data module, model) is built by :func:`mmrope.train.run.build_run`, as the stacked engine
+builds its runs; the parser builds only what the trainer is given. Checkpoints go to
+<trainer.default_root_dir>/checkpoints/; a new ``fit`` refuses a folder that holds a run's
 ``last.ckpt`` unless it continues it (``--ckpt_path last``) or replaces it (``--overwrite``). ``python train.py`` in a
 checkout is the same command.
 """
@@ -28,11 +30,13 @@ from lightning.pytorch.cli import LightningCLI
 
 from mmrope.model.config import CaptionerConfig
 from mmrope.model.decoder_positions import SCHEMES
+from mmrope.train import PROG
 from mmrope.train.callbacks import TrainingInterrupted, default_callbacks, resume_hint
 from mmrope.train.checkpoint_io import AtomicCheckpointIO
 from mmrope.train.config_reader import _flatten, check_config_files, config_error, explicit_model_keys
 from mmrope.train.datamodule import CaptionDataModule
 from mmrope.train.module import CaptionModule, NonFiniteLossError
+from mmrope.train.run import build_run, run_loggers
 
 MODEL_KEYS = ("vision", "text", "position_scheme", "tokens_per_second")  # what the weights' shapes depend on
 # the data module cuts images into the model's patches at the model's training size: model.vision.X -> data.Y
@@ -98,7 +102,7 @@ class CaptionCLI(LightningCLI):
             config["ckpt_path"] = None if path is None else str(path)
         if asked == "last" and path is None:
             starts = "a new run starts" if subcommand == "fit" else "the model is not trained"
-            print(f"train.py: note: --ckpt_path last: no {root / 'checkpoints' / 'last.ckpt'} yet, so {starts}",
+            print(f"{PROG}: note: --ckpt_path last: no {root / 'checkpoints' / 'last.ckpt'} yet, so {starts}",
                   file=sys.stderr)
         if subcommand == "fit":
             self._overwrite = refuse_to_replace(root, path, bool(config.get("overwrite")))
@@ -114,7 +118,7 @@ class CaptionCLI(LightningCLI):
         config["data.row_breaks"] = scheme_row_breaks(config["model.position_scheme"])
         if taken:
             shown = ", ".join(taken[:4]) + (f" and {len(taken) - 4} more" if len(taken) > 4 else "")
-            print(f"train.py: note: model settings left at their defaults are taken from {path}: {shown}",
+            print(f"{PROG}: note: model settings left at their defaults are taken from {path}: {shown}",
                   file=sys.stderr)
         self._checkpoint_weights = (path, state)
 
@@ -128,8 +132,24 @@ class CaptionCLI(LightningCLI):
         for path in old:
             path.unlink(missing_ok=True)
         if old:
-            print(f"train.py: note: --overwrite: deleted the {len(old)} checkpoints in {self._overwrite}",
+            print(f"{PROG}: note: --overwrite: deleted the {len(old)} checkpoints in {self._overwrite}",
                   file=sys.stderr)
+
+    def instantiate_classes(self) -> None:
+        """The run from :func:`build_run`, as the stacked engine builds its runs; the parser instantiates only what
+        the trainer is given (callbacks, loggers, plugins named by class path)."""
+        config = self.config.get(str(self.subcommand), self.config)
+        self.model, self.datamodule = build_run(config.as_dict())
+        trainer_only = config.clone()
+        del trainer_only["model"], trainer_only["data"]
+        instantiated = self._parser(self.subcommand).instantiate(trainer_only)
+        self.config_init = self.config.clone()
+        if self.subcommand:
+            self.config_init[self.subcommand] = instantiated
+        else:
+            self.config_init = instantiated
+        self._add_configure_optimizers_method_to_model(self.subcommand)
+        self.trainer = self.instantiate_trainer()
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
@@ -145,7 +165,7 @@ class CaptionCLI(LightningCLI):
         root = config.get("default_root_dir") or "runs/default"
         kwargs.setdefault("plugins", list(config.get("plugins") or []) + [AtomicCheckpointIO()])
         if config.get("logger") in (None, True):
-            kwargs.setdefault("logger", default_loggers(root))
+            kwargs.setdefault("logger", run_loggers(root))
         callbacks = list(config.get("callbacks") or [])
         callbacks += [c for c in default_callbacks(root, self.datamodule.monitor)
                       if not any(isinstance(t, type(c)) for t in callbacks)]  # a config's own ModelCheckpoint wins
@@ -246,20 +266,6 @@ def _lookup(d, dotted: str):
     return list(d) if isinstance(d, tuple) else d
 
 
-def default_loggers(root: str):
-    """CSV always (the training loss at every logged step); TensorBoard too when it is installed."""
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    loggers = [CSVLogger(root, name="logs")]
-    try:
-        import tensorboard  # noqa: F401
-
-        loggers.append(TensorBoardLogger(root, name="logs", version=loggers[0].version))
-    except ImportError:
-        pass
-    return loggers
-
-
 def main(args: list[str] | None = None) -> int:
     if os.environ.get("MMROPE_DEBUG"):
         CaptionCLI(CaptionModule, CaptionDataModule, args=args, save_config_kwargs={"overwrite": True})
@@ -268,10 +274,10 @@ def main(args: list[str] | None = None) -> int:
         args = check_config_files(sys.argv[1:] if args is None else list(args))
         CaptionCLI(CaptionModule, CaptionDataModule, args=args, save_config_kwargs={"overwrite": True})
     except TrainingInterrupted as err:
-        print(f"train.py: stopped by {err}", file=sys.stderr)
+        print(f"{PROG}: stopped by {err}", file=sys.stderr)
         return 128 + err.signum
     except (NonFiniteLossError, ValueError, OSError, MisconfigurationException) as err:
-        print(f"train.py: error: {one_line(err)}{resume_hint(err)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(err)}{resume_hint(err)}", file=sys.stderr)
         return 1
     return 0
 
