@@ -15,7 +15,7 @@ Each row also splits the step into its data part (draw, collate, layout; torch: 
 (forward, backward, optimiser). "run-steps/s" counts one step of one run: S per contender's step.
 
 ``processes``: whole runs, start-up included: ``python -m mmrope.train`` once per seed against one
-``python -m mmrope.train.stacked`` for all seeds (``--steps`` each; torch threads as the environment sets them).
+``mmrope train stacked`` for all seeds (``--steps`` each; torch threads as the environment sets them).
 
 ``render``: images/s of ``shapes.render_scene`` + ``to_tensor`` (Pillow, one image at a time) against
 :func:`mmrope.data.render.render_scenes` (one batch), level-2 scenes, batch 64 and 256, at 64 and 128 px.
@@ -117,7 +117,7 @@ def bench_steps(config: str, seeds: int, rounds: int) -> None:
 
 def bench_end_to_end(config: str, seeds: int, steps: int) -> None:
     """Whole processes, start-up included: ``python -m mmrope.train`` once per seed, one after another, against
-    ``python -m mmrope.train.stacked`` for all seeds (loop stacking, Pillow data, as ``auto`` picks on a CPU)."""
+    ``mmrope train stacked`` for all seeds (loop stacking, Pillow data, as ``auto`` picks on a CPU)."""
     import subprocess
     import time
 
@@ -131,7 +131,7 @@ def bench_end_to_end(config: str, seeds: int, steps: int) -> None:
                         f"--trainer.default_root_dir={root / f'alone{k}'}"], check=True, capture_output=True)
     timings["train.py per seed, one after another"] = time.monotonic() - start
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "mmrope.train.stacked", *(f"--run={k}={root / f'stacked{k}'}"
+    subprocess.run([sys.executable, "-m", "mmrope", "train", "stacked", *(f"--run={k}={root / f'stacked{k}'}"
                                                                      for k in range(seeds)), "--", *common],
                    check=True, capture_output=True)
     timings["mmrope.train.stacked, all seeds"] = time.monotonic() - start

@@ -1,4 +1,4 @@
-"""Seeds trained together (``mmrope.train.stacked``) against each seed trained alone by train.py: the same losses,
+"""Seeds trained together (``mmrope train stacked``) against each seed trained alone by train.py: the same losses,
 checkpoints that load everywhere (and that Lightning refuses to resume, in one line), a non-finite loss that skips one
 run only, an exact resume, the torch renderer's batches equal to Pillow's, and the ablation's stacked engine end to
 end.
@@ -221,12 +221,14 @@ def test_options_and_bad_arguments(tmp_path, capsys):
     with pytest.raises(ValueError, match="stack='sideways' is unknown"):
         stacked.EngineOptions(stack="sideways")
     assert stacked.main(["--run=0=x", "fit"]) == 1
-    assert "usage: python -m mmrope.train.stacked" in capsys.readouterr().err
+    assert "usage: mmrope train stacked --run SEED=DIR" in capsys.readouterr().err
     assert stacked.main(["--run=zero", "--", "fit"]) == 1
     assert "expected SEED=DIR" in capsys.readouterr().err
     code = stacked.main(["--run=0=a", "--run=1=b", "--", *train_args("--model.vision.dim=66")])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("stacked: error: ") and "vision.head_dim=33" in err  # not "train.py: error"
+    assert code == 1 and err.startswith("mmrope train stacked: error: ") and "vision.head_dim=33" in err
+    assert cli.main(["train", "stacked", "--run=0=x", "fit"]) == 1  # the same engine through `mmrope train`
+    assert capsys.readouterr().err.startswith("mmrope train stacked: error: usage: mmrope train stacked")
 
 
 def test_stacked_runs_never_replace_a_run(tmp_path, capsys):
@@ -237,8 +239,8 @@ def test_stacked_runs_never_replace_a_run(tmp_path, capsys):
     last.write_bytes(b"a train.py run's checkpoint")
     assert together(tmp_path, seeds=(0, 1)) == 1
     assert capsys.readouterr().err.strip() == (
-        f"stacked: error: {tmp_path / 'seed0'} holds a run already ({last}): continue it with --resume, start over "
-        "with --overwrite (its checkpoints are deleted), or choose another folder")
+        f"mmrope train stacked: error: {tmp_path / 'seed0'} holds a run already ({last}): continue it with --resume, "
+        "start over with --overwrite (its checkpoints are deleted), or choose another folder")
     assert last.read_bytes() == b"a train.py run's checkpoint" and not (tmp_path / "seed1").exists()
     shared = tmp_path / "shared"
     assert stacked.main([f"--run=0={shared}", f"--run=1={shared}", "--", *train_args()]) == 1
@@ -282,7 +284,7 @@ def test_the_ablation_trains_each_arms_seeds_together(tmp_path, capsys):
     args = ["ablate", "--config", str(grid), "--preset", "tiny", "--out", str(out)]
     assert cli.main(args + ["--dry-run"]) == 0
     commands = capsys.readouterr().out.strip().splitlines()
-    assert len(commands) == 2 and all("-m mmrope.train.stacked --run=0=" in c and "--run=1=" in c for c in commands)
+    assert len(commands) == 2 and all("-m mmrope train stacked --run=0=" in c and "--run=1=" in c for c in commands)
 
     assert cli.main(args) == 0, (out / "rope2d-mrope/worker.log").read_text()[-2000:]
     with open(out / "results.csv") as f:

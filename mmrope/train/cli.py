@@ -1,25 +1,26 @@
-"""Train, validate, test or predict a captioner from a YAML config: ``python -m mmrope.train``.
+"""Train, validate, test or predict a captioner from a YAML config: ``mmrope train``, Lightning's engine.
 
-    python train.py fit --config configs/shapes_small.yaml
-    python train.py fit --config configs/debug.yaml --model.vision.pos_encoding rope1d_flat
-    python train.py fit --config configs/shapes_small.yaml --ckpt_path last        # resume where it stopped
-    python train.py validate --config configs/shapes_small.yaml --ckpt_path last
-    python train.py fit --config configs/debug.yaml --print_config                 # the full resolved config
-    python train.py fit --config configs/debug.yaml --overwrite                    # a new run over runs/debug's
+    mmrope train fit --config configs/shapes_small.yaml
+    mmrope train fit --config configs/debug.yaml --model.vision.pos_encoding rope1d_flat
+    mmrope train fit --config configs/shapes_small.yaml --ckpt_path last        # resume where it stopped
+    mmrope train validate --config configs/shapes_small.yaml --ckpt_path last
+    mmrope train fit --config configs/debug.yaml --print_config                 # the full resolved config
+    mmrope train fit --config configs/debug.yaml --overwrite                    # a new run over runs/debug's
 
 A thin LightningCLI over :mod:`mmrope.train.module` and :mod:`mmrope.train.datamodule`: ``--model.*`` are the
 model's config (:mod:`mmrope.model.config`), ``--data.*`` the data module's, ``--trainer.*`` Lightning's Trainer.
 The run itself (seed, data module, model) is built by :func:`mmrope.train.run.build_run`, as the stacked engine
 builds its runs; the parser builds only what the trainer is given. Checkpoints go to
-<trainer.default_root_dir>/checkpoints/; a new ``fit`` refuses a folder that holds a run's
-``last.ckpt`` unless it continues it (``--ckpt_path last``) or replaces it (``--overwrite``). ``python train.py`` in a
-checkout is the same command.
+<trainer.default_root_dir>/checkpoints/; a new ``fit`` refuses a folder that holds a run's ``last.ckpt`` unless it
+continues it (``--ckpt_path last``) or replaces it (``--overwrite``).
+
+``python -m mmrope.train`` and, in a checkout, ``python train.py`` are the same command: every message starts with
+``mmrope train:`` whichever way it was started (:data:`mmrope.train.PROG`).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import warnings
 from argparse import ArgumentError
@@ -33,11 +34,14 @@ from mmrope.model.decoder_positions import SCHEMES
 from mmrope.train import PROG
 from mmrope.train.callbacks import TrainingInterrupted, default_callbacks, resume_hint
 from mmrope.train.checkpoint_io import AtomicCheckpointIO
-from mmrope.train.config_reader import _flatten, check_config_files, config_error, explicit_model_keys
+from mmrope.train.config_files import check_config_files, config_error, explicit_model_keys, flatten_keys
 from mmrope.train.datamodule import CaptionDataModule
 from mmrope.train.module import CaptionModule, NonFiniteLossError
 from mmrope.train.run import build_run, run_loggers
 
+DESCRIPTION = ("Train, validate, test or predict a captioner from YAML configs with Lightning (`mmrope train fit "
+               "--help` lists every key). `mmrope train stacked --run SEED=DIR ... -- fit ...` trains several seeds "
+               "of one config at once, as one set of batched weights.")
 MODEL_KEYS = ("vision", "text", "position_scheme", "tokens_per_second")  # what the weights' shapes depend on
 # the data module cuts images into the model's patches at the model's training size: model.vision.X -> data.Y
 VISION_TO_DATA = {"patch_size": "patch_size", "spatial_merge_size": "merge_size",
@@ -50,7 +54,8 @@ class CaptionCLI(LightningCLI):
         self.command_line = list(sys.argv[1:] if given is None else given)
         self.explicit_model_keys = explicit_model_keys(self.command_line)
         # a parse error comes back as an exception, said in one line (parse_arguments), not under 130 lines of usage
-        kwargs["parser_kwargs"] = {"exit_on_error": False, **(kwargs.get("parser_kwargs") or {})}
+        kwargs["parser_kwargs"] = {"exit_on_error": False, "prog": PROG, "description": DESCRIPTION,
+                                   **(kwargs.get("parser_kwargs") or {})}
         self._overwrite: Path | None = None
         super().__init__(*args, **kwargs)
 
@@ -234,7 +239,7 @@ def reconcile_model_config(model, saved: dict, path: Path, explicit: set[str]) -
     except ValueError:  # a config the checkpoint's values will complete
         derived = {}
     taken = []
-    for dotted, value in _flatten(saved):
+    for dotted, value in flatten_keys(saved):
         if dotted == "text.vocab_size" or dotted.split(".")[0] not in MODEL_KEYS:  # vocab: checked with the weights
             continue
         mine = _lookup(given, dotted)
@@ -285,7 +290,3 @@ def main(args: list[str] | None = None) -> int:
 def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
-
-if __name__ == "__main__":
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    sys.exit(main())

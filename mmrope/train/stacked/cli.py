@@ -1,9 +1,9 @@
-"""``python -m mmrope.train.stacked``: the stacked engine's command line.
+"""``mmrope train stacked``: the stacked engine's command line.
 
-    python -m mmrope.train.stacked --run 0=runs/a/seed0 --run 1=runs/a/seed1 [options] -- fit --config CONFIG [...]
+    mmrope train stacked --run 0=runs/a/seed0 --run 1=runs/a/seed1 [options] -- fit --config CONFIG [overrides]
 
-Everything after ``--`` is a ``python -m mmrope.train fit`` command line; each ``--run SEED=DIR`` adds its seed and
-folder. Every message starts with ``stacked:`` (the ablation's runner looks for ``stacked: seed <k>: error``).
+Everything after ``--`` is a ``mmrope train fit`` command line; each ``--run SEED=DIR`` adds its seed and folder.
+Every message starts with ``mmrope train stacked:`` (the ablation's runner looks for ``... seed <k>: error``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-PROG = "stacked"
-USAGE = ("python -m mmrope.train.stacked --run SEED=DIR [--run SEED=DIR ...] [options] -- fit --config CONFIG "
-         "[train.py arguments]")
+from mmrope.train import PROG as TRAIN_PROG
+
+PROG = f"{TRAIN_PROG} stacked"
+USAGE = f"{PROG} --run SEED=DIR [--run SEED=DIR ...] [options] -- fit --config CONFIG [mmrope train fit arguments]"
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -24,7 +25,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if "--" not in argv:
         raise ValueError(f"usage: {USAGE}")
     split = argv.index("--")
-    p = argparse.ArgumentParser(prog="python -m mmrope.train.stacked", usage=USAGE,
+    p = argparse.ArgumentParser(prog=PROG, usage=USAGE,
                                 description="train several seeds of one configuration as one set of batched weights")
     p.add_argument("--run", action="append", required=True, metavar="SEED=DIR",
                    help="a run: its seed (seed_everything and data.seed) and its folder (trainer.default_root_dir)")
