@@ -8,14 +8,14 @@ side by side in interleaved rounds, each contender's S runs at the same step of 
 
 - ``one after another``: what S ``python -m mmrope.train`` processes do per step, without Lightning's own
   overhead: each seed's batch drawn by Pillow and collated, its layout, forward + backward, clip_grad_norm_, AdamW;
-- ``stacked (loop | vmap), pillow | torch``: :mod:`mmrope.train.stacked`'s step of all S runs (per-run gradients by
+- ``stacked (loop | vmap), pillow | torch``: :mod:`mmrope.train.stacked.step` of all S runs (per-run gradients by
   a loop over the runs or by vmap, the flat AdamW), the batches drawn by Pillow or by the torch renderer.
 
 Each row also splits the step into its data part (draw, collate, layout; torch: draw included) and its model part
 (forward, backward, optimiser). "run-steps/s" counts one step of one run: S per contender's step.
 
 ``processes``: whole runs, start-up included: ``python -m mmrope.train`` once per seed against one
-``python -m mmrope.train.stacked`` for all seeds (``--steps`` each; torch threads as the environment sets them).
+``mmrope train stacked`` for all seeds (``--steps`` each; torch threads as the environment sets them).
 
 ``render``: images/s of ``shapes.render_scene`` + ``to_tensor`` (Pillow, one image at a time) against
 :func:`mmrope.data.render.render_scenes` (one batch), level-2 scenes, batch 64 and 256, at 64 and 128 px.
@@ -40,7 +40,7 @@ def step_contenders(config: str, seeds: int, steps: int) -> dict:
     from mmrope.model.captioner import Layout
     from mmrope.train.optim import cosine_with_warmup, parameter_groups
     from mmrope.train.stacked import EngineOptions, StackedTrainer
-    from mmrope.train.stacked_data import to_device
+    from mmrope.train.stacked.data import to_device
 
     root = Path(tempfile.mkdtemp())
     runs = [(k, root / f"seed{k}") for k in range(seeds)]
@@ -54,8 +54,8 @@ def step_contenders(config: str, seeds: int, steps: int) -> dict:
         return to_device(trainer.batches[counter["step"] % steps], trainer.device)
 
     def model_step(trainer, inputs):
-        trainer._step(trainer.params, *trainer.state.tensors(), trainer.global_step, inputs["images"],
-                      inputs["input_ids"], inputs["labels"], inputs["position_ids"], inputs["media_slots"])
+        trainer.step(trainer.params, *trainer.state.tensors(), trainer.global_step, inputs["images"],
+                     inputs["input_ids"], inputs["labels"], inputs["position_ids"], inputs["media_slots"])
 
     # one after another: each seed's own model and torch.optim.AdamW, as CaptionModule configures them
     models = [r.module.model for r in base.runs]
@@ -117,7 +117,7 @@ def bench_steps(config: str, seeds: int, rounds: int) -> None:
 
 def bench_end_to_end(config: str, seeds: int, steps: int) -> None:
     """Whole processes, start-up included: ``python -m mmrope.train`` once per seed, one after another, against
-    ``python -m mmrope.train.stacked`` for all seeds (loop stacking, Pillow data, as ``auto`` picks on a CPU)."""
+    ``mmrope train stacked`` for all seeds (loop stacking, Pillow data, as ``auto`` picks on a CPU)."""
     import subprocess
     import time
 
@@ -131,7 +131,7 @@ def bench_end_to_end(config: str, seeds: int, steps: int) -> None:
                         f"--trainer.default_root_dir={root / f'alone{k}'}"], check=True, capture_output=True)
     timings["train.py per seed, one after another"] = time.monotonic() - start
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "mmrope.train.stacked", *(f"--run={k}={root / f'stacked{k}'}"
+    subprocess.run([sys.executable, "-m", "mmrope", "train", "stacked", *(f"--run={k}={root / f'stacked{k}'}"
                                                                      for k in range(seeds)), "--", *common],
                    check=True, capture_output=True)
     timings["mmrope.train.stacked, all seeds"] = time.monotonic() - start

@@ -31,9 +31,9 @@ run() {  # run NAME SECONDS COMMAND...: the output to OUT/NAME.txt, with its tim
 if [ "${STAGE:-grid}" = smoke ]; then
   common=(-- fit --config configs/debug.yaml --trainer.accelerator=gpu --trainer.precision=bf16-mixed
           --trainer.max_steps=60 --trainer.log_every_n_steps=20 --data.batch_size=256 --data.shapes.n_train=15360)
-  run smoke-eager 120 $python -m mmrope.train.stacked --run 0="$runs/smoke/e0" --run 1="$runs/smoke/e1" \
+  run smoke-eager 120 $python -m mmrope train stacked --run 0="$runs/smoke/e0" --run 1="$runs/smoke/e1" \
     --run 2="$runs/smoke/e2" --renderer torch --compile none "${common[@]}"
-  run smoke-compiled 300 $python -m mmrope.train.stacked --run 0="$runs/smoke/c0" --run 1="$runs/smoke/c1" \
+  run smoke-compiled 300 $python -m mmrope train stacked --run 0="$runs/smoke/c0" --run 1="$runs/smoke/c1" \
     --run 2="$runs/smoke/c2" --renderer torch --compile reduce-overhead "${common[@]}"
   exit $status
 fi

@@ -1,10 +1,24 @@
 """Reading and writing model files safely: training checkpoints, exported folders, and the weights' fit.
 
-Two formats hold a captioner. A training checkpoint (``last.ckpt``, ``best-*.ckpt``) is Lightning's dict with our
-``"mmrope"`` entry (the model config and the tokenizer) beside the weights and the optimizer state. An exported
-folder is ``config.json`` + ``model.safetensors`` + ``tokenizer.json``, readable without Lightning.
+Two formats hold a captioner. A training checkpoint (``last.ckpt``, ``best-*.ckpt``, ``step<N>.ckpt``) is a dict
+with our ``"mmrope"`` entry (:func:`mmrope_entry`: the model config and the tokenizer) beside the weights
+(``state_dict``, under ``model.``) and ``global_step``. An exported folder is ``config.json`` +
+``model.safetensors`` + ``tokenizer.json``, readable without Lightning.
 
-Both are read so that a file can neither run code nor fail with a traceback: ``torch.load`` always gets
+Each training engine adds its own training state to a checkpoint, and only that engine resumes it:
+
+- ``mmrope train fit`` (Lightning): Lightning's own entries (``optimizer_states``, ``lr_schedulers``, ``loops``,
+  callback states);
+- ``mmrope train stacked`` (several seeds as one set of batched weights, :mod:`mmrope.train.stacked`): one
+  ``"stacked"`` entry (:data:`STACKED`) holding the run's row of the engine's AdamW state (moments as flat
+  tensors, step count, learning rate) and its place in the stack. It holds no Lightning loop or scheduler state,
+  so Lightning cannot resume it; :func:`read_checkpoint` says so in one line and names the command that can.
+
+Everything else reads both alike: :func:`read_checkpoint` (``mmrope.load``, ``mmrope eval``, the ablation's
+scoring), ``CaptionModule.load_from_checkpoint`` and ``--ckpt_path`` for ``validate`` / ``test``. Both engines write
+through :func:`save_checkpoint`: atomically (temporary file, fsync, rename), a full disk one ``OSError`` line.
+
+Every file is read so that it can neither run code nor fail with a traceback: ``torch.load`` always gets
 ``weights_only=True`` (pickled objects are refused, whatever torch's default or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``),
 and every way a file can be wrong (empty, torn, random bytes, crafted, another architecture, a config with a wrong
 type) is one ``ValueError`` line naming the file and what is wrong. Exports are written atomically: a folder is
@@ -13,6 +27,7 @@ complete or absent, and only an empty folder or a previous export is ever replac
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -27,6 +42,8 @@ from mmrope.data.tokenizer import Tokenizer, load_tokenizer
 from mmrope.model.config import CaptionerConfig
 
 EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+STACKED = "stacked"  # the entry of the stacked engine's training state
+RESUMED_BY = {"lightning": "mmrope train fit ... --ckpt_path <file>", STACKED: "mmrope train stacked ... --resume"}
 # weights that moved when the encodings became plug-ins (mmrope.model.pos_encodings): old name -> new name
 RENAMED = {"vision.pos_embed.": "vision.positions.pos_embed.", "vision.rope.": "vision.positions.rope."}
 
@@ -68,14 +85,28 @@ def load_torch_file(path: str | Path, mmap: bool = False) -> Any:
         raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint: {load_error_reason(e)}") from None
 
 
-def read_checkpoint(path: str | Path, training_state: bool = False,
+def mmrope_entry(config: CaptionerConfig, tokenizer: Tokenizer | None) -> dict:
+    """What inference needs from a training checkpoint, whichever engine wrote it: ``checkpoint["mmrope"]``."""
+    from mmrope import __version__
+
+    return {"version": __version__, "config": config.to_dict(), "tokenizer": tokenizer.to_dict() if tokenizer else None}
+
+
+def checkpoint_engine(checkpoint: dict) -> str:
+    """Which engine's training state a checkpoint holds: ``"stacked"`` or ``"lightning"``."""
+    return STACKED if isinstance(checkpoint.get(STACKED), dict) else "lightning"
+
+
+def read_checkpoint(path: str | Path, training_state: bool = False, engine: str = "lightning",
                     ) -> tuple[CaptionerConfig, Tokenizer, dict[str, torch.Tensor], dict]:
-    """Config, tokenizer and model weights (``model.`` prefix removed) of a checkpoint written by ``train.py``, and
-    the whole checkpoint dict. ``training_state=True`` also requires what resuming needs (optimizer, loops)."""
+    """Config, tokenizer and model weights (``model.`` prefix removed) of a training checkpoint, and the whole
+    checkpoint dict. ``training_state=True`` also requires what ``engine`` resumes from (``"lightning"``: the
+    optimizer and loops; ``"stacked"``: its own entry), and names the command that resumes a file the other engine
+    wrote."""
     path = Path(path)
     checkpoint = load_torch_file(path)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("mmrope"), dict):
-        raise ValueError(f"{path}: no 'mmrope' entry: not a checkpoint written by mmrope's train.py")
+        raise ValueError(f"{path}: no 'mmrope' entry: not a checkpoint written by mmrope train")
     meta = checkpoint["mmrope"]
     config = config_from_dict(meta.get("config"), path)
     if meta.get("tokenizer") is None:
@@ -88,12 +119,90 @@ def read_checkpoint(path: str | Path, training_state: bool = False,
     if not state:
         raise ValueError(f"{path}: no model weights (expected 'state_dict' entries starting with 'model.')")
     if training_state:
-        missing = [k for k in ("optimizer_states", "loops", "global_step") if k not in checkpoint]
-        if missing:
-            raise ValueError(f"{path}: holds no training state ({missing[0]} is missing), so training cannot resume "
-                             "from it; evaluate it with `mmrope eval`, or start a new run")
+        _check_training_state(checkpoint, engine, path)
     _check_vocab(config, tokenizer, path)
     return config, tokenizer, state, checkpoint
+
+
+def _check_training_state(checkpoint: dict, engine: str, path: Path) -> None:
+    written_by = checkpoint_engine(checkpoint)
+    if written_by != engine:
+        raise ValueError(f"{path}: holds no training state {engine_name(engine)} can resume: it was written by "
+                         f"{engine_name(written_by)}, which resumes it ({RESUMED_BY[written_by]}); evaluate it with "
+                         "`mmrope eval`, or start a new run")
+    needed = ("optimizer_states", "loops", "global_step") if engine == "lightning" else (STACKED, "global_step")
+    missing = [k for k in needed if k not in checkpoint]
+    if missing:
+        raise ValueError(f"{path}: holds no training state ({missing[0]} is missing), so training cannot resume "
+                         "from it; evaluate it with `mmrope eval`, or start a new run")
+
+
+def engine_name(engine: str) -> str:
+    return "the stacked engine (mmrope train stacked)" if engine == STACKED else "Lightning (mmrope train fit)"
+
+
+def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
+    """Write ``checkpoint`` to ``path`` so that it is never torn: a temporary file beside it, fsynced, then renamed
+    over it, so a crash mid-save leaves the previous file whole. A failed save (a full disk) removes its temporary
+    file and raises one ``OSError`` line naming the checkpoint; temporary files left by a process killed mid-save
+    are removed on the next save into the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent)
+    tmp = path.with_name(f".saving-{os.getpid()}.tmp")  # no "last" in the name: Lightning globs for it
+    try:
+        with open(tmp, "wb") as f:
+            writer = _KeepWriteError(f)
+            try:
+                torch.save(checkpoint, writer)
+            except RuntimeError:
+                if writer.error is not None:  # the reason torch's "file write failed" leaves out
+                    raise writer.error from None
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except Exception as e:  # noqa: BLE001 - whatever torch's writer raises, the target stays whole
+        tmp.unlink(missing_ok=True)
+        code = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+        raise OSError(code, f"cannot write checkpoint {path}: {reason}") from None
+
+
+class _KeepWriteError:
+    """The file ``torch.save`` writes through, keeping the ``OSError`` a write raised: torch turns it into
+    ``[enforce fail at inline_container.cc:672] ... file write failed``, which does not say the disk is full."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete ``.saving-<pid>.tmp`` files whose process is gone (it was killed while saving)."""
+    for tmp in folder.glob(".saving-*.tmp"):
+        pid = tmp.name.removeprefix(".saving-").removesuffix(".tmp")
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def read_exported(directory: str | Path) -> tuple[CaptionerConfig, Tokenizer, dict[str, torch.Tensor]]:

@@ -22,6 +22,7 @@ from mmrope import cli
 from mmrope.ablation import plan as plan_module
 from mmrope.ablation import report, runner
 from mmrope.ablation.plan import load_plan
+from mmrope.ablation.processes import run_process
 from mmrope.ablation.report import write_results
 from mmrope.ablation.stats import mean_ci, t_quantile_975
 from mmrope.eval.evaluation import data_set
@@ -124,10 +125,10 @@ def test_tiny_ablation_writes_everything_skips_finished_runs_and_resumes(tmp_pat
 def test_failed_run_is_reported_and_the_others_go_on(tmp_path, monkeypatch, capsys):
     plan = load_plan(tiny_grid(tmp_path), "tiny")
     monkeypatch.setattr(runner, "train_command",
-                        lambda *a, **k: [sys.executable, "-c", "print('train.py: error: loss is nan'); exit(1)"])
+                        lambda *a, **k: [sys.executable, "-c", "print('mmrope train: error: loss is nan'); exit(1)"])
     rows, failures = runner.run_ablation(plan, tmp_path / "out")
     assert rows == [] and len(failures) == 2
-    assert "status 1: train.py: error: loss is nan" in failures[0]
+    assert "status 1: mmrope train: error: loss is nan" in failures[0]
     assert cli.main(["ablate", "--config", str(tmp_path / "grid.yaml"), "--preset", "tiny",
                      "--out", str(tmp_path / "out")]) == 1
     assert "2 of 2 runs failed" in capsys.readouterr().err
@@ -161,7 +162,7 @@ def test_signal_to_the_runner_reaches_the_training_run_once(tmp_path, signum):
     threading.Thread(target=send_when_ready, daemon=True).start()
     start = time.monotonic()
     try:
-        assert runner.run_training([sys.executable, "-c", child], log) == 128 + signum
+        assert run_process([sys.executable, "-c", child], log) == 128 + signum
     finally:
         signal.signal(signal.SIGINT, interrupt)
     assert time.monotonic() - start < 20

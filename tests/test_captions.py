@@ -235,4 +235,4 @@ def test_a_malformed_scene_stops_eval_and_training_with_one_line(tmp_path, capsy
             "--trainer.enable_model_summary=false", "--data.batch_size=4"]
     assert train.main(args) == 1
     err = capsys.readouterr().err
-    assert f"train.py: error: {where}" in err and "Traceback" not in err
+    assert f"mmrope train: error: {where}" in err and "Traceback" not in err

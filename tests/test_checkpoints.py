@@ -16,9 +16,9 @@ import pytest
 import torch
 from test_train import ROOT, tiny_args
 
+from mmrope import checkpoints
 from mmrope.checkpoints import read_exported, write_exported
 from mmrope.inference import load
-from mmrope.train import checkpoint_io
 from mmrope.train import cli as train
 from mmrope.train.checkpoint_io import AtomicCheckpointIO
 
@@ -59,7 +59,7 @@ def test_a_new_run_refuses_a_folder_that_holds_one(tmp_path, capsys):
     capsys.readouterr()
     assert train.main(tiny_args(run, "--trainer.val_check_interval=3", steps=3)) == 1
     assert capsys.readouterr().err.strip() == (
-        f"train.py: error: {run} holds a run already ({ckpts / 'last.ckpt'}): continue it with --ckpt_path last, "
+        f"mmrope train: error: {run} holds a run already ({ckpts / 'last.ckpt'}): continue it with --ckpt_path last, "
         "start over with --overwrite (its checkpoints are deleted), or choose another --trainer.default_root_dir")
     elsewhere = tmp_path / "elsewhere.ckpt"
     elsewhere.write_bytes(before["last.ckpt"])
@@ -88,7 +88,7 @@ def test_ckpt_path_last_and_hpc_resume_the_file_they_check(tmp_path, capsys):
     capsys.readouterr()
 
     assert train.main(tiny_args(run, "--ckpt_path=hpc", steps=4)) == 1
-    assert capsys.readouterr().err.strip() == f"train.py: error: --ckpt_path hpc: no hpc_ckpt_<n>.ckpt in {run}"
+    assert capsys.readouterr().err.strip() == f"mmrope train: error: --ckpt_path hpc: no hpc_ckpt_<n>.ckpt in {run}"
     (run / "hpc_ckpt_1.ckpt").write_bytes((ckpts / "last.ckpt").read_bytes())
     (run / "hpc_ckpt_2.ckpt").write_bytes(b"")  # the highest: the one Lightning resumes
     assert train.main(tiny_args(run, "--ckpt_path=hpc", steps=4)) == 1
@@ -135,7 +135,7 @@ def test_bad_checkpoint_files_stop_train_py_with_one_line(tmp_path, trained_chec
         code = train.main([command, f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.logger=false",
                            f"--ckpt_path={tmp_path / name}"])
         err = capsys.readouterr().err
-        lines = [line for line in err.splitlines() if line.startswith("train.py: error:")]
+        lines = [line for line in err.splitlines() if line.startswith("mmrope train: error:")]
         assert code == 1 and len(lines) == 1 and words in lines[0] and name in lines[0], (name, err)
         assert "Traceback" not in err
 
@@ -176,7 +176,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypa
 
     assert train.main(tiny_args(tmp_path / "run", steps=2)) == 1
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("train.py:")]
+    lines = [line for line in err.splitlines() if line.startswith("mmrope train:")]
     assert len(lines) == 1 and "cannot write checkpoint" in lines[0] and "Traceback" not in err
     assert not list((tmp_path / "run/checkpoints").glob(".saving-*"))
     monkeypatch.setattr(torch, "save", real_save)
@@ -196,7 +196,7 @@ class NearlyFullDisk(io.FileIO):
 
 
 def test_a_full_disk_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(checkpoint_io, "open", lambda path, mode: NearlyFullDisk(path, mode), raising=False)
+    monkeypatch.setattr(checkpoints, "open", lambda path, mode: NearlyFullDisk(path, mode), raising=False)
     target = tmp_path / "checkpoints" / "last.ckpt"
     with pytest.raises(OSError) as e:
         AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(1000), "steps": list(range(100))}, target)
@@ -205,9 +205,9 @@ def test_a_full_disk_says_so(tmp_path, monkeypatch, capsys):
     assert list(target.parent.iterdir()) == []
 
     assert train.main(tiny_args(tmp_path / "run", steps=2)) == 1
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train.py:")]
-    assert lines == [f"train.py: error: [Errno 28] cannot write checkpoint {tmp_path / 'run/checkpoints/last.ckpt'}: "
-                     "No space left on device"]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mmrope train:")]
+    last = tmp_path / "run/checkpoints/last.ckpt"
+    assert lines == [f"mmrope train: error: [Errno 28] cannot write checkpoint {last}: No space left on device"]
 
 
 def test_export_is_whole_or_absent(trained_checkpoint, tmp_path, monkeypatch):

@@ -90,7 +90,7 @@ def test_jsonargparse_reads_the_dataclasses():
 def test_config_files_whose_aliases_explode_are_refused(tmp_path):
     """yaml.safe_load keeps an alias as a reference to its anchor; jsonargparse expanded 413 bytes of nested
     anchors (a "billion laughs") for 54 s and 3.5 GB. Files are read once, first, with a bound on the expansion."""
-    from mmrope.train.config_reader import MAX_YAML_VALUES, read_yaml
+    from mmrope.train.config_files import MAX_YAML_VALUES, read_yaml
 
     shared = tmp_path / "shared.yaml"
     shared.write_text("size: &size {dim: 64, depth: 2}\nmodel: {vision: *size, text: *size}\n")

@@ -207,13 +207,13 @@ def test_a_missing_or_truncated_shard_stops_with_one_line(tmp_path, capsys, work
                            f"--data.num_workers={workers}", "--data.shards.shuffle_window=1", steps=6)
     assert train.main(args) == 1
     err = capsys.readouterr().err
-    assert f"train.py: error: {folder / '000001.tar'}: truncated or not a tar file" in err
-    assert "Traceback" not in err and err.count("train.py: error:") == 1
+    assert f"mmrope train: error: {folder / '000001.tar'}: truncated or not a tar file" in err
+    assert "Traceback" not in err and err.count("mmrope train: error:") == 1
     (folder / "000001.tar").unlink()  # named when the index is read, before any step
     args = [a.replace(str(tmp_path / "run"), str(tmp_path / "again")) for a in args]
     assert train.main(args) == 1
     err = capsys.readouterr().err
-    assert (f"train.py: error: {folder / '000001.tar'}: shard missing (no such file; {folder / 'index.json'} "
+    assert (f"mmrope train: error: {folder / '000001.tar'}: shard missing (no such file; {folder / 'index.json'} "
             "lists it)") in err
     assert "Traceback" not in err and not (tmp_path / "again/checkpoints").exists()
 
@@ -290,9 +290,9 @@ def test_an_index_runs_no_command_in_training_or_eval(tmp_path, capsys, trained_
     args = tiny_shard_args(tmp_path / "run", folder, folder, "--data.batch_size=3", steps=2)
     assert train.main(args) == 1
     err = capsys.readouterr().err
-    line = next(x for x in err.splitlines() if x.startswith("train.py: error:"))
-    assert line == (f"train.py: error: {index}: shard 0 {url!r} is a pipe: command: refused (an index may name only "
-                    "files inside its own folder; data.shards.trust_index: true, or --trust-shard-index, lets an "
+    line = next(x for x in err.splitlines() if x.startswith("mmrope train: error:"))
+    assert line == (f"mmrope train: error: {index}: shard 0 {url!r} is a pipe: command: refused (an index may name "
+                    "only files inside its own folder; data.shards.trust_index: true, or --trust-shard-index, lets an "
                     "index you trust name URLs, pipe: commands and other paths)")
     assert "Traceback" not in err and not pwned.exists()
     assert mmrope_main(["eval", "--ckpt", str(trained_checkpoint), "--data", str(folder), "--n", "2"]) == 1
@@ -348,7 +348,7 @@ def test_a_captions_file_outside_the_folder_never_reaches_the_tokenizer(tmp_path
         root = tmp_path / f"run{len(captions)}"
         assert train.main(tiny_shard_args(root, folder, folder, "--data.batch_size=3", steps=2)) == 1
         err = capsys.readouterr().err
-        assert f"train.py: error: {index}: captions {captions!r} is outside {folder}: refused" in err
+        assert f"mmrope train: error: {index}: captions {captions!r} is outside {folder}: refused" in err
         assert "Traceback" not in err and not (root / "checkpoints").exists()
     assert "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY" in " ".join(read_shard_set(folder, trust=True).read_captions())
 

@@ -1,6 +1,7 @@
-"""Seeds trained together (``mmrope.train.stacked``) against each seed trained alone by train.py: the same losses,
-checkpoints that load everywhere, a non-finite loss that skips one run only, an exact resume, the torch renderer's
-batches equal to Pillow's, and the ablation's stacked engine end to end.
+"""Seeds trained together (``mmrope train stacked``) against each seed trained alone by train.py: the same losses,
+checkpoints that load everywhere (and that Lightning refuses to resume, in one line), a non-finite loss that skips one
+run only, an exact resume, the torch renderer's batches equal to Pillow's, and the ablation's stacked engine end to
+end.
 
 Tolerance: per-step training losses within 2e-6 of train.py's (measured: at most 7.2e-7 over 8 steps of the debug
 model, 3 seeds, both stacking modes; the loop mode is sometimes exact), weights within 2e-5 after 8 steps (measured
@@ -93,15 +94,18 @@ def test_seeds_trained_together_match_each_trained_alone(reference, tmp_path):
     worst = max(float((mine[2][n] - theirs[2][n]).abs().max()) for n in theirs[2])
     assert worst <= WEIGHT_TOLERANCE, f"weights differ by up to {worst:.1e}"
     assert mine[3]["global_step"] == theirs[3]["global_step"] == STEPS
-    adam, adam_alone = mine[3]["optimizer_states"][0], theirs[3]["optimizer_states"][0]
-    assert [len(g["params"]) for g in adam["param_groups"]] == [len(g["params"]) for g in adam_alone["param_groups"]]
-    assert adam["param_groups"][0]["lr"] == pytest.approx(adam_alone["param_groups"][0]["lr"])
-    assert all(float(adam["state"][i]["step"]) == STEPS for i in adam["state"])
+    adam, adam_alone = mine[3]["stacked"]["optimizer"], theirs[3]["optimizer_states"][0]  # each engine's own format
+    assert len(adam["parameters"]) == sum(len(g["params"]) for g in adam_alone["param_groups"])
+    assert adam["exp_avg"].numel() == sum(s["exp_avg"].numel() for s in adam_alone["state"].values())
+    assert adam["lr"] == adam_alone["param_groups"][0]["lr"]  # the schedule's own number, not an imitation of it
+    assert adam["step"] == STEPS and all(float(s["step"]) == STEPS for s in adam_alone["state"].values())
     assert CaptionModule.load_from_checkpoint(tmp_path / "seed1/checkpoints/last.ckpt", weights_only=True)
     captions = load(tmp_path / "seed1/checkpoints/last.ckpt", device="cpu").caption([Image.new("RGB", (32, 32))])
     assert len(captions) == 1 and isinstance(captions[0], str)
-    with pytest.raises(ValueError, match="holds no training state"):  # train.py cannot resume it: say so
-        read_checkpoint(tmp_path / "seed1/checkpoints/last.ckpt", training_state=True)
+    with pytest.raises(ValueError, match=r"holds no training state .*\(mmrope train stacked \.\.\. --resume\)"):
+        read_checkpoint(tmp_path / "seed1/checkpoints/last.ckpt", training_state=True)  # Lightning cannot resume it
+    with pytest.raises(ValueError, match=r"holds no training state the stacked engine .* --ckpt_path"):
+        read_checkpoint(reference["root"] / "alone1/checkpoints/last.ckpt", training_state=True, engine="stacked")
 
 
 def test_a_nonfinite_loss_skips_that_run_alone(reference, tmp_path, monkeypatch):
@@ -120,7 +124,7 @@ def test_a_nonfinite_loss_skips_that_run_alone(reference, tmp_path, monkeypatch)
     monkeypatch.setattr(CaptionModule, "training_step", original)
     skipped_alone.pop(2, None)  # Lightning logs the step before's loss again for a skipped step; the engine nothing
 
-    from mmrope.train.stacked_data import StepBatches
+    from mmrope.train.stacked.data import StepBatches
 
     item = StepBatches.__getitem__
 
@@ -136,8 +140,8 @@ def test_a_nonfinite_loss_skips_that_run_alone(reference, tmp_path, monkeypatch)
     assert_close(logged(tmp_path / "seed1"), skipped_alone, "the poisoned run")
     for k in (0, 2):
         assert_close(logged(tmp_path / f"seed{k}"), reference["alone"][k], f"seed {k} beside it")
-    steps = [float(torch.load(tmp_path / f"seed{k}/checkpoints/last.ckpt", weights_only=True)["optimizer_states"][0]
-                   ["state"][0]["step"]) for k in SEEDS]
+    steps = [torch.load(tmp_path / f"seed{k}/checkpoints/last.ckpt", weights_only=True)["stacked"]["optimizer"]["step"]
+             for k in SEEDS]
     assert steps == [STEPS, STEPS - 1, STEPS]
 
     monkeypatch.setattr(StepBatches, "__getitem__", poison_run_1)  # on_nonfinite: raise fails that run only
@@ -148,16 +152,18 @@ def test_a_nonfinite_loss_skips_that_run_alone(reference, tmp_path, monkeypatch)
 
 
 def test_an_interrupted_stack_resumes_exactly(reference, tmp_path, monkeypatch):
-    original = stacked.StackedTrainer._train_step
+    from mmrope.train.stacked.step import StackedStep
 
-    def step(self, *args):
-        if int(self.global_step) == 3:
+    original = StackedStep.train_step
+
+    def step(self, params, exp_avg, exp_avg_sq, adam_step, global_step, *batch):
+        if int(global_step) == 3:
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, *args)
+        return original(self, params, exp_avg, exp_avg_sq, adam_step, global_step, *batch)
 
-    monkeypatch.setattr(stacked.StackedTrainer, "_train_step", step)
+    monkeypatch.setattr(StackedStep, "train_step", step)
     assert together(tmp_path, "--stack=loop") == 128 + signal.SIGTERM
-    monkeypatch.setattr(stacked.StackedTrainer, "_train_step", original)
+    monkeypatch.setattr(StackedStep, "train_step", original)
     assert all(torch.load(tmp_path / f"seed{k}/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
                for k in SEEDS)
     assert together(tmp_path, "--stack=loop", "--resume") == 0
@@ -168,7 +174,7 @@ def test_an_interrupted_stack_resumes_exactly(reference, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("config", ["debug.yaml", "clips_debug.yaml"])
 def test_the_torch_renderer_gives_the_pillow_batches(tmp_path, config):
-    from mmrope.train.stacked_data import to_device
+    from mmrope.train.stacked.data import to_device
 
     args = ["fit", "--config", str(ROOT / "configs" / config), "--data.batch_size=4", "--data.shapes.n_train=6",
             "--data.clips.n_train=6"]  # two batches an epoch, the second short
@@ -188,7 +194,7 @@ def test_every_arm_of_the_gpu_grid_steps_stacked(tmp_path):
     import logging
 
     from mmrope.model.captioner import Layout
-    from mmrope.train.stacked_data import to_device
+    from mmrope.train.stacked.data import to_device
 
     plan = load_plan(ROOT / "configs/ablation/shapes.yaml", "gpu")
     logging.disable(logging.WARNING)  # the still-axis warning of some schemes, once per model
@@ -204,7 +210,7 @@ def test_every_arm_of_the_gpu_grid_steps_stacked(tmp_path):
                                   layout=Layout(x["position_ids"][i], None, x["media_slots"],
                                                 r.module.model.scheme.attention_groups(x["input_ids"][i]))).loss.item()
                    for i, r in enumerate(trainer.runs)]  # before the step: run 0's model is the stack's template
-            losses, _ = trainer._step(trainer.params, *trainer.state.tensors(), trainer.global_step, x["images"],
+            losses, _ = trainer.step(trainer.params, *trainer.state.tensors(), trainer.global_step, x["images"],
                                       x["input_ids"], x["labels"], x["position_ids"], x["media_slots"])
             assert losses.tolist() == pytest.approx(own, abs=LOSS_TOLERANCE), f"{encoder}-{scheme}"
     finally:
@@ -215,12 +221,14 @@ def test_options_and_bad_arguments(tmp_path, capsys):
     with pytest.raises(ValueError, match="stack='sideways' is unknown"):
         stacked.EngineOptions(stack="sideways")
     assert stacked.main(["--run=0=x", "fit"]) == 1
-    assert "usage: python -m mmrope.train.stacked" in capsys.readouterr().err
+    assert "usage: mmrope train stacked --run SEED=DIR" in capsys.readouterr().err
     assert stacked.main(["--run=zero", "--", "fit"]) == 1
     assert "expected SEED=DIR" in capsys.readouterr().err
     code = stacked.main(["--run=0=a", "--run=1=b", "--", *train_args("--model.vision.dim=66")])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("stacked: error: ") and "vision.head_dim=33" in err  # not "train.py: error"
+    assert code == 1 and err.startswith("mmrope train stacked: error: ") and "vision.head_dim=33" in err
+    assert cli.main(["train", "stacked", "--run=0=x", "fit"]) == 1  # the same engine through `mmrope train`
+    assert capsys.readouterr().err.startswith("mmrope train stacked: error: usage: mmrope train stacked")
 
 
 def test_stacked_runs_never_replace_a_run(tmp_path, capsys):
@@ -231,8 +239,8 @@ def test_stacked_runs_never_replace_a_run(tmp_path, capsys):
     last.write_bytes(b"a train.py run's checkpoint")
     assert together(tmp_path, seeds=(0, 1)) == 1
     assert capsys.readouterr().err.strip() == (
-        f"stacked: error: {tmp_path / 'seed0'} holds a run already ({last}): continue it with --resume, start over "
-        "with --overwrite (its checkpoints are deleted), or choose another folder")
+        f"mmrope train stacked: error: {tmp_path / 'seed0'} holds a run already ({last}): continue it with --resume, "
+        "start over with --overwrite (its checkpoints are deleted), or choose another folder")
     assert last.read_bytes() == b"a train.py run's checkpoint" and not (tmp_path / "seed1").exists()
     shared = tmp_path / "shared"
     assert stacked.main([f"--run=0={shared}", f"--run=1={shared}", "--", *train_args()]) == 1
@@ -276,7 +284,7 @@ def test_the_ablation_trains_each_arms_seeds_together(tmp_path, capsys):
     args = ["ablate", "--config", str(grid), "--preset", "tiny", "--out", str(out)]
     assert cli.main(args + ["--dry-run"]) == 0
     commands = capsys.readouterr().out.strip().splitlines()
-    assert len(commands) == 2 and all("-m mmrope.train.stacked --run=0=" in c and "--run=1=" in c for c in commands)
+    assert len(commands) == 2 and all("-m mmrope train stacked --run=0=" in c and "--run=1=" in c for c in commands)
 
     assert cli.main(args) == 0, (out / "rope2d-mrope/worker.log").read_text()[-2000:]
     with open(out / "results.csv") as f:

@@ -77,7 +77,7 @@ def test_config_mistakes_are_one_line_naming_file_and_key(tmp_path, capsys, conf
                        f"--trainer.default_root_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("Seed set")]
-    assert code == 1 and lines == [lines[0]] and lines[0].startswith("train.py: error: "), err
+    assert code == 1 and lines == [lines[0]] and lines[0].startswith("mmrope train: error: "), err
     assert words.format(file=file) in lines[0]
     assert not (tmp_path / "run").exists()
 
@@ -92,7 +92,7 @@ def test_a_billion_laughs_config_is_refused_at_once(tmp_path, capsys):
     assert train.main(["fit", "--config", str(file)]) == 1
     err = capsys.readouterr().err
     assert time.perf_counter() - start < 5 and len(err) < 300
-    assert err.strip() == f"train.py: error: {file}: more than 10000 values once its aliases are expanded " \
+    assert err.strip() == f"mmrope train: error: {file}: more than 10000 values once its aliases are expanded " \
                           "(nested anchors?): refused"
 
 
@@ -100,14 +100,31 @@ def test_bad_config_value_is_one_line_error(tmp_path, capsys):
     code = train.main(tiny_args(tmp_path, "--model.vision.dim=66"))
     err = capsys.readouterr().err
     assert code == 1 and "vision.head_dim=33" in err and "rope2d" in err and "Traceback" not in err
-    assert err.count("train.py: error:") == 1
+    assert err.count("mmrope train: error:") == 1
+
+
+def test_one_way_in_and_one_program_name(tmp_path, capsys):
+    """`mmrope train`, `python -m mmrope.train` and a checkout's train.py are one command, whose messages and usage
+    say `mmrope train` however it was started (they said `train.py:` from a wheel that has no train.py)."""
+    from mmrope import cli
+
+    missing = tmp_path / "missing.yaml"
+    assert cli.main(["train", "fit", "--config", str(missing)]) == 1
+    assert capsys.readouterr().err.strip() == f"mmrope train: error: --config {missing}: no such file"
+    with pytest.raises(SystemExit):
+        cli.main(["train", "fit", "--help"])  # LightningCLI's own help, under the command's name
+    assert capsys.readouterr().out.startswith("usage: mmrope train [options] fit")
+    assert "train" in cli.build_parser().format_help()
+    proc = subprocess.run([sys.executable, "-m", "mmrope.train", "fit", "--config", str(missing)],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"mmrope train: error: --config {missing}: no such file"
 
 
 def test_tiny_run_writes_checkpoints_logs_and_samples(tmp_path, capsys):
     assert train.main(tiny_args(tmp_path, "--trainer.val_check_interval=4")) == 0
-    last = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train.py: validation at")]
+    last = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mmrope train: validation at")]
     relation = logged(tmp_path, "val/relation")
-    assert last == [last[0]] and last[0].startswith("train.py: validation at step 8,")  # one line, at the end
+    assert last == [last[0]] and last[0].startswith("mmrope train: validation at step 8,")  # one line, at the end
     assert f"relation {relation[max(relation)]:.3f}" in last[0]  # the last validation's score, as logged
     ckpts = tmp_path / "checkpoints"
     assert (ckpts / "last.ckpt").exists() and list(ckpts.glob("best-*.ckpt"))
@@ -309,7 +326,7 @@ def test_training_on_unreadable_data_stops_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
                           timeout=240, cwd=tmp_path)
     assert proc.returncode == 1
-    assert "train.py: error: no training sample of epoch 0 could be read (6 skipped" in proc.stderr
+    assert "mmrope train: error: no training sample of epoch 0 could be read (6 skipped" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -380,7 +397,7 @@ def test_config_file_mistakes_name_the_file(tmp_path, capsys):
     broken.write_text("model:\n  vision: [dim: 3\n")
     assert train.main(["fit", "--config", str(broken)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"train.py: error: {broken} line 3") and "invalid YAML" in err and "\n" not in err
+    assert err.startswith(f"mmrope train: error: {broken} line 3") and "invalid YAML" in err and "\n" not in err
     assert train.main(["fit", "--config", str(tmp_path / "nowhere.yaml")]) == 1
     assert "--config " + str(tmp_path / "nowhere.yaml") + ": no such file" in capsys.readouterr().err
 
@@ -391,7 +408,7 @@ def test_config_file_mistakes_name_the_file(tmp_path, capsys):
 def test_bad_optimiser_settings_name_the_field(tmp_path, capsys, flag, words):
     assert train.main(tiny_args(tmp_path, flag, steps=1)) == 1
     err = capsys.readouterr().err
-    assert words in err and "Traceback" not in err and err.count("train.py: error:") == 1
+    assert words in err and "Traceback" not in err and err.count("mmrope train: error:") == 1
 
 
 def test_the_decoder_mlp_width_follows_the_configs_dim():

@@ -17,15 +17,14 @@ reached ``max_steps`` is only scored; a run with a marker is not touched again. 
 ``last.ckpt``, ``eval.json`` or ``arm.json`` that is empty, cut short or random bytes) fails with one line naming
 the file, like a run whose training fails, and the grid goes on; the failures are listed at the end.
 
-Each run is a ``python -m mmrope.train`` subprocess rather than a call in this process. A crash, NaN or
-out-of-memory of one arm then cannot take the runner down, and no process-wide state leaks from one arm into the
-next: torch.compile's caches (whose recompile limit would quietly send later arms to eager mode), CUDA memory,
-logging and signal handlers.
-The price is Lightning's import, 5-15 s a run. Ctrl-C or SIGTERM is passed on to the run, which saves ``last.ckpt``
-after its current step; the same command then resumes it.
+Each run is a ``mmrope train`` subprocess (:mod:`mmrope.ablation.processes`) rather than a call in this process. A
+crash, NaN or out-of-memory of one arm then cannot take the runner down, and no process-wide state leaks from one arm
+into the next: torch.compile's caches (whose recompile limit would quietly send later arms to eager mode), CUDA
+memory, logging and signal handlers. The price is Lightning's import, 5-15 s a run. Ctrl-C or SIGTERM is passed on
+to the run, which saves ``last.ckpt`` after its current step; the same command then resumes it.
 
 With ``engine: stacked`` (the gpu preset) the seeds of an arm that are not done train together, as one set of
-batched weights, in one ``python -m mmrope.train.stacked`` subprocess (:func:`run_arm_stacked`); each run still gets
+batched weights, in one ``mmrope train stacked`` subprocess (:func:`run_arm_stacked`); each run still gets
 its own folder, signature, checkpoint, marker and scores, exactly as above. With ``parallel: N`` as well, N arms train
 at once, each in its own processes (:mod:`mmrope.ablation.parallel`).
 """
@@ -34,31 +33,29 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from mmrope.ablation.parallel import run_workers
 from mmrope.ablation.plan import Plan, arm_name, stacked_args, train_args
+from mmrope.ablation.processes import last_error, run_process, signal_name
 
 
 def train_command(plan: Plan, encoder: str, scheme: str, seed: int, run_dir: Path, resume: bool = False) -> list[str]:
-    """One run as a command: the installed package's trainer, so a wheel needs no source checkout."""
-    return [sys.executable, "-m", "mmrope.train", *train_args(plan, encoder, scheme, seed, run_dir, resume)]
+    """One run as a command: the installed package's ``mmrope train``, so a wheel needs no source checkout."""
+    return [sys.executable, "-m", "mmrope", "train", *train_args(plan, encoder, scheme, seed, run_dir, resume)]
 
 
 def stacked_command(plan: Plan, encoder: str, scheme: str, runs: list[tuple[int, Path]], resume: bool = False
                     ) -> list[str]:
-    """Several seeds of one arm as one command (``engine: stacked``): :mod:`mmrope.train.stacked`."""
-    return [sys.executable, "-m", "mmrope.train.stacked", *stacked_args(plan, encoder, scheme, runs, resume)]
+    """Several seeds of one arm as one command (``engine: stacked``): ``mmrope train stacked``."""
+    return [sys.executable, "-m", "mmrope", "train", "stacked", *stacked_args(plan, encoder, scheme, runs, resume)]
 
 
 def run_signature(plan: Plan, encoder: str, scheme: str, seed: int) -> dict:
-    """What a run folder is trained with (its arm.json); the engine only when it is not train.py's, so that folders
+    """What a run folder is trained with (its arm.json); the engine only when it is not Lightning's, so that folders
     of the CPU presets keep their signature."""
     signature = {"base": str(plan.base), "encoder": encoder, "scheme": scheme, "seed": seed,
                  "max_steps": plan.max_steps, "train": plan.train}
@@ -119,35 +116,6 @@ def _check_signature(run_dir: Path, signature: dict) -> None:
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(path, signature)
-
-
-def run_training(command: list[str], log_path: Path) -> int:
-    """Run ``command`` with its output appended to ``log_path`` -> its exit status, or 128 + signal if a Ctrl-C or
-    SIGTERM was passed on to it. The child has its own session, so a terminal's Ctrl-C reaches it only through here,
-    once: train.py then saves last.ckpt after its step and exits (a second Ctrl-C stops it at once)."""
-    forwarded: list[int] = []
-
-    def forward(signum: int) -> None:
-        forwarded.append(signum)
-        proc.send_signal(signum)
-
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"$ {shlex.join(command)}\n")
-        log.flush()
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: forward(signum)) if main else None
-        try:
-            while True:
-                try:
-                    code = proc.wait()
-                    break
-                except KeyboardInterrupt:
-                    forward(signal.SIGINT)
-        finally:
-            if main:
-                signal.signal(signal.SIGTERM, previous)
-    return 128 + forwarded[0] if forwarded else code
 
 
 def score_run(plan: Plan, ckpt: Path, device: str | None = None) -> tuple[list[dict], list[dict]]:
@@ -264,17 +232,17 @@ def run_arm(plan: Plan, encoder: str, scheme: str, seed: int, out: Path, device:
         what = f"resuming at step {step}" if step else "training"
         say(f"{what} to {plan.max_steps} steps (log: {run_dir / 'train.log'})")
         start = time.monotonic()
-        code = run_training(train_command(plan, encoder, scheme, seed, run_dir, resume=ckpt.exists()),
+        code = run_process(train_command(plan, encoder, scheme, seed, run_dir, resume=ckpt.exists()),
                             run_dir / "train.log")
         train_seconds = time.monotonic() - start
-        if code >= 128:  # train.py's clean stop: last.ckpt holds its last finished step
-            raise RunInterrupted(f"stopped by {_signal_name(code - 128)}; its checkpoint is {ckpt}: run the same "
+        if code >= 128:  # the trainer's clean stop: last.ckpt holds its last finished step
+            raise RunInterrupted(f"stopped by {signal_name(code - 128)}; its checkpoint is {ckpt}: run the same "
                                  "command again to resume")
         if code < 0:
-            raise RunFailed(f"train.py was killed by {_signal_name(-code)}, out of memory perhaps "
+            raise RunFailed(f"mmrope train was killed by {signal_name(-code)}, out of memory perhaps "
                             f"(see {run_dir / 'train.log'})")
         if code:
-            raise RunFailed(f"train.py exited with status {code}: {_last_error(run_dir / 'train.log')}")
+            raise RunFailed(f"mmrope train exited with status {code}: {last_error(run_dir / 'train.log')}")
         step = _run_step(run_dir)
         if step != plan.max_steps:
             raise RunFailed(f"{ckpt} holds step {step}, not max_steps={plan.max_steps}")
@@ -302,20 +270,6 @@ def _score(plan: Plan, encoder: str, scheme: str, seed: int, run_dir: Path, step
     trained = f"trained in {_duration(train_seconds)}, " if train_seconds else ""
     say(f"{trained}scored in {_duration(eval_seconds)}{score}")
     return rows
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-def _last_error(log_path: Path) -> str:
-    lines = [line.strip() for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-             if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    return (errors or lines or ["no output"])[-1][:300] + f" (see {log_path})"
 
 
 def _duration(seconds: float) -> str:
@@ -350,14 +304,14 @@ def run_arm_stacked(plan: Plan, encoder: str, scheme: str, out: Path, device: st
         what = f"resuming seeds {seeds} at step {step}" if step else f"training seeds {seeds} together"
         say(f"{what} to {plan.max_steps} steps (log: {log})")
         start = time.monotonic()
-        code = run_training(stacked_command(plan, encoder, scheme, group, resume=step > 0), log)
+        code = run_process(stacked_command(plan, encoder, scheme, group, resume=step > 0), log)
         for seed, _ in group:
             seconds[seed], together[seed] = time.monotonic() - start, [k for k, _ in group]
         if code >= 128:
-            raise RunInterrupted(f"seeds {seeds} stopped by {_signal_name(code - 128)}; their checkpoints are in "
+            raise RunInterrupted(f"seeds {seeds} stopped by {signal_name(code - 128)}; their checkpoints are in "
                                  f"{out / arm_name(encoder, scheme)}: run the same command again to resume")
         if code < 0:
-            failures += [f"seed {seed}: the stacked trainer was killed by {_signal_name(-code)}, out of memory perhaps "
+            failures += [f"seed {seed}: the stacked trainer was killed by {signal_name(-code)}, out of memory perhaps "
                          f"(see {log})" for seed, _ in group]
     for seed, (run_dir, _) in pending.items():
         ckpt = run_dir / "checkpoints" / "last.ckpt"
@@ -366,7 +320,7 @@ def run_arm_stacked(plan: Plan, encoder: str, scheme: str, out: Path, device: st
             if step != plan.max_steps:
                 if not any(f.startswith(f"seed {seed}:") for f in failures):
                     failures.append(f"seed {seed}: {ckpt} holds step {step}, not max_steps={plan.max_steps}: "
-                                    f"{_run_error(log, seed)}")
+                                    f"{last_error(log, f'mmrope train stacked: seed {seed}: error')}")
                 continue
             rows[seed] = _score(plan, encoder, scheme, seed, run_dir, step, seconds[seed], device,
                                 lambda message, seed=seed: say(f"seed {seed}: {message}"),
@@ -376,31 +330,20 @@ def run_arm_stacked(plan: Plan, encoder: str, scheme: str, out: Path, device: st
     return rows, failures
 
 
-def _run_error(log: Path, seed: int) -> str:
-    """The stacked trainer's error line about ``seed``, else its last error line."""
-    if not log.exists():
-        return "no log"
-    mine = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
-            if line.startswith(f"stacked: seed {seed}: error")]
-    return mine[-1][:300] + f" (see {log})" if mine else _last_error(log)
-
-
 def run_ablation(plan: Plan, out: str | Path, device: str | None = None) -> tuple[list[dict], list[str]]:
     """Every arm x seed of ``plan``, in order -> (result rows, one line per run that failed). Progress on stderr;
     a run stopped by Ctrl-C / SIGTERM raises :class:`RunInterrupted` once its checkpoint is saved. With ``engine:
     stacked`` each arm's seeds train together, and with ``parallel`` N arms at once (:mod:`mmrope.ablation.parallel`)
     before this pass collects them."""
     out = Path(out)
-    if plan.engine == "lightning" and plan.parallel > 1:
-        from mmrope.ablation.parallel import run_runs_in_parallel
-
-        run_runs_in_parallel(plan, out, device)  # the pass below finds them done and collects their rows
+    if plan.engine == "lightning" and plan.parallel > 1:  # the pass below finds them done and collects their rows
+        todo = [(e, s, k) for e, s in plan.arms for k in plan.seeds if not is_done(plan, e, s, k, out)]
+        _raise_if_stopped("runs", run_workers(plan, out, device, todo))
     if plan.engine == "stacked":
         parallel = plan.parallel > 1 and len(plan.arms) > 1
         if parallel:
-            from mmrope.ablation.parallel import run_arms_in_parallel
-
-            run_arms_in_parallel(plan, out, device)
+            todo = [(e, s, None) for e, s in plan.arms if not all(is_done(plan, e, s, k, out) for k in plan.seeds)]
+            _raise_if_stopped("arms", run_workers(plan, out, device, todo))
         return _run_stacked(plan, out, device, train=not parallel)
     runs = [(e, s, k) for e, s in plan.arms for k in plan.seeds]
     rows, failures = [], []
@@ -420,6 +363,12 @@ def run_ablation(plan: Plan, out: str | Path, device: str | None = None) -> tupl
             raise RunInterrupted(f"{arm_name(encoder, scheme)} seed {seed} {e}") from None
         rows += [{"encoder": encoder, "scheme": scheme, "seed": seed, **r} for r in run_rows]
     return rows, failures
+
+
+def _raise_if_stopped(what: str, stopped: list[str]) -> None:
+    if stopped:
+        raise RunInterrupted(f"{what} {', '.join(stopped)} stopped; their checkpoints are saved: run the same command "
+                             "again to resume")
 
 
 def _run_stacked(plan: Plan, out: Path, device: str | None, train: bool = True) -> tuple[list[dict], list[str]]:

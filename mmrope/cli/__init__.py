@@ -1,5 +1,6 @@
-"""The ``mmrope`` command: one module per subcommand (``caption``, ``eval``, ``export``, ``ablate``, ``viz``, ``demo``,
-``data``, ``serve``), each registering its own parser.
+"""The ``mmrope`` command: one module per subcommand (``train``, ``caption``, ``eval``, ``export``, ``ablate``, ``viz``,
+``demo``, ``data``, ``serve``), each registering its own parser. It is the one way in: ``python -m mmrope``,
+``python -m mmrope.train`` and a checkout's ``train.py`` all call :func:`main`.
 
 Each module exposes ``register(subparsers)``, which adds its parser and sets ``func``; heavy imports stay inside
 ``func`` so that ``mmrope --help`` answers at once. Errors a user can fix (a bad file, field or value) come out as one
@@ -12,19 +13,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from mmrope import __version__
 
-COMMAND_MODULES = ("mmrope.cli.demo", "mmrope.cli.data", "mmrope.cli.caption", "mmrope.cli.eval", "mmrope.cli.export",
-                   "mmrope.cli.ablate", "mmrope.cli.viz", "mmrope.cli.serve")
+COMMAND_MODULES = ("mmrope.cli.train", "mmrope.cli.demo", "mmrope.cli.data", "mmrope.cli.caption", "mmrope.cli.eval",
+                   "mmrope.cli.export", "mmrope.cli.ablate", "mmrope.cli.viz", "mmrope.cli.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmrope",
         description="Multidimensional RoPE in a small vision-language captioner. "
-                    "Training runs through `python -m mmrope.train fit --config configs/....yaml`.")
+                    "Train with `mmrope train fit --config configs/....yaml`.")
     parser.add_argument("--version", action="version", version=f"mmrope {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -33,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `mmrope ... | head` ends quietly, not with a traceback
+
     from mmrope.plugins import load_plugins
 
     try:

@@ -59,7 +59,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_caption(args: argparse.Namespace) -> int:
     import contextlib
     import json
-    import signal
 
     from tqdm import tqdm
 
@@ -67,8 +66,6 @@ def run_caption(args: argparse.Namespace) -> int:
     from mmrope.data.videos import DEFAULT_MAX_CLIP_FRAMES, DEFAULT_MAX_CLIP_PIXELS
     from mmrope.inference import load
 
-    if hasattr(signal, "SIGPIPE"):  # `mmrope caption ... | head` ends quietly
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     for flag in ("max_pixels", "max_clip_pixels", "max_clip_frames"):
         value = getattr(args, flag)
         if value is not None and value <= 0:

@@ -23,7 +23,8 @@ from torch import nn
 from mmrope.model.config import CaptionerConfig
 from mmrope.model.decoder_schemes import AXIS_NAMES, SCHEMES, DecoderScheme, still_axes
 from mmrope.model.generation import Prompt, generate
-from mmrope.model.rotary_apply import select_rotary_apply
+from mmrope.model.layers import Attention
+from mmrope.model.rotary_apply import ROTARY_APPLIES, select_rotary_apply
 from mmrope.model.text import TextDecoder, is_right_padded
 from mmrope.model.tokens import IGNORE_INDEX, IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
 from mmrope.model.vision import VisionEncoder, clip_mask
@@ -131,6 +132,17 @@ class Captioner(nn.Module):
         without the final EOS. ``options``: those of :func:`mmrope.model.generation.generate` (``max_new_tokens``,
         ``strategy`` "greedy" | "beam" | "sample", ``num_beams``, ``temperature``, ``top_p``, ...)."""
         return generate(self, images, **options)
+
+    def use_rotary_apply(self, rotary_apply: str) -> None:
+        """Rotate q and k with ``rotary_apply``'s apply from now on ("auto", "fused" or "reference", as
+        ``config.rotary_apply`` chose at build) in every attention layer that uses the build's apply; an encoding
+        with a rotation of its own keeps it. The config keeps its value, so a checkpoint still records what the run
+        asked for. ``torch.func`` transforms need "reference": they cannot see inside the Triton kernel's
+        ``autograd.Function``, and a compiled step fuses the plain maths anyway."""
+        rotary = select_rotary_apply(rotary_apply)
+        for module in self.modules():
+            if isinstance(module, Attention) and module.rotary in ROTARY_APPLIES.values():
+                module.rotary = rotary
 
 
 def warn_still_axes(config: CaptionerConfig, scheme: DecoderScheme) -> None:

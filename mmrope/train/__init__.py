@@ -1,10 +1,29 @@
-"""Training: Lightning on top of the plain-PyTorch model, and the ``python -m mmrope.train`` command line.
+"""Training: ``mmrope train``, two engines over one run definition, on top of the plain-PyTorch model.
+
+    mmrope train fit --config configs/debug.yaml                      Lightning: fit / validate / test / predict
+    mmrope train stacked --run 0=runs/a/s0 --run 1=runs/a/s1 -- fit --config configs/debug.yaml
+                                                                      several seeds as one set of batched weights
+
+What both engines share:
+
+    run.py            build_run: the seed, the data module, the model (and its tokenizer) from a resolved config;
+                      where a run logs
+    config_reader.py  read_config: a command line's config, resolved by the CLI's own parser, nothing built
+    config_files.py   --config files read safely, parse errors as one line naming file and key
+    optim.py          the AdamW parameter groups, the warmup + cosine schedule, their config
+    callbacks.py      Lightning's callbacks, and the Ctrl-C / SIGTERM handling both engines stop by
+    mmrope/checkpoints.py   the one checkpoint writer and reader (each engine's training state under its own key)
+
+Lightning's engine (``mmrope train fit``):
 
     cli.py            the LightningCLI: fit / validate / test / predict from YAML configs
-    config_reader.py  one way to read a run's config (stacked files and overrides) without running it
     module.py         CaptionModule: the training loop, validation that generates and scores captions
     datamodule.py     CaptionDataModule: shapes, clips or caption files; exact mid-epoch resume
-    callbacks.py      last and best checkpoints, a clean stop on Ctrl-C, a stop on unreadable data
-    checkpoint_io.py  atomic checkpoint writes and weights-only reads
-    optim.py          AdamW parameter groups, warmup + cosine schedule, their config
+    checkpoint_io.py  Lightning's checkpoint IO through mmrope.checkpoints: atomic writes, weights-only reads
+
+The stacked engine (``mmrope train stacked``): :mod:`mmrope.train.stacked`.
+
+``python -m mmrope.train`` and ``python train.py`` (a checkout's shortcut) are ``mmrope train`` under other names.
 """
+
+PROG = "mmrope train"  # what every message of the trainer starts with, however it was started

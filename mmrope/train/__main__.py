@@ -1,8 +1,7 @@
-import signal
+"""``python -m mmrope.train ...`` is ``mmrope train ...``."""
+
 import sys
 
-from mmrope.train.cli import main
+from mmrope.cli import main
 
-if hasattr(signal, "SIGPIPE"):
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-sys.exit(main())
+sys.exit(main(["train", *sys.argv[1:]]))

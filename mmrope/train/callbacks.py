@@ -14,10 +14,11 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from mmrope.data.collate import SkippedBatch
+from mmrope.train import PROG
 
 log = logging.getLogger("mmrope")
-# train.py refuses a new run in a folder that holds one (cli.refuse_to_replace): a non-empty checkpoint folder is the
-# run being resumed, which Lightning would warn about at every resume.
+# mmrope train refuses a new run in a folder that holds one (cli.refuse_to_replace): a non-empty checkpoint folder is
+# the run being resumed, which Lightning would warn about at every resume.
 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
@@ -111,6 +112,36 @@ def resume_hint(err: BaseException) -> str:
     return f" (saved {path} at step {step}: once the data is fixed, continue with --ckpt_path last)"
 
 
+class StopOnSignal:
+    """Ctrl-C or SIGTERM asks for a clean stop (``signum`` is set; the loop stops after the step in flight); a second
+    one stops at once (``KeyboardInterrupt``). Installed by :meth:`install` on the main thread only (signals reach
+    no other), until :meth:`restore`. Both engines stop this way: Lightning through :class:`GracefulInterrupt`, the
+    stacked engine around its loop."""
+
+    def __init__(self, say=None):
+        self.signum: int | None = None
+        self.say = say or (lambda message: None)
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # asked twice: give up on the clean stop
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.say(f"{signal.Signals(signum).name} received: stopping after this step")
+
+    def install(self) -> None:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 class GracefulInterrupt(Callback):
     """Ctrl-C or SIGTERM: finish the step in flight, write ``last.ckpt`` (atomically), then stop.
 
@@ -121,20 +152,15 @@ class GracefulInterrupt(Callback):
     """
 
     def __init__(self, folder: Path):
-        self.folder, self.signum, self.saved, self._previous = Path(folder), None, None, {}
+        self.folder, self.saved = Path(folder), None
+        self.stop = StopOnSignal(log.warning)
 
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:  # asked twice: give up on the clean stop
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("%s received: stopping after this step", signal.Signals(signum).name)
+    @property
+    def signum(self) -> int | None:
+        return self.stop.signum
 
     def on_train_start(self, trainer, pl_module) -> None:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self.stop.install()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         stop = self.signum is not None
@@ -154,9 +180,7 @@ class GracefulInterrupt(Callback):
             self._stop_if_saved(trainer)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
+        self.stop.restore()
 
 
 class BadDataError(ValueError):
@@ -322,5 +346,5 @@ class FinalScores(Callback):
         shown = [f"{label} {self.scores[f'val/{key}']:.3f}" for key, label in ACCURACIES.items()
                  if f"val/{key}" in self.scores]
         behind = "" if self.step == trainer.global_step else f" (training went on to step {trainer.global_step})"
-        print(f"train.py: validation at step {self.step}{behind}, {int(self.scores['val/num_samples'])} samples: "
+        print(f"{PROG}: validation at step {self.step}{behind}, {int(self.scores['val/num_samples'])} samples: "
               + ", ".join(shown), flush=True)

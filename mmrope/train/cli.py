@@ -1,23 +1,26 @@
-"""Train, validate, test or predict a captioner from a YAML config: ``python -m mmrope.train``.
+"""Train, validate, test or predict a captioner from a YAML config: ``mmrope train``, Lightning's engine.
 
-    python train.py fit --config configs/shapes_small.yaml
-    python train.py fit --config configs/debug.yaml --model.vision.pos_encoding rope1d_flat
-    python train.py fit --config configs/shapes_small.yaml --ckpt_path last        # resume where it stopped
-    python train.py validate --config configs/shapes_small.yaml --ckpt_path last
-    python train.py fit --config configs/debug.yaml --print_config                 # the full resolved config
-    python train.py fit --config configs/debug.yaml --overwrite                    # a new run over runs/debug's
+    mmrope train fit --config configs/shapes_small.yaml
+    mmrope train fit --config configs/debug.yaml --model.vision.pos_encoding rope1d_flat
+    mmrope train fit --config configs/shapes_small.yaml --ckpt_path last        # resume where it stopped
+    mmrope train validate --config configs/shapes_small.yaml --ckpt_path last
+    mmrope train fit --config configs/debug.yaml --print_config                 # the full resolved config
+    mmrope train fit --config configs/debug.yaml --overwrite                    # a new run over runs/debug's
 
 A thin LightningCLI over :mod:`mmrope.train.module` and :mod:`mmrope.train.datamodule`: ``--model.*`` are the
 model's config (:mod:`mmrope.model.config`), ``--data.*`` the data module's, ``--trainer.*`` Lightning's Trainer.
-Checkpoints go to <trainer.default_root_dir>/checkpoints/; a new ``fit`` refuses a folder that holds a run's
-``last.ckpt`` unless it continues it (``--ckpt_path last``) or replaces it (``--overwrite``). ``python train.py`` in a
-checkout is the same command.
+The run itself (seed, data module, model) is built by :func:`mmrope.train.run.build_run`, as the stacked engine
+builds its runs; the parser builds only what the trainer is given. Checkpoints go to
+<trainer.default_root_dir>/checkpoints/; a new ``fit`` refuses a folder that holds a run's ``last.ckpt`` unless it
+continues it (``--ckpt_path last``) or replaces it (``--overwrite``).
+
+``python -m mmrope.train`` and, in a checkout, ``python train.py`` are the same command: every message starts with
+``mmrope train:`` whichever way it was started (:data:`mmrope.train.PROG`).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import warnings
 from argparse import ArgumentError
@@ -28,13 +31,18 @@ from lightning.pytorch.cli import LightningCLI
 
 from mmrope.model.config import CaptionerConfig
 from mmrope.model.decoder_schemes import SCHEMES
+from mmrope.train import PROG
 from mmrope.train.callbacks import TrainingInterrupted, default_callbacks, resume_hint
 from mmrope.train.checkpoint_io import AtomicCheckpointIO
-from mmrope.train.config_reader import _flatten, check_config_files, config_error, explicit_model_keys
+from mmrope.train.config_files import check_config_files, config_error, explicit_model_keys, flatten_keys
 from mmrope.train.datamodule import CaptionDataModule
-from mmrope.train.loggers import LoggingConfig, LogRunConfig, run_loggers
+from mmrope.train.loggers import LoggingConfig, LogRunConfig
 from mmrope.train.module import CaptionModule, NonFiniteLossError
+from mmrope.train.run import build_run, run_loggers
 
+DESCRIPTION = ("Train, validate, test or predict a captioner from YAML configs with Lightning (`mmrope train fit "
+               "--help` lists every key). `mmrope train stacked --run SEED=DIR ... -- fit ...` trains several seeds "
+               "of one config at once, as one set of batched weights.")
 MODEL_KEYS = ("vision", "text", "position_scheme", "tokens_per_second")  # what the weights' shapes depend on
 # the data module cuts images into the model's patches at the model's training size: model.vision.X -> data.Y
 VISION_TO_DATA = {"patch_size": "patch_size", "spatial_merge_size": "merge_size",
@@ -47,7 +55,8 @@ class CaptionCLI(LightningCLI):
         self.command_line = list(sys.argv[1:] if given is None else given)
         self.explicit_model_keys = explicit_model_keys(self.command_line)
         # a parse error comes back as an exception, said in one line (parse_arguments), not under 130 lines of usage
-        kwargs["parser_kwargs"] = {"exit_on_error": False, **(kwargs.get("parser_kwargs") or {})}
+        kwargs["parser_kwargs"] = {"exit_on_error": False, "prog": PROG, "description": DESCRIPTION,
+                                   **(kwargs.get("parser_kwargs") or {})}
         self._overwrite: Path | None = None
         kwargs.setdefault("save_config_callback", LogRunConfig)  # config.yaml, and the config and tags for trackers
         super().__init__(*args, **kwargs)
@@ -101,7 +110,7 @@ class CaptionCLI(LightningCLI):
             config["ckpt_path"] = None if path is None else str(path)
         if asked == "last" and path is None:
             starts = "a new run starts" if subcommand == "fit" else "the model is not trained"
-            print(f"train.py: note: --ckpt_path last: no {root / 'checkpoints' / 'last.ckpt'} yet, so {starts}",
+            print(f"{PROG}: note: --ckpt_path last: no {root / 'checkpoints' / 'last.ckpt'} yet, so {starts}",
                   file=sys.stderr)
         if subcommand == "fit":
             self._overwrite = refuse_to_replace(root, path, bool(config.get("overwrite")))
@@ -117,7 +126,7 @@ class CaptionCLI(LightningCLI):
         config["data.row_breaks"] = scheme_row_breaks(config["model.position_scheme"])
         if taken:
             shown = ", ".join(taken[:4]) + (f" and {len(taken) - 4} more" if len(taken) > 4 else "")
-            print(f"train.py: note: model settings left at their defaults are taken from {path}: {shown}",
+            print(f"{PROG}: note: model settings left at their defaults are taken from {path}: {shown}",
                   file=sys.stderr)
         self._checkpoint_weights = (path, state)
 
@@ -131,8 +140,24 @@ class CaptionCLI(LightningCLI):
         for path in old:
             path.unlink(missing_ok=True)
         if old:
-            print(f"train.py: note: --overwrite: deleted the {len(old)} checkpoints in {self._overwrite}",
+            print(f"{PROG}: note: --overwrite: deleted the {len(old)} checkpoints in {self._overwrite}",
                   file=sys.stderr)
+
+    def instantiate_classes(self) -> None:
+        """The run from :func:`build_run`, as the stacked engine builds its runs; the parser instantiates only what
+        the trainer is given (callbacks, loggers, plugins named by class path)."""
+        config = self.config.get(str(self.subcommand), self.config)
+        self.model, self.datamodule = build_run(config.as_dict())
+        trainer_only = config.clone()
+        del trainer_only["model"], trainer_only["data"]
+        instantiated = self._parser(self.subcommand).instantiate(trainer_only)
+        self.config_init = self.config.clone()
+        if self.subcommand:
+            self.config_init[self.subcommand] = instantiated
+        else:
+            self.config_init = instantiated
+        self._add_configure_optimizers_method_to_model(self.subcommand)
+        self.trainer = self.instantiate_trainer()
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
@@ -148,7 +173,7 @@ class CaptionCLI(LightningCLI):
         root = config.get("default_root_dir") or "runs/default"
         kwargs.setdefault("plugins", list(config.get("plugins") or []) + [AtomicCheckpointIO()])
         if config.get("logger") in (None, True):
-            kwargs.setdefault("logger", default_loggers(root, self._get(self.config_init, "logging")))
+            kwargs.setdefault("logger", run_loggers(root, self._get(self.config_init, "logging")))
         callbacks = list(config.get("callbacks") or [])
         callbacks += [c for c in default_callbacks(root, self.datamodule.monitor)
                       if not any(isinstance(t, type(c)) for t in callbacks)]  # a config's own ModelCheckpoint wins
@@ -217,7 +242,7 @@ def reconcile_model_config(model, saved: dict, path: Path, explicit: set[str]) -
     except ValueError:  # a config the checkpoint's values will complete
         derived = {}
     taken = []
-    for dotted, value in _flatten(saved):
+    for dotted, value in flatten_keys(saved):
         if dotted == "text.vocab_size" or dotted.split(".")[0] not in MODEL_KEYS:  # vocab: checked with the weights
             continue
         mine = _lookup(given, dotted)
@@ -249,12 +274,6 @@ def _lookup(d, dotted: str):
     return list(d) if isinstance(d, tuple) else d
 
 
-def default_loggers(root: str, logging: LoggingConfig | None = None):
-    """CSV always (the training loss at every logged step), and the trackers ``logging`` asks for (TensorBoard
-    when installed, unless it says otherwise): :mod:`mmrope.train.loggers`."""
-    return run_loggers(root, logging or LoggingConfig())
-
-
 def main(args: list[str] | None = None) -> int:
     if os.environ.get("MMROPE_DEBUG"):
         CaptionCLI(CaptionModule, CaptionDataModule, args=args, save_config_kwargs={"overwrite": True})
@@ -263,10 +282,10 @@ def main(args: list[str] | None = None) -> int:
         args = check_config_files(sys.argv[1:] if args is None else list(args))
         CaptionCLI(CaptionModule, CaptionDataModule, args=args, save_config_kwargs={"overwrite": True})
     except TrainingInterrupted as err:
-        print(f"train.py: stopped by {err}", file=sys.stderr)
+        print(f"{PROG}: stopped by {err}", file=sys.stderr)
         return 128 + err.signum
     except (NonFiniteLossError, ValueError, OSError, MisconfigurationException) as err:
-        print(f"train.py: error: {one_line(err)}{resume_hint(err)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(err)}{resume_hint(err)}", file=sys.stderr)
         return 1
     return 0
 
@@ -274,7 +293,3 @@ def main(args: list[str] | None = None) -> int:
 def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
-
-if __name__ == "__main__":
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    sys.exit(main())

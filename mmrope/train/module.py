@@ -17,7 +17,7 @@ from typing import Literal
 import lightning as L
 import torch
 
-from mmrope import __version__
+from mmrope.checkpoints import mmrope_entry
 from mmrope.data.collate import SkippedBatch
 from mmrope.data.tokenizer import Tokenizer, load_tokenizer
 from mmrope.eval.scoring import score_generated
@@ -88,15 +88,20 @@ class CaptionModule(L.LightningModule):
                                    "vision_init": asdict(self.vision_init) if self.vision_init else None,
                                    "tokenizer": tokenizer})
         self.model = Captioner(self.config)
-        if compile:
-            self.model.compile()
+        self.compile_model = compile  # in configure_model: a Trainer compiles, the stacked engine its whole step
         self._eval_outputs: dict[int, list[dict]] = {}
         self._probe_counts: dict[str, torch.Tensor] = {}  # teacher-forced probe words: (right, total)
 
+    def configure_model(self) -> None:
+        """``model.compile: true``: ``torch.compile`` the model once, when a Trainer first runs it (the weights' names
+        do not change)."""
+        if self.compile_model and not getattr(self, "_compiled", False):
+            self.model.compile()
+            self._compiled = True
+
     # checkpoints carry what inference needs, independent of Lightning's hyper-parameters
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["mmrope"] = {"version": __version__, "config": self.config.to_dict(),
-                                "tokenizer": self.tokenizer.to_dict() if self.tokenizer else None}
+        checkpoint["mmrope"] = mmrope_entry(self.config, self.tokenizer)
         if self._frozen:
             checkpoint["vision_frozen"] = list(self._frozen)
 

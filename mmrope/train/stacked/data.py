@@ -1,7 +1,7 @@
-"""The batches of runs trained side by side (:mod:`mmrope.train.stacked`): at every step, each run's own batch.
+"""The batches of runs trained side by side: at every step, each run's own batch.
 
-Run k at global step g trains on exactly the batch ``python -m mmrope.train fit --seed_everything k --data.seed k``
-trains on at step g: the same data module builds the same dataset, sampler and collator (``train_dataloader()``),
+Run k at global step g trains on exactly the batch ``mmrope train fit --seed_everything k --data.seed k`` trains on
+at step g: the same data module builds the same dataset, sampler and collator (``train_dataloader()``),
 and step g is batch g % B of epoch g // B (B batches an epoch, the last one short, as the DataLoader makes them).
 Two ways to draw the pixels:
 
@@ -43,7 +43,7 @@ class RunData:
     def of(cls, datamodule) -> RunData:
         if not datamodule.benchmark.generated:
             raise ValueError(f"stacked training draws its samples from (seed, index), as shapes and clips are drawn, "
-                             f"not data.dataset={datamodule.dataset!r}: train real captions with train.py")
+                             f"not data.dataset={datamodule.dataset!r}: train real captions with `mmrope train fit`")
         datamodule.setup("fit")
         loader = datamodule.train_dataloader()
         return cls(loader.dataset, loader.sampler, loader.collate_fn, loader.batch_size)

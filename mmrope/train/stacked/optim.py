@@ -2,26 +2,28 @@
 
 Every run's parameters sit in one row of a (runs, P) float32 tensor, in ``model.named_parameters()`` order (a tied
 weight once); :meth:`FlatParameters.views` hands ``torch.func.functional_call`` each parameter as a (runs, ...) view
-of it. AdamW then updates all runs in a handful of elementwise ops over (runs, P), each run with its own moments, its
-own step count and its own gradient clipping, exactly as ``torch.optim.AdamW`` (single-tensor form, the CPU default)
-and ``torch.nn.utils.clip_grad_norm_`` update one run; the learning rate follows the schedule of
-:mod:`mmrope.train.optim` and is worked out on the device from a step counter, so a step never waits for the host.
+of it. Which elements decay is :func:`mmrope.train.optim.parameter_groups`' rule, and the learning rate of each step
+is the schedule Lightning's ``LambdaLR`` follows (:func:`mmrope.train.optim.cosine_with_warmup`, the same Python
+function), tabulated once on the device (:func:`lr_table`) and looked up there by a step counter, so a step never
+waits for the host.
 
-A run whose loss is not finite keeps its weights, moments and step count (``torch.where``, no host sync); the
-schedule still moves on, as Lightning's does when a training step returns None.
+AdamW and gradient clipping are written out here rather than taken from ``torch.optim.AdamW`` and
+``clip_grad_norm_``: those hold one step count and one norm per parameter, and a run must keep its own (a run that
+skips a step has one step fewer, and so its own bias correction). The arithmetic is torch's, op for op, over (runs,
+P) in a handful of elementwise ops. A run whose loss is not finite keeps its weights, moments and step count
+(``torch.where``, no host sync); the schedule still moves on, as Lightning's does when a training step returns None.
 
 Einstein legend: r runs, p parameter elements.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from mmrope.train.optim import OptimConfig, parameter_groups
+from mmrope.train.optim import OptimConfig, cosine_with_warmup, parameter_groups
 
 
 @dataclass
@@ -93,48 +95,34 @@ class AdamWState:
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return self.exp_avg, self.exp_avg_sq, self.step
 
-    def to_torch(self, run: int, flat: FlatParameters, config: OptimConfig, lr: float, initial_lr: float) -> dict:
-        """Run ``run``'s state as ``torch.optim.AdamW(parameter_groups(model, ...)).state_dict()`` holds it, so a
-        checkpoint's ``optimizer_states`` read as any other."""
-        exp_avg, exp_avg_sq = flat.row(self.exp_avg[run].cpu()), flat.row(self.exp_avg_sq[run].cpu())
-        step = self.step[run].detach().cpu().clone()
-        state = {}
-        if float(step) > 0:  # torch.optim has no state for a parameter before its first step
-            state = {k: {"step": step.clone(), "exp_avg": exp_avg[flat.names[i]].clone(),
-                         "exp_avg_sq": exp_avg_sq[flat.names[i]].clone()} for k, i in enumerate(flat.group_order)}
-        decay = sum(1 for i in flat.group_order if flat.decay[flat.offsets[i]])
-        common = {"lr": lr, "betas": tuple(config.betas), "eps": 1e-8, "amsgrad": False, "foreach": None,
-                  "maximize": False, "capturable": False, "differentiable": False, "fused": None,
-                  "decoupled_weight_decay": True, "initial_lr": initial_lr}
-        groups = [{**common, "weight_decay": config.weight_decay, "params": list(range(decay))},
-                  {**common, "weight_decay": 0.0, "params": list(range(decay, len(flat.group_order)))}]
-        return {"state": state, "param_groups": groups}
+    def row(self, run: int, flat: FlatParameters, lr: float) -> dict:
+        """Run ``run``'s state as its checkpoint holds it (``checkpoint["stacked"]["optimizer"]``, this engine's own
+        format: see :mod:`mmrope.checkpoints`): its moments as flat rows, its step count, the learning rate of the
+        step it would take next, and the parameter names that lay out the rows."""
+        return {"parameters": list(flat.names), "exp_avg": self.exp_avg[run].detach().cpu().clone(),
+                "exp_avg_sq": self.exp_avg_sq[run].detach().cpu().clone(), "step": float(self.step[run]), "lr": lr}
 
     @classmethod
-    def from_torch(cls, states: list[dict], flat: FlatParameters, device) -> AdamWState:
-        """The inverse of :meth:`to_torch` for every run."""
-        out = cls.zeros(len(states), flat.size, device)
-        for r, saved in enumerate(states):
-            for k, i in enumerate(flat.group_order):
-                entry = saved["state"].get(k)
-                if entry is None:
-                    continue
-                a, b = flat.offsets[i], flat.offsets[i + 1]
-                out.exp_avg[r, a:b] = entry["exp_avg"].flatten().to(device)
-                out.exp_avg_sq[r, a:b] = entry["exp_avg_sq"].flatten().to(device)
-                out.step[r] = float(entry["step"])
+    def from_rows(cls, rows: list[dict], flat: FlatParameters, device, where: list) -> AdamWState:
+        """The inverse of :meth:`row` for every run; ``where[r]`` names run r's file in the error a row that does not
+        fit this model's parameters raises."""
+        out = cls.zeros(len(rows), flat.size, device)
+        for r, saved in enumerate(rows):
+            if saved.get("parameters") != flat.names or saved["exp_avg"].shape != (flat.size,):
+                raise ValueError(f"{where[r]}: its optimizer state does not fit this model's parameters (another "
+                                 "architecture?)")
+            out.exp_avg[r] = saved["exp_avg"].to(device)
+            out.exp_avg_sq[r] = saved["exp_avg_sq"].to(device)
+            out.step[r] = float(saved["step"])
         return out
 
 
-def scheduled_lr(step: torch.Tensor, config: OptimConfig, total: int) -> torch.Tensor:
-    """``lr * cosine_with_warmup(warmup, total, min_ratio)(step)`` in float64 on the device of ``step`` (a 0-d
-    counter): the factor LambdaLR gives a step, computed without the host."""
-    step = step.double()
-    warmup = config.warmup_steps
-    progress = ((step - warmup) / max(1, total - warmup)).clamp(max=1.0)
-    cosine = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + torch.cos(math.pi * progress))
-    factor = torch.where(step < warmup, (step + 1) / max(warmup, 1), cosine)
-    return config.lr * factor
+def lr_table(config: OptimConfig, total: int, device) -> torch.Tensor:
+    """The learning rate of every step 0..total-1 (float64, on ``device``): what ``LambdaLR`` with
+    ``cosine_with_warmup`` gives Lightning's optimizer at each step, so ``table[step]`` on the device is the same
+    number."""
+    factor = cosine_with_warmup(config.warmup_steps, total, config.min_lr_ratio)
+    return torch.tensor([config.lr * factor(step) for step in range(total)], dtype=torch.float64, device=device)
 
 
 def clip_per_run(grads: dict[str, torch.Tensor], max_norm: float | None) -> tuple[torch.Tensor, torch.Tensor]:
