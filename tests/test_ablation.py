@@ -256,9 +256,13 @@ def test_shipped_grid_and_bad_grids(tmp_path):
     assert (place.metric, place.label) == ("place", "place")
     scenes = data_set(place.data, "test", n=3).scenes
     assert [len(s["objects"]) for s in scenes] == [1, 1, 1] and all(s["level"] == 1 for s in scenes)
-    relation = load_plan(grid, "cpu-relation")
-    assert (relation.metric, relation.base.name) == ("relation", "shapes_small.yaml")
-    assert len(relation.arms) == 4 and relation.splits == ["test", "compositional"]
+    relation = load_plan(grid, "cpu-relations")  # the encoder question: relations under the position-blind decoder
+    assert (relation.metric, relation.base.name) == ("relation", "shapes_relation_cpu.yaml")
+    assert {s for _, s in relation.arms} == {"blind"} and relation.seeds == [0, 1, 2, 3, 4]
+    assert relation.protocols == ["scaled", "same_pixels", "anchored"] and len(relation.comparisons) == 7
+    assert ("anchored", 0.5) not in relation.scored and ("same_pixels", 1.0) not in relation.scored
+    places = load_plan(grid, "cpu-places")
+    assert places.sizes == [32, 48, 64, 96, 144] and places.metric == "place" and places.threshold == 0.9
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(tiny_grid(tmp_path).read_text().replace("factors: [0.5, 1]", "factors: [0.75, 1]"))
