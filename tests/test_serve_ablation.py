@@ -29,7 +29,7 @@ import pytest
 
 from mmrope.ablation import runner
 from mmrope.ablation.plan import load_plan
-from mmrope.ablation.report import compare, summarize_scenes
+from mmrope.ablation.scenes import compare, summarize_scenes
 from mmrope.serve.ablation import AblationFolder, OutsideFolder, read_plan
 from mmrope.serve.server import AblationServer, AblationSettings
 

@@ -4,7 +4,7 @@ and, for one scene, two arms' attention per word and (t, h, w) ids at the traini
 
 The folder is read as ``mmrope ablate`` writes it (:mod:`mmrope.ablation.runner`): ``<arm>/seed<k>/`` holds
 ``predictions.csv``, ``logs/version_*/metrics.csv`` and ``checkpoints/last.ckpt``. Cells and tests are the report's
-own (:func:`mmrope.ablation.report.summarize_scenes`, :func:`~mmrope.ablation.report.compare`), so the page shows the
+own (:func:`mmrope.ablation.scenes.summarize_scenes`, :func:`~mmrope.ablation.scenes.compare`), so the page shows the
 numbers results.md holds; scenes are re-drawn from the grid's evaluation sets (scene i of ``predictions.csv`` is
 ``eval_set.scenes[i]``); the inspector is the caption page's :func:`mmrope.serve.explain.explain`.
 
@@ -248,7 +248,7 @@ class AblationFolder:
     def table(self, metric: str) -> dict:
         """Every arm x point cell of ``metric``: mean over (seed, scene) and its two-level bootstrap interval, as
         results.md has it."""
-        from mmrope.ablation.report import summarize_scenes
+        from mmrope.ablation.scenes import summarize_scenes
         from mmrope.ablation.stats import METRICS
 
         if metric not in METRICS:
@@ -265,7 +265,7 @@ class AblationFolder:
 
     def comparisons(self) -> list[dict]:
         """The stated comparisons, tested as results.md tests them (McNemar, Holm, bootstrap interval, MDD)."""
-        from mmrope.ablation.report import compare
+        from mmrope.ablation.scenes import compare
 
         with self.lock:
             runs = self.read_runs()
@@ -286,7 +286,7 @@ class AblationFolder:
 
     def _logs(self, arm: str, seed: int) -> dict[str, list[tuple[int, float]]]:
         """A run's CSV logs, every version (a resumed run writes a new one): series -> (step, value), the series
-        :data:`CURVE_PREFIXES` names. Steps count optimizer steps taken, as report.read_curve counts them."""
+        :data:`CURVE_PREFIXES` names. Steps count optimizer steps taken, as ``ablation.curves.read_curve`` counts."""
         from mmrope.viz.curves import read_metrics
 
         try:
