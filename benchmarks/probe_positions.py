@@ -27,7 +27,8 @@ from bench_train_step import small_config
 from common import markdown_table
 
 from mmrope.data.collate import CaptionCollator
-from mmrope.data.shapes import ShapesDataset, vocabulary_captions
+from mmrope.data.shapes import vocabulary_captions
+from mmrope.data.shapes_dataset import ShapesDataset
 from mmrope.data.tokenizer import build_tokenizer
 from mmrope.model.captioner import Captioner
 from mmrope.train.module import cosine_with_warmup, parameter_groups

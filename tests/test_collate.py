@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mmrope.data.collate import CaptionCollator, SkippedBatch, image_token_count
-from mmrope.data.shapes import ShapesDataset
+from mmrope.data.shapes_dataset import ShapesDataset
 from mmrope.data.tokenizer import ByteTokenizer, WordTokenizer
 from mmrope.model.tokens import (
     EOS_ID,

@@ -12,7 +12,8 @@ import torch
 
 from mmrope.data.clips import ClipsDataset, render_clip, sample_clip
 from mmrope.data.render import pack_scenes, render_clips, render_packed, render_scenes
-from mmrope.data.shapes import SHAPES, ShapesDataset, render_scene, sample_scene
+from mmrope.data.shapes import SHAPES, render_scene, sample_scene
+from mmrope.data.shapes_dataset import ShapesDataset
 
 
 def pillow(image) -> torch.Tensor:

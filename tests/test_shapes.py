@@ -15,11 +15,11 @@ from mmrope.data.shapes import (
     DOMINANCE,
     INVERSE,
     PLACE_PHRASES,
-    ShapesDataset,
     held_out_combos,
     render_scene,
     sample_scene,
 )
+from mmrope.data.shapes_dataset import ShapesDataset
 
 
 def png_bytes(img):

@@ -158,7 +158,8 @@ def test_viz_ids_and_similarity_write_pngs(tmp_path, trained_checkpoint, capsys)
 
 
 def test_viz_attention_writes_an_overlay(tmp_path, trained_checkpoint, capsys):
-    from mmrope.data.shapes import ShapesDataset, render_scene
+    from mmrope.data.shapes import render_scene
+    from mmrope.data.shapes_dataset import ShapesDataset
 
     image = tmp_path / "scene.png"
     render_scene(ShapesDataset(1, split="test", canvas=32).scene(0), 32).save(image)

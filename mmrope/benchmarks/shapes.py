@@ -68,7 +68,7 @@ class Shapes(Benchmark):
                 "max_objects": c.max_objects, "inside_cells": c.inside_cells, "caption_order": c.caption_order}
 
     def dataset(self, split, size=None, frames=None, transform=None, **loader):
-        from mmrope.data.shapes import ShapesDataset
+        from mmrope.data.shapes_dataset import ShapesDataset
 
         c = self.config
         n = {"train": c.n_train, "val": c.n_val, "test": c.n_test}[split]
@@ -80,7 +80,8 @@ class Shapes(Benchmark):
     def eval_set(self, split="test", n=None, protocol: str = "scaled", **options) -> EvalSet:
         """``n`` scenes of ``split`` ("val", "test", "compositional"), redrawn at each size under ``protocol``
         (:data:`mmrope.data.shapes.SIZE_PROTOCOLS`)."""
-        from mmrope.data.shapes import SIZE_PROTOCOLS, ShapesDataset, render_at
+        from mmrope.data.shapes import SIZE_PROTOCOLS, render_at
+        from mmrope.data.shapes_dataset import ShapesDataset
 
         if protocol not in SIZE_PROTOCOLS:
             raise ValueError(f"size protocol {protocol!r} is unknown: expected one of {', '.join(SIZE_PROTOCOLS)}")

@@ -40,10 +40,10 @@ from mmrope.data.shapes import (
     RADIUS,
     SHAPES,
     SPLITS,
-    GeneratedDataset,
     held_out_combos,
     render_scene,
 )
+from mmrope.data.shapes_dataset import GeneratedDataset
 
 EVENTS = ("move", "appear", "turn")
 DIRECTIONS = ("left", "right", "up", "down")
