@@ -264,7 +264,7 @@ def test_grid_on_two_nodes_equals_the_grid_here_though_a_node_dies(local_ray, tm
     this process. On the cluster, from a copy of the same folders: a task per run, the worker node killed (SIGKILL to
     all its processes at once) while the trainer of its run is starting. Ray runs that task again on the head, which
     resumes the run from its last.ckpt; the grid completes with the same results, each step trained once, every
-    run scored once, and no process of the lost task left."""
+    run scored once, and no process of the lost task left. Submitted again, the finished grid is only reported."""
     import torch
 
     grid = tiny_grid(tmp_path)
@@ -326,6 +326,13 @@ def test_grid_on_two_nodes_equals_the_grid_here_though_a_node_dies(local_ray, tm
     assert lost.count("resuming at step 2 to 4 steps") == 2 and lost.count("scored in") == 1
     assert not _mentioning(str(there)), "a process of the lost task outlived its node"  # nor of any other task
     print(f"\ncluster grid: {seconds:.0f} s", file=sys.__stderr__)
+
+    # the same command again: every run is done, so nothing is submitted and nothing touched; the results are rewritten
+    markers = {path: path.stat().st_mtime_ns for path in there.glob("*/seed*/eval.json")}
+    assert len(markers) == 4
+    assert cli.main(args + ["--out", str(there), "--cluster", "ray", "--address", local_ray.address]) == 0
+    assert "[ray]" not in capsys.readouterr().err
+    assert {path: path.stat().st_mtime_ns for path in there.glob("*/seed*/eval.json")} == markers
 
 
 def _parent(pid: int) -> int | None:
