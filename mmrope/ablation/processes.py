@@ -4,29 +4,40 @@ SIGTERM passed on to them.
 Each child has its own session, so a terminal's Ctrl-C reaches it only through here, once: a trainer then saves its
 ``last.ckpt`` after the step in flight and exits with 128 + the signal (a second Ctrl-C stops it at once). After a
 signal no new child starts. Its output is appended to its log, after a ``$ command`` line.
+
+Under a cluster task (:mod:`mmrope.ablation.cluster`) the children are started with ``MMROPE_DIE_WITH_PARENT=1`` in
+their environment, and are then killed when the process that started them dies (Linux), as are theirs: when a node's
+Ray worker is lost, no trainer of it lives on to write into the run folder beside the retried task. There a stop is
+asked for through ``stop``, a test polled between waits, rather than a signal.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+DIE_WITH_PARENT = "MMROPE_DIE_WITH_PARENT"  # "1" in a child's environment: it dies with the process that started it
 
-def run_process(command: list[str], log: Path, env: dict | None = None) -> int:
+
+def run_process(command: list[str], log: Path, env: dict | None = None, stop: Callable[[], bool] | None = None
+                ) -> int:
     """Run ``command`` with its output appended to ``log`` -> its exit status, or 128 + signal if a Ctrl-C or
     SIGTERM was passed on to it."""
-    codes, signum = run_processes([("run", command, log)], 1, lambda message: None, env)
+    codes, signum = run_processes([("run", command, log)], 1, lambda message: None, env, stop)
     return 128 + signum if signum else codes["run"]
 
 
-def run_processes(jobs: list[tuple[str, list[str], Path]], at_once: int, say, env: dict | None = None
-                  ) -> tuple[dict[str, int], int | None]:
+def run_processes(jobs: list[tuple[str, list[str], Path]], at_once: int, say, env: dict | None = None,
+                  stop: Callable[[], bool] | None = None) -> tuple[dict[str, int], int | None]:
     """Run ``jobs`` (name, command, log), at most ``at_once`` at a time -> (exit status by name, the signal passed
-    on, if any). A job that exits non-zero after a signal was passed on counts as stopped by it (128 + signal)."""
+    on, if any). A job that exits non-zero after a signal was passed on counts as stopped by it (128 + signal);
+    ``stop()`` turning true counts as a Ctrl-C."""
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     codes: dict[str, int] = {}
     forwarded: list[int] = []
@@ -38,6 +49,7 @@ def run_processes(jobs: list[tuple[str, list[str], Path]], at_once: int, say, en
             proc.send_signal(signum)
 
     main = threading.current_thread() is threading.main_thread()
+    fate = _die_with_parent() if (os.environ if env is None else env).get(DIE_WITH_PARENT) == "1" else None
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: forward(signum)) if main else None
     try:
         while queue or running:
@@ -48,12 +60,14 @@ def run_processes(jobs: list[tuple[str, list[str], Path]], at_once: int, say, en
                     f.write(f"$ {shlex.join(command)}\n")
                     f.flush()
                     proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
-                                            env=env)
+                                            env=env, preexec_fn=fate)
                 running[name] = (proc, time.monotonic())
                 say(f"{name}: started (log: {log})")
             try:
                 _wait_a_little(running)
             except KeyboardInterrupt:
+                forward(signal.SIGINT)
+            if stop is not None and not forwarded and stop():
                 forward(signal.SIGINT)
             for name, (proc, start) in list(running.items()):
                 if proc.poll() is not None:
@@ -67,6 +81,25 @@ def run_processes(jobs: list[tuple[str, list[str], Path]], at_once: int, say, en
         if main:
             signal.signal(signal.SIGTERM, previous)
     return codes, forwarded[0] if forwarded else None
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """What a new child runs before its command: ask Linux to kill it when this process dies (``prctl``, as Ray
+    starts its own processes), and exit if this process is already gone. None where there is no ``prctl``."""
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(128 + signal.SIGKILL)
+
+    return in_child
 
 
 def _wait_a_little(running: dict) -> None:

@@ -36,11 +36,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmrope.ablation.parallel import run_workers
 from mmrope.ablation.plan import Plan, arm_name, stacked_args, train_args
 from mmrope.ablation.processes import last_error, run_process, signal_name
+
+if TYPE_CHECKING:
+    from mmrope.ablation.cluster import RayCluster
 
 
 def train_command(plan: Plan, encoder: str, scheme: str, seed: int, run_dir: Path, resume: bool = False) -> list[str]:
@@ -330,20 +333,22 @@ def run_arm_stacked(plan: Plan, encoder: str, scheme: str, out: Path, device: st
     return rows, failures
 
 
-def run_ablation(plan: Plan, out: str | Path, device: str | None = None) -> tuple[list[dict], list[str]]:
+def run_ablation(plan: Plan, out: str | Path, device: str | None = None, cluster: RayCluster | None = None
+                 ) -> tuple[list[dict], list[str]]:
     """Every arm x seed of ``plan``, in order -> (result rows, one line per run that failed). Progress on stderr;
     a run stopped by Ctrl-C / SIGTERM raises :class:`RunInterrupted` once its checkpoint is saved. With ``engine:
     stacked`` each arm's seeds train together, and with ``parallel`` N arms at once (:mod:`mmrope.ablation.parallel`)
-    before this pass collects them."""
+    before this pass collects them. With a ``cluster``, every run (stacked: every arm) is a task of that Ray cluster
+    (:mod:`mmrope.ablation.cluster`), and this process only collects what the tasks wrote."""
     out = Path(out)
+    if cluster is not None:
+        return _run_on_cluster(plan, out, device, cluster)
     if plan.engine == "lightning" and plan.parallel > 1:  # the pass below finds them done and collects their rows
-        todo = [(e, s, k) for e, s in plan.arms for k in plan.seeds if not is_done(plan, e, s, k, out)]
-        _raise_if_stopped("runs", run_workers(plan, out, device, todo))
+        _raise_if_stopped("runs", run_workers(plan, out, device, _todo(plan, out)))
     if plan.engine == "stacked":
         parallel = plan.parallel > 1 and len(plan.arms) > 1
         if parallel:
-            todo = [(e, s, None) for e, s in plan.arms if not all(is_done(plan, e, s, k, out) for k in plan.seeds)]
-            _raise_if_stopped("arms", run_workers(plan, out, device, todo))
+            _raise_if_stopped("arms", run_workers(plan, out, device, _todo(plan, out)))
         return _run_stacked(plan, out, device, train=not parallel)
     runs = [(e, s, k) for e, s in plan.arms for k in plan.seeds]
     rows, failures = [], []
@@ -362,6 +367,36 @@ def run_ablation(plan: Plan, out: str | Path, device: str | None = None) -> tupl
         except RunInterrupted as e:
             raise RunInterrupted(f"{arm_name(encoder, scheme)} seed {seed} {e}") from None
         rows += [{"encoder": encoder, "scheme": scheme, "seed": seed, **r} for r in run_rows]
+    return rows, failures
+
+
+def _todo(plan: Plan, out: Path) -> list[tuple[str, str, int | None]]:
+    """What is left for workers or cluster tasks: each run not done, or with the stacked engine each arm with a seed
+    not done (seed None). Each run's folder is visited first, so a changed budget is refused before anything starts."""
+    if plan.engine == "stacked":
+        return [(e, s, None) for e, s in plan.arms if not all([is_done(plan, e, s, k, out) for k in plan.seeds])]
+    return [(e, s, k) for e, s in plan.arms for k in plan.seeds if not is_done(plan, e, s, k, out)]
+
+
+def _run_on_cluster(plan: Plan, out: Path, device: str | None, cluster: RayCluster) -> tuple[list[dict], list[str]]:
+    """The grid's tasks on a Ray cluster, then every run's rows from its marker, in order; a run without one is a
+    failure, with what its task said."""
+    from mmrope.ablation.cluster import run_on_ray
+
+    todo = _todo(plan, out)
+    problems = run_on_ray(plan, out, device, cluster, todo) if todo else {}
+    rows, failures = [], []
+    for encoder, scheme in plan.arms:
+        for seed in plan.seeds:
+            name = f"{arm_name(encoder, scheme)} seed {seed}"
+            try:
+                _, done = _visit(plan, encoder, scheme, seed, out)
+            except RunFailed as e:
+                done, problems[encoder, scheme, seed] = None, str(e)
+            if done is None:
+                failures.append(f"{name}: {problems.get((encoder, scheme, seed), 'not scored (see its worker.log)')}")
+                continue
+            rows += [{"encoder": encoder, "scheme": scheme, "seed": seed, **r} for r in done]
     return rows, failures
 
 

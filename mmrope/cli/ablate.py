@@ -2,6 +2,7 @@
 
     mmrope ablate --config configs/ablation/shapes.yaml --preset cpu --seeds 3 --out runs/ablation
     mmrope ablate --preset cpu --dry-run          the command of every run, nothing trained
+    mmrope ablate --preset gpu --cluster ray --address HEAD:6379 --out /shared/runs/ablation-gpu
 
 Progress goes to stderr; the results table to stdout. Heavy imports stay inside ``run_ablate``.
 """
@@ -35,6 +36,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="device for scoring: cpu, cuda, cuda:N or mps (default: the fastest there is); "
                                     "training uses the base config's trainer settings")
     p.add_argument("--dry-run", action="store_true", help="print the training command of every run and stop")
+    cluster = p.add_argument_group("on a Ray cluster", "every run (stacked engine: every arm) as a Ray task; --out "
+                                   "must be on storage every node sees (pip install -e \".[cluster]\")")
+    cluster.add_argument("--cluster", choices=["ray"], help="run the grid's tasks on a Ray cluster")
+    cluster.add_argument("--address", help="the cluster: auto (one `ray start` began on this machine, or "
+                                           "RAY_ADDRESS) or HOST:PORT of its head (default: auto)")
+    cluster.add_argument("--cpus-per-task", type=float, help="CPUs each task asks for (default: 1)")
+    cluster.add_argument("--gpus-per-task", type=float, help="GPUs each task asks for (default: the base config's "
+                                                             "trainer.devices when it trains on a GPU, divided by "
+                                                             "the preset's parallel; else 0)")
+    cluster.add_argument("--max-retries", type=int, default=3, help="times a task whose worker or node died is run "
+                                                                    "again, resuming from last.ckpt (default: 3); a "
+                                                                    "run that fails is reported, not retried")
     p.set_defaults(func=run_ablate)
 
 
@@ -46,6 +59,7 @@ def run_ablate(args: argparse.Namespace) -> int:
     from mmrope.ablation.runner import RunInterrupted, run_ablation, stacked_command, train_command
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
+    cluster = ray_cluster(args)
     plan = load_plan(args.config, args.preset, seeds=args.seeds, max_steps=args.max_steps, arms=arms)
     runs = len(plan.arms) * len(plan.seeds)
     print(f"{args.preset}: {plural(len(plan.arms), 'arm')} x {plural(len(plan.seeds), 'seed')} = "
@@ -54,6 +68,12 @@ def run_ablate(args: argparse.Namespace) -> int:
           + (f" x {', '.join(map(str, plan.frames))} frames ({plan.clip_mode})" if plan.frames else "")
           + f", {plan.n} {'clips' if plan.frames else 'scenes'} each", file=sys.stderr)
     if args.dry_run:
+        if cluster is not None:
+            from mmrope.ablation.cluster import task_resources
+
+            asks = task_resources(plan, cluster)
+            print(f"each {'arm' if plan.engine == 'stacked' else 'run'} a Ray task asking for {asks['num_cpus']:g} "
+                  f"CPU and {asks['num_gpus']:g} GPU, running:", file=sys.stderr)
         for encoder, scheme in plan.arms:
             run_dirs = [(seed, args.out / arm_name(encoder, scheme) / f"seed{seed}") for seed in plan.seeds]
             if plan.engine == "stacked":  # an arm's seeds in one process
@@ -64,7 +84,7 @@ def run_ablate(args: argparse.Namespace) -> int:
         return 0
     write_plan(plan, args.out)
     try:
-        rows, failures = run_ablation(plan, args.out, args.device)
+        rows, failures = run_ablation(plan, args.out, args.device, cluster)
     except RunInterrupted as e:
         print(f"mmrope ablate: {e}", file=sys.stderr)
         return 130
@@ -80,17 +100,36 @@ def run_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def ray_cluster(args: argparse.Namespace):
+    """The ``--cluster`` options as a :class:`~mmrope.ablation.cluster.RayCluster`, or None to run here."""
+    from mmrope.ablation.cluster import RayCluster, import_ray
+
+    given = [flag for flag, value in (("--address", args.address), ("--cpus-per-task", args.cpus_per_task),
+                                      ("--gpus-per-task", args.gpus_per_task)) if value is not None]
+    if args.cluster is None:
+        if given:
+            raise ValueError(f"{given[0]} is an option of --cluster ray")
+        return None
+    if args.max_retries < 0:
+        raise ValueError(f"--max-retries={args.max_retries}: expected a whole number >= 0")
+    if not args.dry_run:
+        import_ray()  # one line saying how to install it, before anything else is done
+    return RayCluster(address=args.address or "auto", cpus=args.cpus_per_task, gpus=args.gpus_per_task,
+                      retries=args.max_retries)
+
+
 def write_plan(plan, out: Path) -> None:
     """``OUT/plan.json``: which grid and preset (and command-line seeds, steps and arms) the folder holds, so that
     ``mmrope serve --ablation OUT`` can read it; the last preset run into a folder is the one results.md shows."""
     import json
+    import uuid
 
     from mmrope.ablation.plan import arm_name
 
     out.mkdir(parents=True, exist_ok=True)
     plan_json = {"grid": str(Path(plan.grid).resolve()), "preset": plan.preset, "seeds": len(plan.seeds),
                  "max_steps": plan.max_steps, "arms": [arm_name(e, s) for e, s in plan.arms]}
-    tmp = out / ".plan.json.tmp"
+    tmp = out / f".plan.json.{uuid.uuid4().hex}.tmp"  # commands sharing OUT (a SLURM array's) each their own
     tmp.write_text(json.dumps(plan_json) + "\n", encoding="utf-8")
     tmp.replace(out / "plan.json")
 
