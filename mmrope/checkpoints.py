@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from mmrope.data.tokenizer import Tokenizer, load_tokenizer
+from mmrope.errors import one_line
 from mmrope.model.config import CaptionerConfig
 
 EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -46,12 +47,6 @@ STACKED = "stacked"  # the entry of the stacked engine's training state
 RESUMED_BY = {"lightning": "mmrope train fit ... --ckpt_path <file>", STACKED: "mmrope train stacked ... --resume"}
 # weights that moved when the encodings became plug-ins (mmrope.model.pos_encodings): old name -> new name
 RENAMED = {"vision.pos_embed.": "vision.positions.pos_embed.", "vision.rope.": "vision.positions.rope."}
-
-
-def one_line(e: BaseException, limit: int = 300) -> str:
-    """An exception as one short line (torch's and yaml's span several)."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_error_reason(e: BaseException) -> str:
@@ -165,7 +160,7 @@ def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
     except Exception as e:  # noqa: BLE001 - whatever torch's writer raises, the target stays whole
         tmp.unlink(missing_ok=True)
         code = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e, 300)
         raise OSError(code, f"cannot write checkpoint {path}: {reason}") from None
 
 

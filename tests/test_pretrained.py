@@ -18,9 +18,9 @@ from timm.models.vision_transformer import VisionTransformer
 
 from mmrope.model.config import VisionConfig
 from mmrope.model.positions import raster_positions
-from mmrope.model.pretrained import load_timm_vision, vision_state_from_timm
 from mmrope.model.vision import VisionEncoder
 from mmrope.train import cli as train
+from mmrope.train.pretrained import load_timm_vision, vision_state_from_timm
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from mmrope.ablation.parallel import run_workers
 from mmrope.ablation.plan import Plan, arm_name, stacked_args, train_args
 from mmrope.ablation.processes import last_error, run_process, signal_name
+from mmrope.errors import one_line
 
 if TYPE_CHECKING:
     from mmrope.ablation.cluster import RayCluster
@@ -94,7 +95,7 @@ def _read_json(path: Path, remedy: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:120]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e, 120)
         raise RunFailed(f"{path}: damaged, cannot be read ({reason}); {remedy}") from None
     if not isinstance(data, dict):
         raise RunFailed(f"{path}: damaged, not a JSON object; {remedy}")

@@ -69,6 +69,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, ImageTransform, image_from_bytes, sample_rng
 from mmrope.data.shapes import check_scene
+from mmrope.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def read_shard_set(spec: str | Path, trust: bool = False) -> ShardSet:
     except FileNotFoundError:
         raise ValueError(f"{spec}: no such shard index") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{spec}: cannot read the shard index ({' '.join(str(e).split())})") from None
+        raise ValueError(f"{spec}: cannot read the shard index ({one_line(e)})") from None
     if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or not isinstance(index.get("shards"), list):
         raise ValueError(f"{spec}: not a shard index (expected a JSON object with \"format\": \"{INDEX_FORMAT}\" and "
                          "a list of \"shards\")")
@@ -498,8 +499,7 @@ class _Ending:
 
 def _reason(e: BaseException) -> str:
     """An error's first argument on one line, less the `` @ <file object>`` webdataset appends."""
-    text = str(e.args[0]) if e.args else type(e).__name__
-    return " ".join(text.split(" @ ")[0].split()) or type(e).__name__
+    return one_line(str(e.args[0]).split(" @ ")[0] if e.args else "") or type(e).__name__
 
 
 def _text(data: bytes, where: str) -> str:

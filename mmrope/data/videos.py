@@ -20,7 +20,8 @@ from pathlib import Path
 
 from PIL import Image, ImageSequence
 
-from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, _one_line, load_image, missing_reason, to_rgb
+from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, load_image, missing_reason, to_rgb
+from mmrope.errors import one_line
 
 FRAME_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Formats whose extra frames are animation. A multi-page TIFF, or the MPO JPEG that many cameras and phones write
@@ -112,7 +113,7 @@ def _load_folder(folder: Path, max_frames: int, max_pixels: int, max_clip_pixels
                  if not p.name.startswith(".") and p.suffix.lower() in FRAME_EXTENSIONS
                  and (p.is_symlink() or not p.is_dir())]
     except OSError as e:
-        raise ImageError(folder, f"cannot list the folder ({_one_line(e)})") from None
+        raise ImageError(folder, f"cannot list the folder ({one_line(e, 200)})") from None
     if not files:
         raise ImageError(folder, "no frames: expected image files such as 0001.png")
     files.sort(key=lambda p: _natural_key(p.name))
@@ -151,7 +152,7 @@ def _load_file(path: Path, max_frames: int, max_pixels: int, max_clip_pixels: in
                     many = counted > max_clip_frames
                 n = max_clip_frames + 1 if many else getattr(img, "n_frames", 1)  # WebP and PNG: from the header
             except Exception as e:  # noqa: BLE001 - EOFError, OSError, SyntaxError, ... by format
-                raise ImageError(path, f"truncated or corrupt animation ({_one_line(e)})") from None
+                raise ImageError(path, f"truncated or corrupt animation ({one_line(e, 200)})") from None
             if n > max_clip_frames:
                 count = f"more than {max_clip_frames}" if many else str(n)
                 raise ImageError(path, f"{count} frames is over the limit max_clip_frames={max_clip_frames}")
@@ -221,7 +222,7 @@ def _load_animation(path: Path, img: Image.Image, n: int, canvas: tuple[int, int
             if i == last:
                 break
     except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, ... by format
-        raise ImageError(path, f"truncated or corrupt animation at frame {i} of {n} ({_one_line(e)})") from None
+        raise ImageError(path, f"truncated or corrupt animation at frame {i} of {n} ({one_line(e, 200)})") from None
     if len(durations) != last + 1:
         raise ImageError(path, f"truncated animation: the header counts {n} frames, {len(durations)} were decoded")
     known = [d for d in durations if d is not None]

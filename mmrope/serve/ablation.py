@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mmrope.ablation.plan import Plan, arm_name, load_plan
+from mmrope.errors import one_line
 
 PLAN_FILE = "plan.json"  # what `mmrope ablate` was run with; see the module's docstring
 SCENES_FILE = "predictions.csv"  # mmrope.ablation.runner.SCENES_FILE, without importing the runner
@@ -68,7 +69,7 @@ def read_plan(out: str | Path, grid: str | Path | None = None, preset: str | Non
                 record.get("preset"), str):
             raise ValueError("expected an object with grid and preset")
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{path}: cannot be read ({' '.join(str(e).split())[:120]}); give --grid and --preset") \
+        raise ValueError(f"{path}: cannot be read ({one_line(e, 120)}); give --grid and --preset") \
             from None
     try:
         return load_plan(record["grid"], record["preset"], seeds=record.get("seeds"),

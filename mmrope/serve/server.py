@@ -69,6 +69,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from mmrope.data.videos import DEFAULT_MAX_CLIP_FRAMES, DEFAULT_MAX_CLIP_PIXELS
+from mmrope.errors import one_line
 from mmrope.inference import DEFAULT_MAX_FRAMES
 from mmrope.serve.ablation import AblationFolder, NotThere, OutsideFolder
 
@@ -417,7 +418,7 @@ class AblationHandler(PageHandler):
         except NotThere as e:
             self._send_json(HTTPStatus.NOT_FOUND, {"error": str(e)})
         except ValueError as e:  # a name the plan does not hold, a checkpoint that cannot be read
-            self._send_json(HTTPStatus.BAD_REQUEST, {"error": " ".join(str(e).split())[:300]})
+            self._send_json(HTTPStatus.BAD_REQUEST, {"error": one_line(e, 300)})
         except Busy as e:
             self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(e)})
         except Exception as e:  # noqa: BLE001 - the server stays up; the traceback goes to its terminal

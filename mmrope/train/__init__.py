@@ -20,6 +20,7 @@ Lightning's engine (``mmrope train fit``):
     module.py         CaptionModule: the training loop, validation that generates and scores captions
     datamodule.py     CaptionDataModule: shapes, clips or caption files; exact mid-epoch resume
     checkpoint_io.py  Lightning's checkpoint IO through mmrope.checkpoints: atomic writes, weights-only reads
+    pretrained.py     model.vision_init: a timm ViT's weights from a file on disk into the encoder
 
 The stacked engine (``mmrope train stacked``): :mod:`mmrope.train.stacked`.
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
+from mmrope.errors import one_line
 from mmrope.model.config import CaptionerConfig
 from mmrope.model.decoder_schemes import SCHEMES
 from mmrope.train import PROG
@@ -289,7 +290,4 @@ def main(args: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 

@@ -39,7 +39,7 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class VisionInit:
-    """Start the ViT from a timm checkpoint on disk (:mod:`mmrope.model.pretrained`; nothing is downloaded)."""
+    """Start the ViT from a timm checkpoint on disk (:mod:`mmrope.train.pretrained`; nothing is downloaded)."""
     path: str  # a .safetensors / .pth file in timm's names, or the weights file of `timm_model`
     timm_model: str | None = None  # a timm model name: timm builds it and loads `path` with its own converters
     freeze_steps: int = 0  # the loaded tensors get no update for this many optimizer steps (the new parts settle)
@@ -114,7 +114,7 @@ class CaptionModule(L.LightningModule):
         restores after ``setup``, which would overwrite the loaded tensors) and before the first step."""
         if self.vision_init is None or self.trainer.ckpt_path is not None:
             return
-        from mmrope.model.pretrained import load_timm_vision
+        from mmrope.train.pretrained import load_timm_vision
 
         init = self.vision_init
         loaded, notes = load_timm_vision(self.model.vision, init.path, init.timm_model)
