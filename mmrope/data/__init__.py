@@ -3,7 +3,7 @@
     shapes.py     scenes of shapes, rendering, ShapesDataset   clips.py     synthetic clips, rendering, ClipsDataset
     images.py     load_image, smart_resize, ImageTransform     videos.py    frame folders and animated files as clips
     captions.py   COCO / imagefolder / CSV + CaptionDataset    collate.py   samples -> the decoder's joint sequences
-    tokenizer.py  byte and word tokenizers                     shards.py    WebDataset shards: split, resume, write
+    tokenizer.py  byte and word tokenizers                     shards/      WebDataset shards: split, resume, write
 
 The scorers of the benchmarks' captions are in :mod:`mmrope.eval`. The main names are re-exported here lazily, so
 that ``import mmrope.data`` does not pull in torch.
