@@ -175,10 +175,8 @@ def run_viz_spectrum(args: argparse.Namespace) -> int:
         from mmrope.train.config_reader import read_config
 
         model = read_config(["--config", str(find_config(args.config))])["model"]
-        config = CaptionerConfig.from_dict({k: model[k] for k in ("vision", "text", "position_scheme",
-                                                                   "tokens_per_second")})
-    v = config.vision
-    side = v.image_size // (v.patch_size * v.spatial_merge_size)
+        config = CaptionerConfig.from_model_section(model)
+    side = config.vision.merged_grid_side
     grid = (1, side, side)
     if args.grid:
         try:

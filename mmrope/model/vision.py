@@ -90,7 +90,7 @@ class VisionEncoder(nn.Module):
         (tokens (sum_i N_i, out_dim) in media order, grid_thw (B, 3) long: temporal patches, then encoder patches
         down and across)."""
         media = list(media)
-        channels, window = self.config.in_channels, self.config.patch_size * self.config.spatial_merge_size
+        channels, window = self.config.in_channels, self.config.merged_patch_size
         clips = []
         for i, m in enumerate(media):
             clip = m.unsqueeze(0) if m.ndim == 3 else m  # an image is a one-frame clip

@@ -30,7 +30,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
 from mmrope.errors import one_line
-from mmrope.model.config import CaptionerConfig
+from mmrope.model.config import ARCHITECTURE_KEYS, CaptionerConfig
 from mmrope.model.decoder_schemes import SCHEMES
 from mmrope.train import PROG
 from mmrope.train.callbacks import TrainingInterrupted, default_callbacks, resume_hint
@@ -44,7 +44,6 @@ from mmrope.train.run import build_run, run_loggers
 DESCRIPTION = ("Train, validate, test or predict a captioner from YAML configs with Lightning (`mmrope train fit "
                "--help` lists every key). `mmrope train stacked --run SEED=DIR ... -- fit ...` trains several seeds "
                "of one config at once, as one set of batched weights.")
-MODEL_KEYS = ("vision", "text", "position_scheme", "tokens_per_second")  # what the weights' shapes depend on
 # the data module cuts images into the model's patches at the model's training size: model.vision.X -> data.Y
 VISION_TO_DATA = {"patch_size": "patch_size", "spatial_merge_size": "merge_size",
                   "temporal_patch_size": "temporal_patch_size", "image_size": "image_size"}
@@ -237,14 +236,15 @@ def reconcile_model_config(model, saved: dict, path: Path, explicit: set[str]) -
     A setting that no config file or flag gave (``explicit``: dotted keys under ``model.``) takes the checkpoint's
     value; one given explicitly with another value is a conflict, refused in one line. A setting the config leaves
     to be derived (``text.mrope_section``) that derives to the checkpoint's value is taken without a word."""
-    given = {key: _plain(model.get(key)) for key in MODEL_KEYS}
+    given = {key: _plain(model.get(key)) for key in ARCHITECTURE_KEYS}
     try:
         derived = CaptionerConfig.from_dict({k: v for k, v in given.items() if v is not None}).to_dict()
     except ValueError:  # a config the checkpoint's values will complete
         derived = {}
     taken = []
     for dotted, value in flatten_keys(saved):
-        if dotted == "text.vocab_size" or dotted.split(".")[0] not in MODEL_KEYS:  # vocab: checked with the weights
+        # text.vocab_size is checked with the weights
+        if dotted == "text.vocab_size" or dotted.split(".")[0] not in ARCHITECTURE_KEYS:
             continue
         mine = _lookup(given, dotted)
         if mine == value:

@@ -231,7 +231,7 @@ class LumosMMRoPE(PlacedMedia):
     def __init__(self, config: CaptionerConfig):
         super().__init__(config)
         text, vision = config.text, config.vision
-        pixels = vision.patch_size * vision.spatial_merge_size
+        pixels = vision.merged_patch_size
         frames = 1 if config.tokens_per_second is not None else vision.temporal_patch_size
         self.scale = tuple(self.position_scale or (frames, pixels, pixels))
         self.rope = AllocatedRotaryEmbedding(text.head_dim, text.rope_theta, self.axis_of_pair(config))
