@@ -3,7 +3,7 @@
 ``load_clip`` reads a folder of frames (natural order: ``frame2`` before ``frame10``), an animated GIF, WebP or
 PNG, or a still image (a clip of one frame; callers decide whether that is enough). Long clips are thinned to
 ``max_frames`` evenly spaced frames. As with ``load_image``, every failure is an ``ImageError`` whose one-line
-message names the file or folder and the reason. ``frames_to_gif`` and ``frames_to_folder`` write example clips.
+message names the file or folder and the reason.
 
 What reading a clip costs is not its file size: each frame of an animation is decoded onto the whole canvas, in
 order (a GIF frame may draw only what changed since the one before), so 8 KB of GIF can describe 300 frames of
@@ -238,39 +238,3 @@ def _on_white(frame: Image.Image, size: tuple[int, int]) -> Image.Image:
     canvas = Image.new("RGB", size, (255, 255, 255))
     canvas.paste(frame, (0, 0))
     return canvas
-
-
-def frames_to_gif(frames: list[Image.Image], path: str | Path, fps: float = 2.0) -> Path:
-    """Write ``frames`` as a looping GIF, each frame shown for 1000 / ``fps`` ms.
-
-    GIF stores durations in hundredths of a second and up to 256 colours per frame, and Pillow merges a frame
-    identical to the one before it into that frame (adding their durations), so a round trip of arbitrary frames
-    is not exact.
-    """
-    if not frames:
-        raise ValueError("frames_to_gif needs at least one frame")
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, format="GIF", save_all=True, append_images=list(frames[1:]),
-                   duration=round(1000 / fps), loop=0, disposal=2)  # disposal 2: clear to background between frames
-    return path
-
-
-def frames_to_folder(frames: list[Image.Image], folder: str | Path) -> Path:
-    """Write ``frames`` into ``folder`` as 0000.png, 0001.png, ...; the folder is created if needed.
-
-    Refuses a folder that already holds frame images: frames left from an older, longer clip would join this one.
-    """
-    if not frames:
-        raise ValueError("frames_to_folder needs at least one frame")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    old = [p.name for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and not p.name.startswith(".")]
-    if old:
-        raise FileExistsError(f"{folder}: already holds {len(old)} frame images (e.g. {min(old)}); use an empty folder")
-    digits = max(4, len(str(len(frames) - 1)))
-    for i, frame in enumerate(frames):
-        frame.save(folder / f"{i:0{digits}d}.png")
-    return folder
