@@ -45,8 +45,6 @@ from mmrope.model.config import CaptionerConfig
 EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 STACKED = "stacked"  # the entry of the stacked engine's training state
 RESUMED_BY = {"lightning": "mmrope train fit ... --ckpt_path <file>", STACKED: "mmrope train stacked ... --resume"}
-# weights that moved when the encodings became plug-ins (mmrope.model.pos_encodings): old name -> new name
-RENAMED = {"vision.pos_embed.": "vision.positions.pos_embed.", "vision.rope.": "vision.positions.rope."}
 
 
 def load_error_reason(e: BaseException) -> str:
@@ -109,8 +107,8 @@ def read_checkpoint(path: str | Path, training_state: bool = False, engine: str 
     tokenizer = _tokenizer(meta["tokenizer"], path)
     weights = checkpoint.get("state_dict")
     weights = weights if isinstance(weights, dict) else {}
-    state = upgrade_names({k.removeprefix("model."): v for k, v in weights.items()
-                           if isinstance(k, str) and k.startswith("model.") and isinstance(v, torch.Tensor)})
+    state = {k.removeprefix("model."): v for k, v in weights.items()
+             if isinstance(k, str) and k.startswith("model.") and isinstance(v, torch.Tensor)}
     if not state:
         raise ValueError(f"{path}: no model weights (expected 'state_dict' entries starting with 'model.')")
     if training_state:
@@ -217,7 +215,7 @@ def read_exported(directory: str | Path) -> tuple[CaptionerConfig, Tokenizer, di
     tokenizer = load_tokenizer(directory / "tokenizer.json")
     weights = directory / "model.safetensors"
     try:
-        state = upgrade_names(load_file(weights))
+        state = load_file(weights)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise ValueError(f"{weights}: cannot be read as safetensors ({one_line(e, 200)})") from None
     _check_vocab(config, tokenizer, directory)
@@ -319,13 +317,6 @@ def _check_vocab(config: CaptionerConfig, tokenizer: Tokenizer, where: Path) -> 
     if config.text.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the config says "
                          f"text.vocab_size={config.text.vocab_size}")
-
-
-def upgrade_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` with the names of files written before the position encodings became plug-ins brought up to date."""
-    def new(name: str) -> str:
-        return next((to + name[len(old):] for old, to in RENAMED.items() if name.startswith(old)), name)
-    return {new(k): v for k, v in state.items()}
 
 
 def check_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str | Path) -> None:
