@@ -20,6 +20,7 @@ continues it (``--ckpt_path last``) or replaces it (``--overwrite``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -47,6 +48,26 @@ DESCRIPTION = ("Train, validate, test or predict a captioner from YAML configs w
 # the data module cuts images into the model's patches at the model's training size: model.vision.X -> data.Y
 VISION_TO_DATA = {"patch_size": "patch_size", "spatial_merge_size": "merge_size",
                   "temporal_patch_size": "temporal_patch_size", "image_size": "image_size"}
+# Lightning's warnings about what mmrope does on purpose: silenced while `mmrope train` runs, never at import, so a
+# user's own loop that imports mmrope keeps all of them
+EXPECTED_WARNINGS = (
+    # the sampler resumes through CaptionDataModule.state_dict, which Lightning cannot see
+    ".*dataloader is not resumable.*",
+    # a shard stream's len() is exact over any number of workers (mmrope.data.shards plans them)
+    ".*IterableDataset. has .__len__. defined.*",
+    # on_before_batch_transfer belongs to the module, where the model that lays out the batch is
+    "You have overridden `on_before_batch_transfer` in `LightningModule`",
+    # a new run in a folder that holds one is refused (refuse_to_replace): a non-empty one is being resumed
+    "Checkpoint directory .* exists and is not empty",
+)
+
+
+@contextlib.contextmanager
+def expected_warnings_silenced():
+    with warnings.catch_warnings():
+        for message in EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 class CaptionCLI(LightningCLI):
@@ -277,11 +298,13 @@ def _lookup(d, dotted: str):
 
 def main(args: list[str] | None = None) -> int:
     if os.environ.get("MMROPE_DEBUG"):
-        CaptionCLI(CaptionModule, CaptionDataModule, args=args, save_config_kwargs={"overwrite": True})
+        with expected_warnings_silenced():
+            CaptionCLI(CaptionModule, CaptionDataModule, args=args, save_config_kwargs={"overwrite": True})
         return 0
     try:
         args = check_config_files(sys.argv[1:] if args is None else list(args))
-        CaptionCLI(CaptionModule, CaptionDataModule, args=args, save_config_kwargs={"overwrite": True})
+        with expected_warnings_silenced():
+            CaptionCLI(CaptionModule, CaptionDataModule, args=args, save_config_kwargs={"overwrite": True})
     except TrainingInterrupted as err:
         print(f"{PROG}: stopped by {err}", file=sys.stderr)
         return 128 + err.signum

@@ -29,8 +29,6 @@ from mmrope.model.vision import clip_mask
 from mmrope.train.optim import OptimConfig, cosine_with_warmup, parameter_groups
 
 log = logging.getLogger("mmrope")
-# on_before_batch_transfer belongs here, where the model that lays out the batch is, whatever the data module
-warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
 
 
 class NonFiniteLossError(FloatingPointError):
