@@ -4,6 +4,7 @@
     images.py     load_image, smart_resize, ImageTransform     videos.py    frame folders and animated files as clips
     captions.py   COCO / imagefolder / CSV + CaptionDataset    collate.py   samples -> the decoder's joint sequences
     tokenizer.py  byte and word tokenizers                     shards/      WebDataset shards: split, resume, write
+    hf_datasets.py  Hugging Face save_to_disk / parquet / arrow  render.py    scenes and clips drawn as tensors, batched
 
 The scorers of the benchmarks' captions are in :mod:`mmrope.eval`. The main names are re-exported here lazily, so
 that ``import mmrope.data`` does not pull in torch.
