@@ -42,6 +42,15 @@ def test_the_model_keys_are_the_dataclass_fields_and_the_training_module_takes_t
     assert CaptionerConfig.from_model_section(section) == CaptionerConfig(VisionConfig(depth=2), position_scheme="flat")
 
 
+def test_the_config_names_every_rotary_apply():
+    from typing import get_args
+
+    from mmrope.model.config import RotaryApplyName
+    from mmrope.model.rotary_apply import ROTARY_APPLIES
+
+    assert get_args(RotaryApplyName) == tuple(ROTARY_APPLIES)
+
+
 def test_vision_grid_properties():
     v = VisionConfig(patch_size=8, image_size=64, spatial_merge_size=2)
     assert (v.merged_patch_size, v.patch_grid_side, v.merged_grid_side) == (16, 8, 4)

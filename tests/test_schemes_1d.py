@@ -10,7 +10,7 @@ from mmrope.data.tokenizer import ByteTokenizer
 from mmrope.model.config import CaptionerConfig, TextConfig
 from mmrope.model.decoder_schemes import SCHEMES
 from mmrope.model.generation import image_prompts
-from mmrope.model.positions import PAD_POSITION
+from mmrope.model.position_ids import PAD_POSITION
 from mmrope.model.rope import apply_rotary
 from mmrope.model.tokens import (
     EOS_ID,

@@ -24,7 +24,8 @@ from mmrope.model.pos_encodings import ENCODERS
 from mmrope.model.rope import check_mrope_section
 from mmrope.model.tokens import NUM_SPECIAL
 
-RotaryApply = Literal["auto", "reference", "fused"]
+# the name of a rotary apply (mmrope.model.rotary_apply.ROTARY_APPLIES); the apply itself is a RotaryApply there
+RotaryApplyName = Literal["auto", "reference", "fused"]
 
 
 def check_types(prefix: str, obj: Any) -> None:
@@ -210,7 +211,7 @@ class CaptionerConfig:
     # which rotary apply runs, chosen once at build (mmrope.model.rotary_apply): auto = the Triton kernel on CUDA
     # tensors and the readable reference elsewhere; fused = Triton on CUDA, torch.compile elsewhere; reference
     # everywhere. Speed only: every choice computes the same rotation, so a checkpoint does not fix it.
-    rotary_apply: RotaryApply = field(default="auto", metadata={"speed_only": True})
+    rotary_apply: RotaryApplyName = field(default="auto", metadata={"speed_only": True})
 
     def __post_init__(self):
         check_types("", self)

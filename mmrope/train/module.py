@@ -22,7 +22,7 @@ from mmrope.data.collate import SkippedBatch
 from mmrope.data.tokenizer import Tokenizer, load_tokenizer
 from mmrope.eval.scoring import score_generated
 from mmrope.model.captioner import Captioner
-from mmrope.model.config import CaptionerConfig, RotaryApply, TextConfig, VisionConfig, as_config
+from mmrope.model.config import CaptionerConfig, RotaryApplyName, TextConfig, VisionConfig, as_config
 from mmrope.model.decoder_schemes import SCHEMES
 from mmrope.model.flops import num_parameters
 from mmrope.model.vision import clip_mask
@@ -59,7 +59,7 @@ class CaptionModule(L.LightningModule):
 
     def __init__(self, vision: VisionConfig = VisionConfig(), text: TextConfig = TextConfig(),  # noqa: B008
                  position_scheme: str = "mrope_interleaved",
-                 tokens_per_second: float | None = None, rotary_apply: RotaryApply = "auto",
+                 tokens_per_second: float | None = None, rotary_apply: RotaryApplyName = "auto",
                  optim: OptimConfig = OptimConfig(), max_new_tokens: int = 24,  # noqa: B008
                  on_nonfinite: Literal["raise", "skip"] = "raise", compile: bool = False,
                  log_samples: int = 8, vision_init: VisionInit | None = None, tokenizer: dict | None = None):

@@ -14,7 +14,7 @@ from torch import nn
 
 from mmrope.model.pos_encodings.axial import AxialRoPE2D
 from mmrope.model.pos_encodings.base import Grid, PosEncoding, register_encoder
-from mmrope.model.positions import raster_positions
+from mmrope.model.position_ids import raster_positions
 
 if TYPE_CHECKING:
     from mmrope.model.config import VisionConfig

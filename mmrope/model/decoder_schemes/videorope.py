@@ -1,5 +1,6 @@
-"""Schemes that place media ids off M-RoPE's grid and give the axes other shares of the rotary pairs: VideoRoPE and
-HoPE (the diagonal layout: a frame's h and w ids centred on its t id), Lumos-1's MM-RoPE (M-RoPE's grid, scaled).
+"""VideoRoPE and the schemes that build on it: each places media ids off M-RoPE's grid and gives the axes other shares
+of the rotary pairs. VideoRoPE and HoPE (the diagonal layout: a frame's h and w ids centred on its t id), Lumos-1's
+MM-RoPE (M-RoPE's grid, scaled).
 
 All three number a media block from s, the id its first token would get if it were text, and let the text after it
 continue at s + the block's advance (:class:`~mmrope.model.decoder_schemes.base.PlacedMedia`), so decoding continues
