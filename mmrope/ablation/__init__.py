@@ -8,5 +8,8 @@
     cluster.py    the same runs as tasks of a Ray cluster (``--cluster ray``)
     stats.py      mean and Student-t 95% interval across seeds
     paired.py     per-scene paired tests across arms, Holm's correction, the smallest detectable difference
-    report.py     results.csv, results.md and the plots
+    scenes.py     a grid's per-scene outcomes, and the statistics read from them
+    curves.py     each run's validation scores during training, and the step each first reached the threshold
+    plots.py      accuracy against size (or frames), bars at and beyond the training size, learning curves
+    report.py     results.csv and results.md
 """
