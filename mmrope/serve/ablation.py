@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from mmrope.ablation.plan import Plan, arm_name, load_plan
+from mmrope.ablation.scoring import SCENES_FILE
 from mmrope.errors import one_line
 
 PLAN_FILE = "plan.json"  # what `mmrope ablate` was run with; see the module's docstring
-SCENES_FILE = "predictions.csv"  # mmrope.ablation.runner.SCENES_FILE, without importing the runner
 MARKER_FILE = "eval.json"  # a scored run's marker: the evaluation settings it was scored with
 MAX_FILE_BYTES = 64 * 2**20  # a predictions.csv or metrics.csv larger than this is not read (a full grid's: ~1 MB)
 MAX_ROWS = 200  # scenes listed at once; the rest are counted
