@@ -1,6 +1,7 @@
 """The package as its own docstrings map it: each ``__init__.py`` that lists its files (a line indented by four
 spaces that starts with ``name.py`` or ``folder/``, a name followed by two spaces or more) lists every module and
-sub-package beside it, and nothing that is not there (README "Files" is the map of the whole checkout)."""
+sub-package beside it, and nothing that is not there (README "Files" is the map of the whole checkout); and no
+module is too long to read in one sitting."""
 
 from __future__ import annotations
 
@@ -38,3 +39,10 @@ def test_an_init_maps_the_files_beside_it(init):
     there = {p.name for p in folder.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
     there |= {f"{p.name}/" for p in folder.iterdir() if (p / "__init__.py").is_file()}
     assert there <= set(mapped), f"{init.relative_to(PACKAGE.parent)} does not map {sorted(there - set(mapped))}"
+
+
+def test_no_module_is_over_400_lines():
+    """A module read in one sitting: past 400 lines it holds more than one concept, and is split by them."""
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, long
