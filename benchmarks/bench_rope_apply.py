@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import markdown_table, rotation_calls, time_side_by_side
 
-from mmrope.model.positions import grid_positions
+from mmrope.model.position_ids import grid_positions
 from mmrope.model.rope import (
     AxialRotaryEmbedding,
     MultimodalRotaryEmbedding,

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import markdown_table, time_side_by_side
 
-from mmrope.model.positions import get_rope_index
+from mmrope.model.position_ids import get_rope_index
 from mmrope.model.tokens import IMAGE_TOKEN_ID, PAD_ID, VISION_END_ID, VISION_START_ID
 
 TEXT = 100

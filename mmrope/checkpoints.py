@@ -39,19 +39,12 @@ import torch
 from torch import nn
 
 from mmrope.data.tokenizer import Tokenizer, load_tokenizer
+from mmrope.errors import one_line
 from mmrope.model.config import CaptionerConfig
 
 EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 STACKED = "stacked"  # the entry of the stacked engine's training state
 RESUMED_BY = {"lightning": "mmrope train fit ... --ckpt_path <file>", STACKED: "mmrope train stacked ... --resume"}
-# weights that moved when the encodings became plug-ins (mmrope.model.pos_encodings): old name -> new name
-RENAMED = {"vision.pos_embed.": "vision.positions.pos_embed.", "vision.rope.": "vision.positions.rope."}
-
-
-def one_line(e: BaseException, limit: int = 300) -> str:
-    """An exception as one short line (torch's and yaml's span several)."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_error_reason(e: BaseException) -> str:
@@ -114,8 +107,8 @@ def read_checkpoint(path: str | Path, training_state: bool = False, engine: str 
     tokenizer = _tokenizer(meta["tokenizer"], path)
     weights = checkpoint.get("state_dict")
     weights = weights if isinstance(weights, dict) else {}
-    state = upgrade_names({k.removeprefix("model."): v for k, v in weights.items()
-                           if isinstance(k, str) and k.startswith("model.") and isinstance(v, torch.Tensor)})
+    state = {k.removeprefix("model."): v for k, v in weights.items()
+             if isinstance(k, str) and k.startswith("model.") and isinstance(v, torch.Tensor)}
     if not state:
         raise ValueError(f"{path}: no model weights (expected 'state_dict' entries starting with 'model.')")
     if training_state:
@@ -165,7 +158,7 @@ def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
     except Exception as e:  # noqa: BLE001 - whatever torch's writer raises, the target stays whole
         tmp.unlink(missing_ok=True)
         code = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e, 300)
         raise OSError(code, f"cannot write checkpoint {path}: {reason}") from None
 
 
@@ -222,7 +215,7 @@ def read_exported(directory: str | Path) -> tuple[CaptionerConfig, Tokenizer, di
     tokenizer = load_tokenizer(directory / "tokenizer.json")
     weights = directory / "model.safetensors"
     try:
-        state = upgrade_names(load_file(weights))
+        state = load_file(weights)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise ValueError(f"{weights}: cannot be read as safetensors ({one_line(e, 200)})") from None
     _check_vocab(config, tokenizer, directory)
@@ -324,13 +317,6 @@ def _check_vocab(config: CaptionerConfig, tokenizer: Tokenizer, where: Path) -> 
     if config.text.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the config says "
                          f"text.vocab_size={config.text.vocab_size}")
-
-
-def upgrade_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` with the names of files written before the position encodings became plug-ins brought up to date."""
-    def new(name: str) -> str:
-        return next((to + name[len(old):] for old, to in RENAMED.items() if name.startswith(old)), name)
-    return {new(k): v for k, v in state.items()}
 
 
 def check_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str | Path) -> None:

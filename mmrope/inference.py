@@ -81,7 +81,7 @@ class CaptionPipeline:
     @property
     def factor(self) -> int:
         """Image sides must be multiples of this: one merged patch."""
-        return self.config.vision.patch_size * self.config.vision.spatial_merge_size
+        return self.config.vision.merged_patch_size
 
     def transform(self, size: int | None = None, resize: str = "fixed") -> ImageTransform:
         """The PIL -> tensor transform for ``size`` (default: the training size) and ``resize``."""

@@ -6,14 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clip_writers import frames_to_folder, frames_to_gif
 from PIL import Image, ImageSequence
 
 from mmrope.data.images import ImageError
 from mmrope.data.videos import (
     Clip,
     frame_indices,
-    frames_to_folder,
-    frames_to_gif,
     gif_frames,
     is_clip_path,
     load_clip,
@@ -114,12 +113,6 @@ def test_folder_natural_order_ignores_hidden_and_other_files(tmp_path):
     clip = load_clip(tmp_path)
     assert colours(clip)[:12] == COLOURS[:12]  # frame2 before frame10
     assert len(clip.frames) == 13
-
-
-def test_frames_to_folder_refuses_a_folder_with_frames(tmp_path):
-    frames_to_folder(flat_frames(3), tmp_path)
-    with pytest.raises(FileExistsError):
-        frames_to_folder(flat_frames(2), tmp_path)
 
 
 # thinning long clips

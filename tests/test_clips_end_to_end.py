@@ -10,11 +10,11 @@ from unittest import mock
 
 import pytest
 import torch
+from clip_writers import frames_to_folder, frames_to_gif
 
 from mmrope.data.clips import ClipsDataset, render_clip, sample_clip
 from mmrope.data.collate import CaptionCollator
 from mmrope.data.tokenizer import build_tokenizer
-from mmrope.data.videos import frames_to_folder, frames_to_gif
 from mmrope.model.captioner import Captioner
 from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
 from mmrope.model.rope import AxialRotaryEmbedding

@@ -25,6 +25,37 @@ def test_mrope_section_default_follows_the_scheme():
     assert shared.mrope_section is None
 
 
+def test_the_model_keys_are_the_dataclass_fields_and_the_training_module_takes_them_first():
+    import inspect
+
+    from mmrope.model.config import ARCHITECTURE_KEYS, CONFIG_KEYS
+    from mmrope.train.module import CaptionModule
+
+    fields = dataclasses.fields(CaptionerConfig)
+    assert CONFIG_KEYS == tuple(f.name for f in fields)
+    assert set(CONFIG_KEYS) - set(ARCHITECTURE_KEYS) == {"rotary_apply"}  # speed only: a checkpoint does not fix it
+    parameters = list(inspect.signature(CaptionModule).parameters.values())[:len(fields)]
+    assert [p.name for p in parameters] == list(CONFIG_KEYS)  # the YAML's model.vision, model.text, ...
+    defaults = CaptionerConfig(position_scheme=parameters[2].default)
+    assert all(p.default == getattr(defaults, p.name) for p in parameters if p.name != "text")  # text: derived later
+    section = {"vision": {"depth": 2}, "position_scheme": "flat", "optim": {"lr": 1.0}, "max_new_tokens": 3}
+    assert CaptionerConfig.from_model_section(section) == CaptionerConfig(VisionConfig(depth=2), position_scheme="flat")
+
+
+def test_the_config_names_every_rotary_apply():
+    from typing import get_args
+
+    from mmrope.model.config import RotaryApplyName
+    from mmrope.model.rotary_apply import ROTARY_APPLIES
+
+    assert get_args(RotaryApplyName) == tuple(ROTARY_APPLIES)
+
+
+def test_vision_grid_properties():
+    v = VisionConfig(patch_size=8, image_size=64, spatial_merge_size=2)
+    assert (v.merged_patch_size, v.patch_grid_side, v.merged_grid_side) == (16, 8, 4)
+
+
 def test_dict_round_trip():
     config = CaptionerConfig(VisionConfig(pos_encoding="learned", depth=2), TextConfig(vocab_size=100),
                              position_scheme="flat")

@@ -13,7 +13,7 @@ from mmrope.model.captioner import Captioner
 from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
 from mmrope.model.pos_encodings import ENCODERS
 from mmrope.model.pos_encodings.mixed_axes import golden_gate_coordinates
-from mmrope.model.positions import patch_positions
+from mmrope.model.position_ids import patch_positions
 from mmrope.model.rope import (
     GOLDEN_SPACING,
     ComRoPELDEmbedding,

@@ -4,6 +4,9 @@ outside it (STYLE.md: anyone can lift ``mmrope.model`` into their own loop)."""
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mmrope"
@@ -85,3 +88,28 @@ def test_the_model_imports_nothing_of_mmrope_outside_it():
         if name.startswith("mmrope.model"):
             outside = {m for m in imports(name, path, known, deferred=True) if not m.startswith("mmrope.model")}
             assert not outside, f"{name} imports {outside}"
+
+
+def test_an_error_is_put_on_one_line_by_one_helper():
+    from mmrope.errors import one_line
+
+    assert one_line(ValueError("a\n  b\tc")) == "a b c"
+    assert one_line(KeyError()) == "KeyError" and one_line("") == ""
+    assert one_line(ValueError("x" * 50), limit=10) == "xxxxxxx..." and one_line("short", limit=10) == "short"
+    copy = re.compile(r"join\(str\(\w+\)\.split\(\)\)")  # " ".join(str(e).split()): the helper's body
+    copies = [path.relative_to(PACKAGE.parent) for path in PACKAGE.rglob("*.py")
+              if path.name != "errors.py" and copy.search(path.read_text(encoding="utf-8"))]
+    assert not copies, f"{copies}: use mmrope.errors.one_line"
+
+
+def test_importing_the_package_leaves_the_warning_filters_alone():
+    """A user's own loop that imports mmrope keeps every warning: `mmrope train` silences Lightning's about what it
+    does on purpose only while it runs (mmrope.train.cli.expected_warnings_silenced)."""
+    modules = sorted(n for n in module_names() if not n.endswith(("__main__", "triton_rope")))
+    code = ("import importlib, sys, warnings\nimport lightning.pytorch, torch.utils.data\n"
+            "before = list(warnings.filters)\n"
+            f"for name in {modules!r}:\n    importlib.import_module(name)\n"
+            "changed = [f for f in warnings.filters if f not in before]\n"
+            "sys.exit(f'filters added at import: {changed}' if changed else 0)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clip_writers import frames_to_folder
 from PIL import Image
 
 import mmrope
 from mmrope.data.images import ImageError
-from mmrope.data.videos import frames_to_folder
 from mmrope.inference import load
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ from mmrope.model.decoder_schemes import SCHEMES, register_scheme
 from mmrope.model.decoder_schemes.flat import FlatPositions
 from mmrope.model.pos_encodings import ENCODERS
 from mmrope.model.pos_encodings.absolute import LearnedPosEmbed, sincos_2d
-from mmrope.model.positions import patch_positions
+from mmrope.model.position_ids import patch_positions
 from mmrope.model.rope import MixedRotaryEmbedding, apply_rotary
 from mmrope.model.tokens import vision_block
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mmrope.model.positions import (
+from mmrope.model.position_ids import (
     PAD_POSITION,
     decode_position_ids,
     flat_position_ids,

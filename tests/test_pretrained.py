@@ -17,10 +17,10 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
 from mmrope.model.config import VisionConfig
-from mmrope.model.positions import raster_positions
-from mmrope.model.pretrained import load_timm_vision, vision_state_from_timm
+from mmrope.model.position_ids import raster_positions
 from mmrope.model.vision import VisionEncoder
 from mmrope.train import cli as train
+from mmrope.train.pretrained import load_timm_vision, vision_state_from_timm
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,6 @@ from mmrope.model.rope import (
     RotaryEmbedding,
     apply_rotary,
     default_mrope_section,
-    rotate_half,
 )
 
 torch.manual_seed(0)
@@ -88,6 +87,12 @@ def test_mrope_with_equal_rows_is_1d_rope(interleaved):
     assert torch.equal(cos1, cosm) and torch.equal(sin1, sinm)
 
 
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[a, b] -> [-b, a]: the partner of each channel in the rotate-half layout, as Hugging Face's Llama writes it."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
 def test_apply_matches_rotate_half_formula():
     x = torch.randn(2, 3, 5, 8, dtype=torch.float64)
     cos, sin = RotaryEmbedding(8).double()(torch.arange(5))
@@ -140,6 +145,7 @@ def test_default_sections_follow_qwen2_vl_proportions():
     assert default_mrope_section(64) == [16, 24, 24]
     assert sum(default_mrope_section(6)) == 6
     assert default_mrope_section(64, interleaved=True) == [22, 21, 21]
+    assert AxialRotaryEmbedding(128, axes=3).sections == [16, 24, 24]  # the encoder's 3D RoPE: the same proportions
 
 
 @pytest.mark.parametrize("make, match", [

@@ -9,7 +9,7 @@ from padding import padded
 from mmrope.model.captioner import Captioner
 from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
 from mmrope.model.decoder_schemes import SCHEMES
-from mmrope.model.positions import PAD_POSITION
+from mmrope.model.position_ids import PAD_POSITION
 from mmrope.model.text import attention_mask_4d
 from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, VISION_END_ID, VISION_START_ID, media_blocks
 

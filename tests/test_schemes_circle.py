@@ -9,7 +9,7 @@ from padding import padded
 
 from mmrope.model.config import CaptionerConfig
 from mmrope.model.decoder_schemes import SCHEMES
-from mmrope.model.positions import PAD_POSITION
+from mmrope.model.position_ids import PAD_POSITION
 from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, VISION_END_ID, VISION_START_ID
 
 VS, VE, IMG, VID = VISION_START_ID, VISION_END_ID, IMAGE_TOKEN_ID, VIDEO_TOKEN_ID

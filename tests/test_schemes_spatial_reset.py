@@ -13,7 +13,7 @@ from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
 from mmrope.model.decoder_schemes import SCHEMES
 from mmrope.model.decoder_schemes.spatial_reset import head_section
 from mmrope.model.layers import Attention
-from mmrope.model.positions import PAD_POSITION, get_rope_index
+from mmrope.model.position_ids import PAD_POSITION, get_rope_index
 from mmrope.model.rope import RotaryEmbedding, apply_rotary
 
 X, VS, VE, IMG, VID = 20, 3, 4, 5, 6  # a text token, vision start/end, image and clip placeholders

@@ -26,7 +26,8 @@ from test_clip_files import gif_of_dots
 from mmrope.data.images import ImageError
 from mmrope.inference import load
 from mmrope.serve.explain import explain
-from mmrope.serve.server import CaptionServer, CheckpointFolder, Settings, is_loopback
+from mmrope.serve.local_server import is_loopback
+from mmrope.serve.server import CaptionServer, CheckpointFolder, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "data/samples"

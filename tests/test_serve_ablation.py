@@ -31,7 +31,7 @@ from mmrope.ablation import runner
 from mmrope.ablation.plan import load_plan
 from mmrope.ablation.scenes import compare, summarize_scenes
 from mmrope.serve.ablation import AblationFolder, OutsideFolder, read_plan
-from mmrope.serve.server import AblationServer, AblationSettings
+from mmrope.serve.ablation_server import AblationServer, AblationSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("rope2d-mrope_interleaved", "rope2d-flat")

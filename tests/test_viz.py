@@ -3,6 +3,8 @@ and the attention weights behind ``viz attention`` come with outputs exactly equ
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -10,12 +12,16 @@ from PIL import Image
 from mmrope import cli
 from mmrope.model.captioner import Captioner
 from mmrope.model.config import CaptionerConfig, TextConfig, VisionConfig
+from mmrope.model.decoder_schemes import SCHEMES
 from mmrope.model.layers import Attention
 from mmrope.model.rope import RotaryEmbedding
 from mmrope.model.text import attention_mask_4d
 from mmrope.model.tokens import NUM_SPECIAL
 from mmrope.viz.attention import decoder_attention, image_attention_maps
+from mmrope.viz.sequence_ids import format_ids, sequence_ids
 from mmrope.viz.similarity import encoder_positions, relative_similarity, similarity_maps
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_model(pos_encoding: str = "rope2d", scheme: str = "mrope") -> Captioner:
@@ -133,11 +139,40 @@ def test_similarity_maps_read_the_learned_mixed_frequencies():
         similarity_maps(model, layer=2)
 
 
+def test_mmrope_demo_prints_what_the_readme_shows(tmp_path, capsys):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("`mmrope demo` prints"):]
+    shown = section[section.index("```text\n") + 8:section.index("\n```", section.index("```text"))].splitlines()
+    assert cli.main(["demo", "--out", str(tmp_path / "demo.png")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == f"wrote {tmp_path / 'demo.png'}" and len(printed) == len(shown) + 1
+    for line, expected in zip(printed, shown):  # the README elides the middle of the long rows: "a ... b"
+        head, _, tail = expected.partition(" ... ")
+        assert line.startswith(head) and line.endswith(tail), (line, expected)
+    assert_png(tmp_path / "demo.png")
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_the_ids_of_every_registered_scheme(scheme):
+    """``viz ids`` takes any scheme (every one has ``position_ids``): a tiny clip + caption laid out as the model
+    reads it, a break token after each row for Pixtral, three rows of ids per token."""
+    ids = sequence_ids(scheme, 32, 48, frames=2, text="red circle")
+    media = [t for t in ids.tokens if t == "vid"]
+    assert len(media) == 2 * 2 * 3 and ids.labels()[1] == "vid 0,0,0" and ids.tokens[-2:] == ["red", "circle"]
+    assert ids.tokens.count("<br>") == (2 * 2 - 1 if SCHEMES[scheme].row_breaks else 0)
+    assert ids.position_ids.shape == (3, len(ids.tokens))
+    assert format_ids(ids.labels(), ids.position_ids).count("\n") == 3
+
+
 def test_viz_ids_and_similarity_write_pngs(tmp_path, trained_checkpoint, capsys):
     assert cli.main(["viz", "ids", "--height", "32", "--width", "64", "--out", str(tmp_path / "ids.png")]) == 0
     assert_png(tmp_path / "ids.png")
-    assert cli.main(["viz", "ids", "--scheme", "flat", "--out", str(tmp_path / "flat.png")]) == 0
-    assert_png(tmp_path / "flat.png")
+    for scheme in ("flat", "v2pe", "pixtral"):  # any registered scheme: fractional ids, break tokens
+        assert cli.main(["viz", "ids", "--scheme", scheme, "--out", str(tmp_path / f"{scheme}.png")]) == 0
+        assert_png(tmp_path / f"{scheme}.png")
+    capsys.readouterr()
+    assert cli.main(["viz", "ids", "--scheme", "nope", "--out", str(tmp_path / "x.png")]) == 1
+    assert "position_scheme='nope' is unknown" in capsys.readouterr().err
     assert cli.main(["viz", "similarity", "--grid", "8", "--out", str(tmp_path / "sim.png")]) == 0
     assert_png(tmp_path / "sim.png")
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from mmrope.ablation.parallel import worker_command
 from mmrope.ablation.plan import Plan, arm_name, override_args
 from mmrope.ablation.processes import DIE_WITH_PARENT, last_error, run_process
+from mmrope.errors import one_line
 
 INSTALL_HINT = 'pip install -e ".[cluster]" (or pip install "ray[default]")'
 
@@ -101,7 +102,7 @@ def run_on_ray(plan: Plan, out: Path, device: str | None, cluster: RayCluster, t
     try:
         ray.init(address=cluster.address, log_to_driver=False, logging_level="warning")
     except ConnectionError as e:
-        raise ValueError(f"cannot reach a Ray cluster at --address {cluster.address}: {' '.join(str(e).split())[:200]}"
+        raise ValueError(f"cannot reach a Ray cluster at --address {cluster.address}: {one_line(e, 200)}"
                          " (start one with `ray start --head`, or give --address HOST:PORT)") from None
     stop_file = out / f".ray-stop-{os.getpid()}-{time.time_ns()}"
     stopped: list[int] = []
@@ -178,7 +179,7 @@ def _outcome(ray, ref, plan: Plan, out: Path, unit: Unit, cluster: RayCluster, s
         _say(f"{name}: failed: {reason}")
         return {(encoder, scheme, k): f"its task failed: {reason}" for k in seeds}
     except ray.exceptions.RayError as e:  # its worker or node died more often than it may be retried
-        reason = " ".join(str(e).split())[:200]
+        reason = one_line(e, 200)
         _say(f"{name}: lost: {reason}")
         return {(encoder, scheme, k): f"lost {cluster.retries + 1} times, its worker or node died "
                                       f"({type(e).__name__}: {reason}; log: {log})" for k in seeds}

@@ -17,6 +17,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+from mmrope.errors import one_line
 from mmrope.model.registry import PLUGINS_HINT
 
 PRESET_KEYS = ("base", "arms", "encoders", "schemes", "seeds", "max_steps", "eval", "train", "engine", "engine_options",
@@ -123,7 +124,7 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
     try:
         spec = yaml.safe_load(grid.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{grid}: cannot read the ablation grid ({' '.join(str(e).split())[:200]})") from None
+        raise ValueError(f"{grid}: cannot read the ablation grid ({one_line(e, 200)})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("presets"), dict):
         raise ValueError(f"{grid}: not an ablation grid: expected a mapping with encoders, schemes, eval and presets")
     if preset not in spec["presets"]:

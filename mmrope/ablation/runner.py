@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 from mmrope.ablation.parallel import run_workers
 from mmrope.ablation.plan import Plan, arm_name, stacked_args, train_args
 from mmrope.ablation.processes import last_error, run_process, signal_name
+from mmrope.ablation.scoring import SCENES_FILE, score_run, write_scenes
+from mmrope.errors import one_line
 
 if TYPE_CHECKING:
     from mmrope.ablation.cluster import RayCluster
@@ -94,7 +96,7 @@ def _read_json(path: Path, remedy: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:120]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e, 120)
         raise RunFailed(f"{path}: damaged, cannot be read ({reason}); {remedy}") from None
     if not isinstance(data, dict):
         raise RunFailed(f"{path}: damaged, not a JSON object; {remedy}")
@@ -119,75 +121,6 @@ def _check_signature(run_dir: Path, signature: dict) -> None:
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(path, signature)
-
-
-def score_run(plan: Plan, ckpt: Path, device: str | None = None) -> tuple[list[dict], list[dict]]:
-    """Score ``ckpt`` on every split, at every size under every size protocol (and frame count) -> (rows ``{split,
-    protocol, factor, size, [frames,] n, <metrics>}``, one row per scene and point ``{split, protocol, factor,
-    size, [frames,] index, prediction, <its scores>}``: the per-scene predictions that paired tests read)."""
-    from mmrope.eval.evaluation import evaluate
-    from mmrope.inference import load
-
-    pipeline = load(ckpt, device=device)
-    if pipeline.config.vision.image_size != plan.train_size:
-        raise ValueError(f"{ckpt}: trained at {pipeline.config.vision.image_size} px, the grid's base config says "
-                         f"{plan.train_size}")
-    rows, scenes = [], []
-    clips = {} if plan.frames is None else {"frames": plan.frames, "clip_mode": plan.clip_mode}
-    for split in plan.splits:
-        for protocol in plan.protocols:
-            factors = [f for p, f in plan.scored if p == protocol]
-            sizes = [round(f * plan.train_size) for f in factors]
-            results, _ = evaluate(pipeline, _eval_set(plan, split, protocol), sizes, batch_size=plan.batch_size,
-                                  max_new_tokens=plan.max_new_tokens, samples=True, **clips)
-            factor_of = dict(zip(sizes, factors))
-            for r in results:  # one row per size and frame count
-                where = {"split": split, "protocol": protocol, "factor": factor_of[r["size"]], "size": r["size"],
-                         **({"frames": r["frames"]} if "frames" in r else {})}
-                rows.append({**where, **{k: v for k, v in r.items() if k != "samples"}})
-                scenes += [{**where, **sample} for sample in r["samples"]]
-    return rows, scenes
-
-
-_EVAL_SETS: dict[str, dict] = {}  # the scored grid's evaluation sets, by split and protocol
-
-
-def _eval_set(plan: Plan, split: str, protocol: str = "scaled"):
-    """The evaluation set of ``split`` under ``protocol``, its images drawn once per size and kept for every run this
-    process scores: every run of a grid is scored on the same scenes, and drawing them is most of the scoring's
-    host time."""
-    from functools import lru_cache
-
-    from mmrope.eval.evaluation import data_set
-
-    key = json.dumps([plan.data, plan.n], sort_keys=True, default=str)
-    if key not in _EVAL_SETS:
-        _EVAL_SETS.clear()  # one grid at a time
-        _EVAL_SETS[key] = {}
-    sets = _EVAL_SETS[key]
-    if (split, protocol) not in sets:
-        eval_set = data_set(plan.data, split=split, n=plan.n, protocol=protocol)
-        eval_set.images = lru_cache(maxsize=None)(eval_set.images)
-        sets[split, protocol] = eval_set
-    return sets[split, protocol]
-
-
-def write_scenes(path: Path, scenes: list[dict]) -> None:
-    """Per-scene predictions as CSV, atomically: one row per scene and point scored."""
-    import csv
-    import io
-
-    columns = list(dict.fromkeys(k for row in scenes for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(scenes)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-SCENES_FILE = "predictions.csv"  # a run's per-scene predictions and scores
 
 
 class RunFailed(Exception):

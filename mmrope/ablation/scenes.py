@@ -29,7 +29,7 @@ ROUNDS = 1000  # bootstrap resamples per table cell (comparisons: 4000)
 
 def read_scenes(plan: Plan, out: Path) -> dict[tuple[str, int], list[dict]]:
     """Every run's ``predictions.csv`` -> rows by (arm, seed); scores as floats, NaN where a scene has none."""
-    from mmrope.ablation.runner import SCENES_FILE
+    from mmrope.ablation.scoring import SCENES_FILE
 
     runs = {}
     for encoder, scheme in plan.arms:

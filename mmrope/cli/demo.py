@@ -1,7 +1,8 @@
 """`mmrope demo`: the position maths at a glance, with no training and no data.
 
-Prints the (t, h, w) ids M-RoPE gives an image + caption sequence, and draws q·k similarity against relative
-(Δrow, Δcol) offset for 2D axial RoPE next to flattened 1D RoPE: the first is round, the second smears along rows
+Prints the (t, h, w) ids M-RoPE gives an image + caption sequence (`mmrope viz ids` draws them, for any scheme),
+and draws q·k similarity against relative (Δrow, Δcol) offset for 2D axial RoPE next to flattened 1D RoPE (`mmrope
+viz similarity` adds RoPE-Mixed and a checkpoint's frequencies): the first is round, the second smears along rows
 and repeats every grid width, because vertical neighbours sit W apart in raster order.
 """
 
@@ -22,38 +23,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def format_ids(labels: list[str], position_ids) -> str:
-    """A table with one column per token and the t, h, w rows."""
-    cells = [labels] + [[str(v) for v in row] for row in position_ids.tolist()]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(labels))]
-    names = ["token", "t", "h", "w"]
-    return "\n".join(f"{name:>5}  " + " ".join(c.rjust(w) for c, w in zip(row, widths))
-                     for name, row in zip(names, cells))
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from mmrope.model.positions import get_rope_index
-    from mmrope.model.tokens import IMAGE_TOKEN_ID, VISION_END_ID, VISION_START_ID
+    from mmrope.viz.figures import format_id
+    from mmrope.viz.sequence_ids import format_ids, sequence_ids
     from mmrope.viz.similarity import plot_similarity_maps, relative_similarity
 
-    factor = args.patch_size * args.merge
-    if args.height % factor or args.width % factor or args.height <= 0 or args.width <= 0:
-        raise ValueError(f"image size {args.height}x{args.width} must be positive multiples of patch_size x merge "
-                         f"= {factor}")
-    grid = [1, args.height // args.patch_size, args.width // args.patch_size]
-    n_image = grid[1] * grid[2] // args.merge ** 2
-    words = args.text.split()
-    ids = [VISION_START_ID] + [IMAGE_TOKEN_ID] * n_image + [VISION_END_ID] + [100] * len(words)
-    labels = ["<vs>"] + ["img"] * n_image + ["<ve>"] + words
-    position_ids, deltas = get_rope_index(torch.tensor([ids]), torch.tensor([grid]), image_token_id=IMAGE_TOKEN_ID,
-                                          spatial_merge_size=args.merge)
-    print(f"{args.height}x{args.width} image, patch {args.patch_size}: encoder grid {grid[1]}x{grid[2]} patches, "
-          f"merged {args.merge}x{args.merge} into {grid[1] // args.merge}x{grid[2] // args.merge} = {n_image} "
+    ids = sequence_ids("mrope", args.height, args.width, args.patch_size, args.merge, text=args.text)
+    (_, rows, columns), (_, merged_rows, merged_columns) = ids.patches, ids.merged
+    print(f"{args.height}x{args.width} image, patch {args.patch_size}: encoder grid {rows}x{columns} patches, "
+          f"merged {args.merge}x{args.merge} into {merged_rows}x{merged_columns} = {merged_rows * merged_columns} "
           f"decoder tokens")
-    print(format_ids(labels, position_ids[:, 0]))
-    print(f"rope_delta = {int(deltas)} (the token decoded at cache index c takes id c + delta on t, h and w)")
+    print(format_ids(ids.tokens, ids.position_ids))
+    print(f"rope_delta = {format_id(ids.rope_delta)} (the token decoded at cache index c takes id c + delta on t, h "
+          "and w)")
     maps = {"2D axial RoPE": relative_similarity("rope2d"), "flattened 1D RoPE": relative_similarity("rope1d_flat")}
     path = plot_similarity_maps(maps, args.out, title="q·k against relative offset (16x16 grid, head_dim 64)")
     print(f"wrote {path}")

@@ -65,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS
     from mmrope.data.videos import DEFAULT_MAX_CLIP_FRAMES, DEFAULT_MAX_CLIP_PIXELS
-    from mmrope.serve.server import MAX_QUEUED, MAX_UPLOAD_BYTES, CheckpointFolder, Settings
+    from mmrope.serve.local_server import MAX_QUEUED
+    from mmrope.serve.server import MAX_UPLOAD_BYTES, CheckpointFolder, Settings
 
     if args.ablation is not None:
         return run_ablation_page(args)
@@ -107,7 +108,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_ablation_page(args: argparse.Namespace) -> int:
     from mmrope.serve.ablation import AblationFolder, read_plan
-    from mmrope.serve.server import MAX_QUEUED, AblationSettings
+    from mmrope.serve.ablation_server import AblationSettings
+    from mmrope.serve.local_server import MAX_QUEUED
 
     if args.ckpt_dir is not None:
         raise ValueError("--ckpt-dir is the caption page's; --ablation OUT serves the ablation's page")

@@ -1,7 +1,7 @@
 """``mmrope viz``: pictures of the position maths and of a model's attention.
 
     mmrope viz similarity [--ckpt CKPT]          q·k against (Δrow, Δcol): 2D axial, flattened 1D, RoPE-Mixed
-    mmrope viz ids [--height 64 --width 96]      the (t, h, w) ids of an image + caption sequence
+    mmrope viz ids [--scheme SCHEME]             the (t, h, w) ids a scheme gives an image + caption sequence
     mmrope viz attention --ckpt CKPT IMAGE       where the decoder looked for each word it wrote
     mmrope viz spectrum [--config CONFIG]        how far each decoder rotary pair turns along t, h, w
 
@@ -46,9 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--merge", type=int, default=2, help="spatial merge size (default 2, as Qwen2-VL)")
     p.add_argument("--frames", type=int, default=1, help="temporal patches of a clip (default 1: an image)")
     p.add_argument("--text", default="red circle left of blue square", help="the words after the image")
-    p.add_argument("--scheme", default="mrope", choices=("mrope", "flat"),
-                   help="mrope: Qwen2-VL ids (mrope_interleaved has the same ids); flat: the running index "
-                        "(default: mrope)")
+    p.add_argument("--scheme", default="mrope",
+                   help="a decoder position scheme, any registered one (README \"Model\"; mrope_interleaved gives "
+                        "mrope's ids, it only allocates the rotary pairs otherwise) (default: mrope)")
     p.add_argument("--out", type=Path, default=Path("viz_ids.png"), help="(default: viz_ids.png)")
     p.set_defaults(func=run_viz_ids)
 
@@ -103,37 +103,17 @@ def run_viz_similarity(args: argparse.Namespace) -> int:
 
 
 def run_viz_ids(args: argparse.Namespace) -> int:
-    import torch
-
-    from mmrope.model.positions import flat_position_ids, get_rope_index
-    from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, VISION_END_ID, VISION_START_ID
     from mmrope.viz.figures import plot_position_ids
+    from mmrope.viz.sequence_ids import sequence_ids
 
     refuse_nul(args, "out")
-    window = args.patch_size * args.merge
-    if args.height <= 0 or args.width <= 0 or args.patch_size <= 0 or args.height % window or args.width % window:
-        raise ValueError(f"image size {args.height}x{args.width} must be positive multiples of patch_size x merge "
-                         f"= {window}")
     if args.frames < 1:
         raise ValueError(f"--frames {args.frames}: expected at least 1")
-    grid = [args.frames, args.height // args.patch_size, args.width // args.patch_size]
-    rows, columns = grid[1] // args.merge, grid[2] // args.merge
-    n_media = args.frames * rows * columns
-    clip = args.frames > 1
-    words = args.text.split()
-    token = VIDEO_TOKEN_ID if clip else IMAGE_TOKEN_ID
-    ids = [VISION_START_ID] + [token] * n_media + [VISION_END_ID] + [100] * len(words)  # any word id
-    cells = [(k // (rows * columns), k % (rows * columns) // columns, k % columns) for k in range(n_media)]
-    labels = (["<vs>"] + [f"{'vid' if clip else 'img'} {f'{t},' if clip else ''}{i},{j}" for t, i, j in cells]
-              + ["<ve>"] + words)
-    grids = {"video_grid_thw" if clip else "image_grid_thw": torch.tensor([grid])}
-    ids_fn = flat_position_ids if args.scheme == "flat" else get_rope_index
-    position_ids, _ = ids_fn(torch.tensor([ids]), **grids, image_token_id=IMAGE_TOKEN_ID,
-                             video_token_id=VIDEO_TOKEN_ID, spatial_merge_size=args.merge)
-    media = f"{args.frames}-frame clip" if clip else "image"
+    ids = sequence_ids(args.scheme, args.height, args.width, args.patch_size, args.merge, args.frames, args.text)
+    media = f"{args.frames}-frame clip" if args.frames > 1 else "image"
     title = (f"{args.scheme} ids: {args.height}x{args.width} {media}, patch {args.patch_size}, merge {args.merge} "
-             f"-> {args.frames}x{rows}x{columns} tokens")
-    path = plot_position_ids(labels, position_ids[:, 0], args.out, title=title)
+             f"-> {'x'.join(map(str, ids.merged))} tokens")
+    path = plot_position_ids(ids.labels(), ids.position_ids, args.out, title=title)
     print(f"wrote {path}")
     return 0
 
@@ -175,10 +155,8 @@ def run_viz_spectrum(args: argparse.Namespace) -> int:
         from mmrope.train.config_reader import read_config
 
         model = read_config(["--config", str(find_config(args.config))])["model"]
-        config = CaptionerConfig.from_dict({k: model[k] for k in ("vision", "text", "position_scheme",
-                                                                   "tokens_per_second")})
-    v = config.vision
-    side = v.image_size // (v.patch_size * v.spatial_merge_size)
+        config = CaptionerConfig.from_model_section(model)
+    side = config.vision.merged_grid_side
     grid = (1, side, side)
     if args.grid:
         try:

@@ -20,8 +20,6 @@ import torch
 from mmrope.model.tokens import (
     EOS_ID,
     IGNORE_INDEX,
-    IMAGE_BREAK_ID,
-    NUM_SPECIAL,
     PAD_ID,
     vision_block,
 )
@@ -62,7 +60,7 @@ class CaptionCollator:
     A sample holds an ``"image"`` or a ``"video"`` (with its ``"fps"``). Returns a :class:`SkippedBatch` when every
     sample was None (skip the step). Captions longer than ``max_caption_tokens - 1`` tokens are cut so that caption
     plus EOS fits in ``max_caption_tokens``. ``row_breaks``: the model's scheme reads break tokens after media rows
-    (``DecoderScheme.row_breaks``); its tokenizer must then keep the break's id free.
+    (``DecoderScheme.row_breaks``).
     """
 
     def __init__(self, tokenizer, patch_size: int = 8, merge_size: int = 2, max_caption_tokens: int = 64,
@@ -71,11 +69,6 @@ class CaptionCollator:
             raise ValueError(f"max_caption_tokens must be at least 1 (room for EOS), got {max_caption_tokens}")
         if clip_mode not in CLIP_MODES:
             raise ValueError(f"clip_mode={clip_mode!r} is unknown: expected one of {', '.join(CLIP_MODES)}")
-        reserved = getattr(tokenizer, "num_special", NUM_SPECIAL)
-        if row_breaks and reserved <= IMAGE_BREAK_ID:
-            raise ValueError(f"the position scheme closes media rows with break tokens (id {IMAGE_BREAK_ID}), but "
-                             f"the tokenizer reserves only {reserved} ids (saved before the break token "
-                             "existed), so that id is text: build a new tokenizer")
         self.tokenizer, self.patch_size, self.merge_size = tokenizer, patch_size, merge_size
         self.max_caption_tokens = max_caption_tokens
         self.temporal_patch_size, self.clip_mode, self.row_breaks = temporal_patch_size, clip_mode, row_breaks

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, image_from_bytes
+from mmrope.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,9 @@ def read_table(file: Path, columns: list[str] | None = None, schema_only: bool =
         return table.schema if schema_only else table if columns is None else table.select(columns)
     except pa.ArrowInvalid as e:
         kind = "a parquet" if file.suffix == ".parquet" else "an Arrow"
-        raise ValueError(f"{file}: not {kind} file ({_one_line(e)})") from None
+        raise ValueError(f"{file}: not {kind} file ({one_line(e, 200)})") from None
     except OSError as e:
-        raise ValueError(f"{file}: cannot read ({_one_line(e)})") from None
+        raise ValueError(f"{file}: cannot read ({one_line(e, 200)})") from None
 
 
 class ArrowColumn:
@@ -259,6 +260,3 @@ def _json(path: Path, read_utf8) -> dict:
         raise ValueError(f"{path}: expected a JSON object")
     return data
 
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:200] or type(e).__name__

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps, UnidentifiedImageError
 
+from mmrope.errors import one_line
+
 # OpenAI CLIP's statistics, which Qwen2-VL's image processor also uses: timm.data.constants.OPENAI_CLIP_MEAN / _STD
 # (a test ties them; importing timm here would cost every data loader a second).
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -35,11 +37,6 @@ class ImageError(ValueError):
         # one-argument form so that pickling (DataLoader workers) can rebuild it from the message
         self.path, self.reason = str(path), reason
         super().__init__(str(path) if reason is None else f"{path}: {reason}")
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:200]
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
@@ -72,11 +69,11 @@ def decode_image(source, path, max_pixels: int) -> Image.Image:
         try:
             img = Image.open(source)
         except Image.DecompressionBombError as e:  # not an OSError: Pillow's own hard limit (2 x MAX_IMAGE_PIXELS)
-            raise ImageError(path, f"too many pixels, refused before decoding ({_one_line(e)})") from None
+            raise ImageError(path, f"too many pixels, refused before decoding ({one_line(e, 200)})") from None
         except UnidentifiedImageError:
             raise ImageError(path, "not an image (format not recognised)") from None
         except Exception as e:  # noqa: BLE001 - a corrupt header raises OSError, SyntaxError, struct.error, ...
-            raise ImageError(path, f"cannot open ({_one_line(e)})") from None
+            raise ImageError(path, f"cannot open ({one_line(e, 200)})") from None
     w, h = img.size
     if w * h > max_pixels:
         img.close()
@@ -85,15 +82,15 @@ def decode_image(source, path, max_pixels: int) -> Image.Image:
         img.load()
     except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, ... by format
         img.close()
-        raise ImageError(path, f"truncated or corrupt image data ({_one_line(e)})") from None
+        raise ImageError(path, f"truncated or corrupt image data ({one_line(e, 200)})") from None
     try:
         img = ImageOps.exif_transpose(img)
     except Exception as e:  # noqa: BLE001 - malformed EXIF raises almost anything
-        raise ImageError(path, f"unreadable EXIF orientation ({_one_line(e)})") from None
+        raise ImageError(path, f"unreadable EXIF orientation ({one_line(e, 200)})") from None
     try:
         return to_rgb(img)
     except ValueError as e:
-        raise ImageError(path, _one_line(e)) from None
+        raise ImageError(path, one_line(e, 200)) from None
 
 
 def missing_reason(path: Path) -> str:

@@ -4,9 +4,6 @@ Both share one interface and the reserved ids of ``mmrope.model.tokens`` (0..7),
 so the model never needs to know which one it was given. Neither adds special tokens in ``encode``: the collator
 builds the joint sequence ``[VISION_START, IMAGE x N, VISION_END, caption ..., EOS]`` itself.
 
-A tokenizer saved before the break token (id 7) existed reserved 7 ids: its JSON has no ``num_special``, so it
-loads with 7 and its ordinary ids stay where they were (id 7 is then its first byte or its ``<unk>``).
-
 A tokenizer is saved as a small JSON file beside the checkpoint and loaded back with ``load_tokenizer``; nothing is
 downloaded. The ``tokenizers`` library would give BPE, but captions of a few hundred words do not need it.
 """
@@ -18,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from mmrope.model.tokens import BOS_ID, EOS_ID, NUM_SPECIAL, NUM_SPECIAL_BEFORE_BREAK, PAD_ID, SPECIAL_TOKENS
+from mmrope.model.tokens import BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID, SPECIAL_TOKENS
 
 # words (letters, digits, apostrophes inside words) or single punctuation marks
 _WORD_RE = re.compile(r"[\w]+(?:'[\w]+)*|[^\w\s]")
@@ -28,9 +25,8 @@ _NO_SPACE_AFTER = set("([{")
 
 
 class Tokenizer:
-    """What both tokenizers share: the special ids, decoding them, and saving to JSON. ``num_special``: the reserved
-    ids this tokenizer keeps free, ordinary ids start after them (:data:`NUM_SPECIAL`, or 7 for one saved before
-    the break token existed)."""
+    """What both tokenizers share: the special ids, decoding them, and saving to JSON. Ordinary ids start after the
+    ``num_special`` reserved ones (:data:`mmrope.model.tokens.NUM_SPECIAL`)."""
 
     kind: str
     pad_id = PAD_ID
@@ -66,9 +62,6 @@ class ByteTokenizer(Tokenizer):
 
     kind = "byte"
 
-    def __init__(self, num_special: int = NUM_SPECIAL):
-        self.num_special = _check_num_special(num_special)
-
     @property
     def vocab_size(self) -> int:
         return self.num_special + 256
@@ -94,7 +87,8 @@ class ByteTokenizer(Tokenizer):
 
     @classmethod
     def from_dict(cls, d: dict) -> "ByteTokenizer":
-        return cls(d.get("num_special", NUM_SPECIAL_BEFORE_BREAK))
+        _check_num_special(d)
+        return cls()
 
     def __repr__(self) -> str:
         return f"ByteTokenizer(vocab_size={self.vocab_size})"
@@ -110,8 +104,7 @@ class WordTokenizer(Tokenizer):
     kind = "word"
     unk_token = "<unk>"
 
-    def __init__(self, words: Iterable[str], num_special: int = NUM_SPECIAL):
-        self.num_special = _check_num_special(num_special)
+    def __init__(self, words: Iterable[str]):
         self.unk_id = self.num_special
         self.words = list(words)  # ordinary tokens, in id order
         reserved = set(SPECIAL_TOKENS) | {self.unk_token}
@@ -167,17 +160,19 @@ class WordTokenizer(Tokenizer):
         words = d.get("words")
         if not words or not isinstance(words, list):
             raise ValueError("word tokenizer JSON needs a non-empty 'words' list")
-        return cls(d["words"], d.get("num_special", NUM_SPECIAL_BEFORE_BREAK))
+        _check_num_special(d)
+        return cls(d["words"])
 
     def __repr__(self) -> str:
         return f"WordTokenizer(vocab_size={self.vocab_size})"
 
 
-def _check_num_special(num_special: int) -> int:
-    if isinstance(num_special, bool) or num_special not in (NUM_SPECIAL_BEFORE_BREAK, NUM_SPECIAL):
-        raise ValueError(f"tokenizer num_special={num_special!r}: expected {NUM_SPECIAL} (or "
-                         f"{NUM_SPECIAL_BEFORE_BREAK} for a tokenizer saved before the break token)")
-    return num_special
+def _check_num_special(d: dict) -> None:
+    """A saved tokenizer reserved the ids of :mod:`mmrope.model.tokens`, or its ordinary ids are not this one's."""
+    num_special = d.get("num_special", NUM_SPECIAL)
+    if isinstance(num_special, bool) or num_special != NUM_SPECIAL:
+        raise ValueError(f"tokenizer num_special={num_special!r}: expected {NUM_SPECIAL}, the reserved ids of "
+                         "mmrope.model.tokens (build a new tokenizer)")
 
 
 TOKENIZERS = {"byte": ByteTokenizer, "word": WordTokenizer}

@@ -3,7 +3,7 @@
 ``load_clip`` reads a folder of frames (natural order: ``frame2`` before ``frame10``), an animated GIF, WebP or
 PNG, or a still image (a clip of one frame; callers decide whether that is enough). Long clips are thinned to
 ``max_frames`` evenly spaced frames. As with ``load_image``, every failure is an ``ImageError`` whose one-line
-message names the file or folder and the reason. ``frames_to_gif`` and ``frames_to_folder`` write example clips.
+message names the file or folder and the reason.
 
 What reading a clip costs is not its file size: each frame of an animation is decoded onto the whole canvas, in
 order (a GIF frame may draw only what changed since the one before), so 8 KB of GIF can describe 300 frames of
@@ -20,7 +20,8 @@ from pathlib import Path
 
 from PIL import Image, ImageSequence
 
-from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, _one_line, load_image, missing_reason, to_rgb
+from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, load_image, missing_reason, to_rgb
+from mmrope.errors import one_line
 
 FRAME_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Formats whose extra frames are animation. A multi-page TIFF, or the MPO JPEG that many cameras and phones write
@@ -112,7 +113,7 @@ def _load_folder(folder: Path, max_frames: int, max_pixels: int, max_clip_pixels
                  if not p.name.startswith(".") and p.suffix.lower() in FRAME_EXTENSIONS
                  and (p.is_symlink() or not p.is_dir())]
     except OSError as e:
-        raise ImageError(folder, f"cannot list the folder ({_one_line(e)})") from None
+        raise ImageError(folder, f"cannot list the folder ({one_line(e, 200)})") from None
     if not files:
         raise ImageError(folder, "no frames: expected image files such as 0001.png")
     files.sort(key=lambda p: _natural_key(p.name))
@@ -151,7 +152,7 @@ def _load_file(path: Path, max_frames: int, max_pixels: int, max_clip_pixels: in
                     many = counted > max_clip_frames
                 n = max_clip_frames + 1 if many else getattr(img, "n_frames", 1)  # WebP and PNG: from the header
             except Exception as e:  # noqa: BLE001 - EOFError, OSError, SyntaxError, ... by format
-                raise ImageError(path, f"truncated or corrupt animation ({_one_line(e)})") from None
+                raise ImageError(path, f"truncated or corrupt animation ({one_line(e, 200)})") from None
             if n > max_clip_frames:
                 count = f"more than {max_clip_frames}" if many else str(n)
                 raise ImageError(path, f"{count} frames is over the limit max_clip_frames={max_clip_frames}")
@@ -221,7 +222,7 @@ def _load_animation(path: Path, img: Image.Image, n: int, canvas: tuple[int, int
             if i == last:
                 break
     except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, ... by format
-        raise ImageError(path, f"truncated or corrupt animation at frame {i} of {n} ({_one_line(e)})") from None
+        raise ImageError(path, f"truncated or corrupt animation at frame {i} of {n} ({one_line(e, 200)})") from None
     if len(durations) != last + 1:
         raise ImageError(path, f"truncated animation: the header counts {n} frames, {len(durations)} were decoded")
     known = [d for d in durations if d is not None]
@@ -237,39 +238,3 @@ def _on_white(frame: Image.Image, size: tuple[int, int]) -> Image.Image:
     canvas = Image.new("RGB", size, (255, 255, 255))
     canvas.paste(frame, (0, 0))
     return canvas
-
-
-def frames_to_gif(frames: list[Image.Image], path: str | Path, fps: float = 2.0) -> Path:
-    """Write ``frames`` as a looping GIF, each frame shown for 1000 / ``fps`` ms.
-
-    GIF stores durations in hundredths of a second and up to 256 colours per frame, and Pillow merges a frame
-    identical to the one before it into that frame (adding their durations), so a round trip of arbitrary frames
-    is not exact.
-    """
-    if not frames:
-        raise ValueError("frames_to_gif needs at least one frame")
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, format="GIF", save_all=True, append_images=list(frames[1:]),
-                   duration=round(1000 / fps), loop=0, disposal=2)  # disposal 2: clear to background between frames
-    return path
-
-
-def frames_to_folder(frames: list[Image.Image], folder: str | Path) -> Path:
-    """Write ``frames`` into ``folder`` as 0000.png, 0001.png, ...; the folder is created if needed.
-
-    Refuses a folder that already holds frame images: frames left from an older, longer clip would join this one.
-    """
-    if not frames:
-        raise ValueError("frames_to_folder needs at least one frame")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    old = [p.name for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and not p.name.startswith(".")]
-    if old:
-        raise FileExistsError(f"{folder}: already holds {len(old)} frame images (e.g. {min(old)}); use an empty folder")
-    digits = max(4, len(str(len(frames) - 1)))
-    for i, frame in enumerate(frames):
-        frame.save(folder / f"{i:0{digits}d}.png")
-    return folder

@@ -2,7 +2,7 @@
 
     config.py              VisionConfig, TextConfig, CaptionerConfig: the YAML's ``model:`` section, validated
     rope.py                every rotary variant and the one apply function (the subject of the project)
-    positions.py           (t, h, w) ids of the joint sequence and (row, col) ids of encoder patches
+    position_ids.py        (t, h, w) ids of the joint sequence and (t, row, col) ids of encoder patches
     registry.py            Registry: the name -> class table of every plug-in, checked live
     pos_encodings/         the encoder's ``pos_encoding`` plug-ins: base.py (ENCODERS), one module per family
     decoder_schemes/       the decoder's ``position_scheme`` plug-ins: base.py (SCHEMES), one module per family

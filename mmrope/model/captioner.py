@@ -151,7 +151,7 @@ def warn_still_axes(config: CaptionerConfig, scheme: DecoderScheme) -> None:
     if not scheme.warn_if_still:
         return
     v = config.vision
-    side = v.image_size // (v.patch_size * v.spatial_merge_size)
+    side = v.merged_grid_side
     for axis, turn in still_axes(scheme, (1, side, side)).items():
         log.warning("position_scheme=%r turns the decoder's %s (%s axis) by at most %.2g rad across the %dx%d grid "
                     "of a %d px training image, so it can hardly tell them apart; mrope_interleaved turns every axis: "

@@ -21,9 +21,11 @@ from typing import Any, Literal, get_args, get_origin
 
 from mmrope.model.decoder_schemes import SCHEMES
 from mmrope.model.pos_encodings import ENCODERS
+from mmrope.model.rope import check_mrope_section
 from mmrope.model.tokens import NUM_SPECIAL
 
-RotaryApply = Literal["auto", "reference", "fused"]
+# the name of a rotary apply (mmrope.model.rotary_apply.ROTARY_APPLIES); the apply itself is a RotaryApply there
+RotaryApplyName = Literal["auto", "reference", "fused"]
 
 
 def check_types(prefix: str, obj: Any) -> None:
@@ -111,17 +113,32 @@ class VisionConfig:
                         "rope_theta", "temporal_patch_size", "in_channels")
         if self.spatial_merge_size not in (1, 2):
             raise ValueError(f"vision.spatial_merge_size={self.spatial_merge_size} is not supported: expected 1 or 2")
-        window = self.patch_size * self.spatial_merge_size
-        if self.image_size % window:
+        if self.image_size % self.merged_patch_size:
             raise ValueError(f"vision.image_size={self.image_size} gives a patch grid that "
                              f"vision.spatial_merge_size={self.spatial_merge_size} does not divide: expected a "
-                             f"multiple of patch_size * spatial_merge_size = {window}")
+                             f"multiple of patch_size * spatial_merge_size = {self.merged_patch_size}")
         _check_divisible("vision", self, "dim", "num_heads")
         encoding.check(self)
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    @property
+    def merged_patch_size(self) -> int:
+        """The side in pixels of what one decoder token sees (a merged window of patches): image sides are
+        multiples of it."""
+        return self.patch_size * self.spatial_merge_size
+
+    @property
+    def patch_grid_side(self) -> int:
+        """Encoder patches per side of a training image (``image_size`` square)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def merged_grid_side(self) -> int:
+        """Decoder tokens per side of a training image: its grid of merged patches."""
+        return self.image_size // self.merged_patch_size
 
 
 # `--help` shows the names registered when this module is imported (jsonargparse reads the docstrings); the configs
@@ -163,11 +180,7 @@ class TextConfig:
         if self.hidden_dim is not None:
             _check_positive("text", self, "hidden_dim")
         if self.mrope_section is not None:
-            section = list(self.mrope_section)
-            if len(section) != 3 or any(s < 0 for s in section) or sum(section) != self.head_dim // 2:
-                raise ValueError(f"text.mrope_section={section} does not split the rotary pairs: expected three "
-                                 f"non-negative counts (t, h, w) summing to head_dim / 2 = {self.head_dim // 2}")
-            self.mrope_section = section
+            self.mrope_section = check_mrope_section(self.mrope_section, self.head_dim // 2, "text.mrope_section")
 
     @property
     def head_dim(self) -> int:
@@ -197,8 +210,8 @@ class CaptionerConfig:
     tokens_per_second: float | None = None
     # which rotary apply runs, chosen once at build (mmrope.model.rotary_apply): auto = the Triton kernel on CUDA
     # tensors and the readable reference elsewhere; fused = Triton on CUDA, torch.compile elsewhere; reference
-    # everywhere. Speed only: every choice computes the same rotation.
-    rotary_apply: RotaryApply = "auto"
+    # everywhere. Speed only: every choice computes the same rotation, so a checkpoint does not fix it.
+    rotary_apply: RotaryApplyName = field(default="auto", metadata={"speed_only": True})
 
     def __post_init__(self):
         check_types("", self)
@@ -220,11 +233,22 @@ class CaptionerConfig:
         """Inverse of :meth:`to_dict`; missing keys take their defaults, an unknown key raises."""
         return _from_dict(cls, d, prefix="")
 
+    @classmethod
+    def from_model_section(cls, model: dict[str, Any]) -> CaptionerConfig:
+        """The config in a training YAML's ``model:`` section, which also holds the training module's own keys
+        (``optim``, ``max_new_tokens``, ...): those are left out."""
+        return cls.from_dict({k: v for k, v in model.items() if k in CONFIG_KEYS})
+
 
 CaptionerConfig.__doc__ += f"""
     Attributes:
         position_scheme: a name in SCHEMES (README "Model"): {', '.join(SCHEMES)}, or a plug-in's
 """
+
+
+# CaptionerConfig's fields, and those a checkpoint's weights depend on (all but the speed-only ones)
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(CaptionerConfig))
+ARCHITECTURE_KEYS = tuple(f.name for f in dataclasses.fields(CaptionerConfig) if not f.metadata.get("speed_only"))
 
 
 def as_config(cls: type, value: Any, prefix: str = "") -> Any:

@@ -24,8 +24,8 @@ def flops_per_token(config: CaptionerConfig, seq_len: int) -> float:
     """
     v, t = config.vision, config.text
     weights = matmul_weights(config)
-    patches = (v.image_size // v.patch_size) ** 2
-    encoder = (6 * patches * weights["per_patch"] + 6 * patches // v.spatial_merge_size**2 * weights["per_merged"]
+    patches = v.patch_grid_side ** 2
+    encoder = (6 * patches * weights["per_patch"] + 6 * v.merged_grid_side**2 * weights["per_merged"]
                + 12 * v.depth * v.dim * patches**2)
     decoder = 6 * seq_len * weights["per_token"] + 12 * t.depth * t.num_heads * t.head_dim * seq_len**2
     return (encoder + decoder) / seq_len

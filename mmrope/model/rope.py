@@ -49,12 +49,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out.to(x.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """[a, b] -> [-b, a]: the partner of each channel in the rotate-half layout (for readers and references)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def inverse_frequencies(num_pairs: int, theta: float, dim: int | None = None) -> torch.Tensor:
     """f_k = theta^(-2k / dim) for k < num_pairs: geometric, highest frequency first. ``dim`` defaults to 2 * pairs."""
     dim = 2 * num_pairs if dim is None else dim
@@ -130,7 +124,8 @@ class AxialRotaryEmbedding(_FixedFrequencies):
         else:
             raise ValueError(f"axial RoPE over {axes} axes: expected 2 (row, col) or 3 (t, row, col)")
         self.head_dim, self.theta, self.axes = head_dim, theta, axes
-        self.sections = axial_sections(head_dim // 2, axes)
+        pairs = head_dim // 2  # (row, col): halves; (t, row, col): Qwen2-VL's M-RoPE sections
+        self.sections = [pairs // 2, pairs - pairs // 2] if axes == 2 else default_mrope_section(pairs)
         self._set_inv_freq(torch.cat([inverse_frequencies(n, theta) for n in self.sections]))
         axis = torch.repeat_interleave(torch.arange(axes), torch.tensor(self.sections))
         self.register_buffer("axis_of_pair", axis, persistent=False)
@@ -140,15 +135,6 @@ class AxialRotaryEmbedding(_FixedFrequencies):
             raise ValueError(f"axial RoPE over {self.axes} axes got positions of shape {tuple(positions.shape)}: "
                              f"expected (..., n, {self.axes})")
         return _cos_sin(_angles_from_axes(positions, self.axis_of_pair, self.inv_freq))
-
-
-def axial_sections(num_pairs: int, axes: int) -> list[int]:
-    """Rotary pairs per axis: [k/2, k/2] for (row, col); [k/4, rest in halves] for (t, row, col)."""
-    if axes == 2:
-        return [num_pairs // 2, num_pairs - num_pairs // 2]
-    t = num_pairs // 4
-    h = (num_pairs - t) // 2
-    return [t, h, num_pairs - t - h]
 
 
 class MixedRotaryEmbedding(nn.Module):
@@ -304,6 +290,16 @@ def default_mrope_section(num_pairs: int, interleaved: bool = False) -> list[int
     return [t, h, num_pairs - t - h]
 
 
+def check_mrope_section(section: Sequence[int], num_pairs: int, name: str = "mrope_section") -> list[int]:
+    """``section`` as a list, or one line naming ``name`` when it is not three non-negative counts of rotary pairs
+    (t, h, w) summing to ``num_pairs``."""
+    section = list(section)
+    if len(section) != 3 or any(s < 0 for s in section) or sum(section) != num_pairs:
+        raise ValueError(f"{name}={section} does not split the rotary pairs: expected three non-negative counts "
+                         f"(t, h, w) summing to head_dim / 2 = {num_pairs}")
+    return section
+
+
 def mrope_axis_of_pair(num_pairs: int, section: Sequence[int], interleaved: bool) -> torch.Tensor:
     """Which row of the (t, h, w) ids each pair reads. Chunked (Qwen2-VL): [t]*s_t + [h]*s_h + [w]*s_w, so t gets
     the highest frequencies. Interleaved (Qwen3-VL): pair k is h if k % 3 == 1 and k < 3 s_h, w if k % 3 == 2 and
@@ -334,10 +330,8 @@ class MultimodalRotaryEmbedding(_FixedFrequencies):
         super().__init__()
         _check_head_dim(head_dim, 2, "M-RoPE")
         num_pairs = head_dim // 2
-        section = list(mrope_section) if mrope_section is not None else default_mrope_section(num_pairs, interleaved)
-        if len(section) != 3 or any(s < 0 for s in section) or sum(section) != num_pairs:
-            raise ValueError(f"mrope_section={section} must be three non-negative counts of rotary pairs (t, h, w) "
-                             f"summing to head_dim / 2 = {num_pairs}")
+        section = (check_mrope_section(mrope_section, num_pairs) if mrope_section is not None
+                   else default_mrope_section(num_pairs, interleaved))
         self.head_dim, self.theta, self.mrope_section, self.interleaved = head_dim, theta, section, interleaved
         self._set_inv_freq(inverse_frequencies(num_pairs, theta))
         self.register_buffer("axis_of_pair", mrope_axis_of_pair(num_pairs, section, interleaved), persistent=False)

@@ -1,6 +1,6 @@
 """The Llama-style text decoder: RMSNorm, SwiGLU, grouped-query attention, tied embeddings, M-RoPE, a KV cache.
 
-Positions come in explicitly as (t, h, w) ids (3, b, n), computed once by :mod:`mmrope.model.positions`; the rotary
+Positions come in explicitly as (t, h, w) ids (3, b, n), computed once by :mod:`mmrope.model.position_ids`; the rotary
 tables are built once per forward and shared by every layer. On text alone (t = h = w) M-RoPE is plain 1D RoPE.
 
 Einstein legend: b batch, n new tokens, s key slots (cache length, or n without a cache), c model dim, v vocab.

@@ -20,7 +20,6 @@ IMAGE_BREAK_ID = 7  # ends each row of a media block but the last (Pixtral's [IM
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<vision_start>", "<vision_end>", "<image>", "<video>", "<image_break>")
 NUM_SPECIAL = len(SPECIAL_TOKENS)
-NUM_SPECIAL_BEFORE_BREAK = 7  # reserved ids of tokenizers saved before IMAGE_BREAK_ID existed
 
 IGNORE_INDEX = -100  # label value the loss skips (padding, image block)
 

@@ -1,7 +1,7 @@
 """The ViT encoder: native-resolution patches, one switchable position encoding, and a Qwen2-VL patch merger.
 
 Patches are kept in merge-window order (each m x m window contiguous, windows in raster order; see
-:mod:`mmrope.model.positions`), so the merger is a reshape and token k of an image sits at decoder grid cell
+:mod:`mmrope.model.position_ids`), so the merger is a reshape and token k of an image sits at decoder grid cell
 (k // (W/m), k % (W/m)), which is what ``get_rope_index`` assumes. Media of one shape run as one dense batch, so
 each image or clip attends only within itself with no mask.
 
@@ -27,7 +27,7 @@ from torch import nn
 from mmrope.model.config import VisionConfig
 from mmrope.model.layers import Attention, Mlp
 from mmrope.model.pos_encodings import ENCODERS
-from mmrope.model.positions import patch_positions
+from mmrope.model.position_ids import patch_positions
 from mmrope.model.rotary_apply import RotaryApply, reference
 
 Rope = tuple[torch.Tensor, torch.Tensor]
@@ -90,7 +90,7 @@ class VisionEncoder(nn.Module):
         (tokens (sum_i N_i, out_dim) in media order, grid_thw (B, 3) long: temporal patches, then encoder patches
         down and across)."""
         media = list(media)
-        channels, window = self.config.in_channels, self.config.patch_size * self.config.spatial_merge_size
+        channels, window = self.config.in_channels, self.config.merged_patch_size
         clips = []
         for i, m in enumerate(media):
             clip = m.unsqueeze(0) if m.ndim == 3 else m  # an image is a one-frame clip

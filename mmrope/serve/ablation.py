@@ -6,7 +6,8 @@ The folder is read as ``mmrope ablate`` writes it (:mod:`mmrope.ablation.runner`
 ``predictions.csv``, ``logs/version_*/metrics.csv`` and ``checkpoints/last.ckpt``. Cells and tests are the report's
 own (:func:`mmrope.ablation.scenes.summarize_scenes`, :func:`~mmrope.ablation.scenes.compare`), so the page shows the
 numbers results.md holds; scenes are re-drawn from the grid's evaluation sets (scene i of ``predictions.csv`` is
-``eval_set.scenes[i]``); the inspector is the caption page's :func:`mmrope.serve.explain.explain`.
+``eval_set.scenes[i]``); the inspector is the caption page's :func:`mmrope.serve.explain.explain`. The scenes
+and the inspector are :mod:`mmrope.serve.ablation_scenes`; this module reads the plan, the runs and their numbers.
 
 Which grid the folder was run with comes from ``OUT/plan.json``, when ``mmrope ablate`` wrote one (:data:`PLAN_FILE`:
 ``{"grid": path, "preset": name, "seeds": count, "max_steps": steps, "arms": [names]}``, what
@@ -21,19 +22,18 @@ above, under ``OUT/<arm>/seed<k>/``, and each is resolved first: one that a link
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from mmrope.ablation.plan import Plan, arm_name, load_plan
+from mmrope.ablation.scoring import SCENES_FILE
+from mmrope.errors import one_line
 
 PLAN_FILE = "plan.json"  # what `mmrope ablate` was run with; see the module's docstring
-SCENES_FILE = "predictions.csv"  # mmrope.ablation.runner.SCENES_FILE, without importing the runner
 MARKER_FILE = "eval.json"  # a scored run's marker: the evaluation settings it was scored with
 MAX_FILE_BYTES = 64 * 2**20  # a predictions.csv or metrics.csv larger than this is not read (a full grid's: ~1 MB)
 MAX_ROWS = 200  # scenes listed at once; the rest are counted
@@ -68,7 +68,7 @@ def read_plan(out: str | Path, grid: str | Path | None = None, preset: str | Non
                 record.get("preset"), str):
             raise ValueError("expected an object with grid and preset")
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{path}: cannot be read ({' '.join(str(e).split())[:120]}); give --grid and --preset") \
+        raise ValueError(f"{path}: cannot be read ({one_line(e, 120)}); give --grid and --preset") \
             from None
     try:
         return load_plan(record["grid"], record["preset"], seeds=record.get("seeds"),
@@ -97,22 +97,18 @@ def _plan_from_flags(out: Path, grid: str | Path, preset: str) -> Plan:
 
 class AblationFolder:
     """An ablation folder and its plan, read for the page. Reading is cached until a run's predictions change (an
-    ablation still running adds runs); model calls go through ``pipelines`` (the server holds one at a time)."""
+    ablation still running adds runs). The scenes and the inspector: :mod:`mmrope.serve.ablation_scenes`."""
 
     def __init__(self, out: str | Path, plan: Plan, device: str = "cpu"):
-        from mmrope.serve.server import PipelineCache
-
         self.out, self.root, self.plan = Path(out), Path(out).resolve(), plan
         self.arms = [arm_name(e, s) for e, s in plan.arms]
-        self.pipelines = PipelineCache(device, keep=4)  # two arms at a time, and the two before
+        self.device = device  # where the scenes' inspector runs the runs' checkpoints (mmrope.serve.ablation_scenes)
         self.lock = threading.RLock()  # guards the caches below; requests come from several threads
         self.stamps: dict = {}
         self.runs: dict[tuple[str, int], list[dict]] = {}
         self.refused: list[str] = []  # links out of the folder, runs left out: what the page says it does not show
         self.notes: list[str] = []
         self.cache: dict = {}  # per runs' stamps: tables by metric, the comparisons
-        self.eval_sets: dict = {}
-        self.media: OrderedDict = OrderedDict()  # (split, protocol, size, frames) -> the drawn scenes, a few kept
 
     # --- what a client may name -------------------------------------------------------------------------------
 
@@ -231,14 +227,14 @@ class AblationFolder:
             "folder": str(self.out), "grid": str(plan.grid), "preset": plan.preset, "base": str(plan.base),
             "metric": plan.metric, "threshold": plan.threshold, "max_steps": plan.max_steps, "n": plan.n,
             "train_size": plan.train_size, "train_frames": plan.train_frames, "splits": plan.splits,
-            "protocols": plan.protocols, "points": [self._point_json(p, f, n) for p, f in plan.scored
+            "protocols": plan.protocols, "points": [self.point_json(p, f, n) for p, f in plan.scored
                                                     for n in (plan.frames or [None])],
             "arms": self.arms, "seeds": plan.seeds, "metrics": metrics, "series": series[:40],
             "scored": {arm: [k for k in plan.seeds if (arm, k) in runs] for arm in self.arms},
             "trained": trained, "refused": self.refused, "comparisons": self.comparisons(),
         }
 
-    def _point_json(self, protocol: str, factor: float, frames: int | None) -> dict:
+    def point_json(self, protocol: str, factor: float, frames: int | None) -> dict:
         size = round(factor * self.plan.train_size)
         train = factor == 1 and protocol == "scaled" and frames in (None, self.plan.train_frames)
         label = f"{size} px ({factor:.3g}x)" + (f", {frames} frames" if frames else "")  # as results.md
@@ -320,108 +316,6 @@ class AblationFolder:
         threshold = self.plan.threshold if series == f"val/{self.plan.metric}" else None
         return {"series": series, "max_steps": self.plan.max_steps, "threshold": threshold, "arms": arms}
 
-    def scenes(self, point: tuple, seed: int, show: str = "all") -> dict:
-        """Every scene at ``point``: its reference caption and what each arm's ``seed`` wrote, with its headline
-        score; ``show`` keeps ``all``, the scenes an arm got ``wrong:<arm>`` or ``right:<arm>``, or those the arms
-        ``disagree`` on. At most :data:`MAX_ROWS` rows, the rest counted."""
-        plan, runs = self.plan, self.read_runs()
-        kind, _, which = show.partition(":")
-        if kind not in ("all", "wrong", "right", "disagree") or (kind in ("wrong", "right")) != bool(which):
-            raise ValueError(f"show {show[:80]!r}: expected all, disagree, wrong:<arm> or right:<arm>")
-        if which:
-            self.arm(which)
-        written = {}
-        for arm in self.arms:
-            rows = runs.get((arm, seed), [])
-            written[arm] = {int(r["index"]): r for r in rows if _row_point(r) == point and r.get("index", "").isdigit()}
-        references = self.eval_set(point[0], point[1]).references
-        listed, counts = [], {arm: {"right": 0, "wrong": 0} for arm in self.arms}
-        for i in range(plan.n):
-            arms = {}
-            for arm in self.arms:
-                row = written[arm].get(i)
-                if row is None:
-                    continue
-                score = _score(row.get(plan.metric))
-                arms[arm] = {"prediction": row.get("prediction", ""), "score": score}
-                if score is not None:
-                    counts[arm]["right" if score >= 0.5 else "wrong"] += 1
-            outcomes = {a: v["score"] >= 0.5 for a, v in arms.items() if v["score"] is not None}
-            keep = {"all": bool(arms), "disagree": len(set(outcomes.values())) > 1,
-                    "wrong": outcomes.get(which) is False, "right": outcomes.get(which) is True}[kind]
-            if keep:
-                listed.append({"index": i, "reference": references[i][0] if references[i] else "", "arms": arms})
-        return {"point": self._point_json(*point[1:]), "split": point[0], "seed": seed, "show": show,
-                "metric": plan.metric, "counts": counts, "total": len(listed), "rows": listed[:MAX_ROWS]}
-
-    def eval_set(self, split: str, protocol: str):
-        from mmrope.eval.evaluation import data_set
-
-        with self.lock:
-            if (split, protocol) not in self.eval_sets:
-                self.eval_sets[split, protocol] = data_set(self.plan.data, split, n=self.plan.n, protocol=protocol)
-            return self.eval_sets[split, protocol]
-
-    def drawn(self, point: tuple) -> list:
-        """The point's scenes as the runs were scored on them (PIL images, or clips), the last few points kept."""
-        split, protocol, factor, frames = point
-        key = (split, protocol, round(factor * self.plan.train_size), frames)
-        with self.lock:
-            if key not in self.media:
-                self.media[key] = self.eval_set(split, protocol).images(key[2], frames)
-                while len(self.media) > 6:
-                    self.media.popitem(last=False)
-            self.media.move_to_end(key)
-            return self.media[key]
-
-    def image(self, point: tuple, index: int) -> bytes:
-        """Scene ``index`` at ``point`` as a PNG, enlarged by a whole factor (a clip: its frames side by side)."""
-        from PIL import Image
-
-        from mmrope.serve.explain import strip
-
-        picture = self.drawn(point)[index]
-        frames = getattr(picture, "frames", [picture])
-        pixels = strip([np.asarray(f.convert("RGB"), dtype=np.float64) / 255 for f in frames])
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG", optimize=True)
-        return buffer.getvalue()
-
-    def inspect(self, arms: list[str], seed: int, index: int, off: tuple) -> dict:
-        """Scene ``index`` of ``off``'s split, for each arm's ``seed``: the caption, attention per word and (t, h, w)
-        ids (:func:`mmrope.serve.explain.explain`) at the training size and at ``off``, beside the caption
-        predictions.csv holds. Loads the runs' last.ckpt: the server calls it one at a time."""
-        from mmrope.serve.explain import explain
-
-        plan = self.plan
-        train = (off[0], "scaled", 1.0, plan.train_frames)
-        points = [train] + ([off] if off != train else [])
-        checkpoints = {}
-        for arm in arms:
-            path = self.file(arm, seed, "checkpoints", "last.ckpt")
-            if not path.is_file():
-                raise NotThere(f"{arm} seed {seed} has no checkpoints/last.ckpt (not trained yet)")
-            checkpoints[arm] = path
-        runs, panels = self.read_runs(), []
-        for arm in arms:
-            pipeline = self.pipelines.get(checkpoints[arm])
-            written = {_row_point(r): r for r in runs.get((arm, seed), []) if r.get("index") == str(index)}
-            for point in points:
-                eval_set = self.eval_set(point[0], point[1])
-                answer = explain(pipeline, self.drawn(point)[index], num_beams=1, max_new_tokens=plan.max_new_tokens,
-                                 size=round(point[2] * plan.train_size), clip_mode=plan.clip_mode)
-                score = None
-                if eval_set.scenes is not None and eval_set.accuracies is not None:
-                    score = _score(eval_set.accuracies([answer["caption"]], [eval_set.scenes[index]]).get(plan.metric))
-                row = written.get(point)
-                panels.append({"arm": arm, "point": self._point_json(*point[1:]), "caption": answer["caption"],
-                               "score": score, "written": row.get("prediction") if row else None,
-                               **{k: answer[k] for k in ("image", "words", "ids", "size", "scheme", "pos_encoding",
-                                                         "kind", "frames")}})
-        references = self.eval_set(off[0], off[1]).references[index]
-        return {"split": off[0], "index": index, "seed": seed, "metric": plan.metric,
-                "reference": references[0] if references else "", "panels": panels}
-
 
 def _is_file(folder: AblationFolder, arm: str, seed: int, *parts: str) -> bool:
     try:
@@ -430,7 +324,7 @@ def _is_file(folder: AblationFolder, arm: str, seed: int, *parts: str) -> bool:
         return False
 
 
-def _row_point(row: dict) -> tuple:
+def row_point(row: dict) -> tuple:
     """(split, protocol, factor, frames) of a predictions.csv row."""
     try:
         factor = float(row.get("factor", "nan"))
@@ -441,7 +335,7 @@ def _row_point(row: dict) -> tuple:
             int(frames) if frames and frames.isdigit() else None)
 
 
-def _score(cell) -> float | None:
+def score_of(cell) -> float | None:
     """A score cell as a number; None where the scene has none (JSON has no NaN)."""
     try:
         value = float(cell)

@@ -12,6 +12,7 @@ What both engines share:
     config_files.py   --config files read safely, parse errors as one line naming file and key
     optim.py          the AdamW parameter groups, the warmup + cosine schedule, their config
     callbacks.py      Lightning's callbacks, and the Ctrl-C / SIGTERM handling both engines stop by
+    loggers.py        TensorBoard and MLflow beside the CSV logs: a config's ``logging`` section
     mmrope/checkpoints.py   the one checkpoint writer and reader (each engine's training state under its own key)
 
 Lightning's engine (``mmrope train fit``):
@@ -20,8 +21,11 @@ Lightning's engine (``mmrope train fit``):
     module.py         CaptionModule: the training loop, validation that generates and scores captions
     datamodule.py     CaptionDataModule: shapes, clips or caption files; exact mid-epoch resume
     checkpoint_io.py  Lightning's checkpoint IO through mmrope.checkpoints: atomic writes, weights-only reads
+    pretrained.py     model.vision_init: a timm ViT's weights from a file on disk into the encoder
 
-The stacked engine (``mmrope train stacked``): :mod:`mmrope.train.stacked`.
+The stacked engine (``mmrope train stacked``):
+
+    stacked/          several seeds of one config as one set of batched weights (its ``__init__`` maps it)
 
 ``python -m mmrope.train`` and ``python train.py`` (a checkout's shortcut) are ``mmrope train`` under other names.
 """

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import signal
 import time
-import warnings
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -17,9 +16,6 @@ from mmrope.data.collate import SkippedBatch
 from mmrope.train import PROG
 
 log = logging.getLogger("mmrope")
-# mmrope train refuses a new run in a folder that holds one (cli.refuse_to_replace): a non-empty checkpoint folder is
-# the run being resumed, which Lightning would warn about at every resume.
-warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
 class TrainingInterrupted(Exception):

@@ -20,6 +20,7 @@ continues it (``--ckpt_path last``) or replaces it (``--overwrite``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -29,7 +30,8 @@ from pathlib import Path
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 
-from mmrope.model.config import CaptionerConfig
+from mmrope.errors import one_line
+from mmrope.model.config import ARCHITECTURE_KEYS, CaptionerConfig
 from mmrope.model.decoder_schemes import SCHEMES
 from mmrope.train import PROG
 from mmrope.train.callbacks import TrainingInterrupted, default_callbacks, resume_hint
@@ -43,10 +45,29 @@ from mmrope.train.run import build_run, run_loggers
 DESCRIPTION = ("Train, validate, test or predict a captioner from YAML configs with Lightning (`mmrope train fit "
                "--help` lists every key). `mmrope train stacked --run SEED=DIR ... -- fit ...` trains several seeds "
                "of one config at once, as one set of batched weights.")
-MODEL_KEYS = ("vision", "text", "position_scheme", "tokens_per_second")  # what the weights' shapes depend on
 # the data module cuts images into the model's patches at the model's training size: model.vision.X -> data.Y
 VISION_TO_DATA = {"patch_size": "patch_size", "spatial_merge_size": "merge_size",
                   "temporal_patch_size": "temporal_patch_size", "image_size": "image_size"}
+# Lightning's warnings about what mmrope does on purpose: silenced while `mmrope train` runs, never at import, so a
+# user's own loop that imports mmrope keeps all of them
+EXPECTED_WARNINGS = (
+    # the sampler resumes through CaptionDataModule.state_dict, which Lightning cannot see
+    ".*dataloader is not resumable.*",
+    # a shard stream's len() is exact over any number of workers (mmrope.data.shards plans them)
+    ".*IterableDataset. has .__len__. defined.*",
+    # on_before_batch_transfer belongs to the module, where the model that lays out the batch is
+    "You have overridden `on_before_batch_transfer` in `LightningModule`",
+    # a new run in a folder that holds one is refused (refuse_to_replace): a non-empty one is being resumed
+    "Checkpoint directory .* exists and is not empty",
+)
+
+
+@contextlib.contextmanager
+def expected_warnings_silenced():
+    with warnings.catch_warnings():
+        for message in EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 class CaptionCLI(LightningCLI):
@@ -236,14 +257,15 @@ def reconcile_model_config(model, saved: dict, path: Path, explicit: set[str]) -
     A setting that no config file or flag gave (``explicit``: dotted keys under ``model.``) takes the checkpoint's
     value; one given explicitly with another value is a conflict, refused in one line. A setting the config leaves
     to be derived (``text.mrope_section``) that derives to the checkpoint's value is taken without a word."""
-    given = {key: _plain(model.get(key)) for key in MODEL_KEYS}
+    given = {key: _plain(model.get(key)) for key in ARCHITECTURE_KEYS}
     try:
         derived = CaptionerConfig.from_dict({k: v for k, v in given.items() if v is not None}).to_dict()
     except ValueError:  # a config the checkpoint's values will complete
         derived = {}
     taken = []
     for dotted, value in flatten_keys(saved):
-        if dotted == "text.vocab_size" or dotted.split(".")[0] not in MODEL_KEYS:  # vocab: checked with the weights
+        # text.vocab_size is checked with the weights
+        if dotted == "text.vocab_size" or dotted.split(".")[0] not in ARCHITECTURE_KEYS:
             continue
         mine = _lookup(given, dotted)
         if mine == value:
@@ -276,11 +298,13 @@ def _lookup(d, dotted: str):
 
 def main(args: list[str] | None = None) -> int:
     if os.environ.get("MMROPE_DEBUG"):
-        CaptionCLI(CaptionModule, CaptionDataModule, args=args, save_config_kwargs={"overwrite": True})
+        with expected_warnings_silenced():
+            CaptionCLI(CaptionModule, CaptionDataModule, args=args, save_config_kwargs={"overwrite": True})
         return 0
     try:
         args = check_config_files(sys.argv[1:] if args is None else list(args))
-        CaptionCLI(CaptionModule, CaptionDataModule, args=args, save_config_kwargs={"overwrite": True})
+        with expected_warnings_silenced():
+            CaptionCLI(CaptionModule, CaptionDataModule, args=args, save_config_kwargs={"overwrite": True})
     except TrainingInterrupted as err:
         print(f"{PROG}: stopped by {err}", file=sys.stderr)
         return 128 + err.signum
@@ -289,7 +313,4 @@ def main(args: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 

@@ -4,7 +4,6 @@ see exactly the samples an uninterrupted one would."""
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Any, Literal
 
 import lightning as L
@@ -237,8 +236,3 @@ CaptionDataModule.__doc__ += f"""
     Args:
         dataset: a name in BENCHMARKS (mmrope.benchmarks): {', '.join(BENCHMARKS)}, or a plug-in's
 """
-
-# Our sampler resumes through CaptionDataModule.state_dict; Lightning cannot see that and warns otherwise.
-warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
-# A shard stream's len() is exact over any number of workers (mmrope.data.shards plans them); Lightning cannot know.
-warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")

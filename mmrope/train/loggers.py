@@ -26,6 +26,8 @@ from pathlib import Path
 
 from lightning.pytorch.cli import SaveConfigCallback
 
+from mmrope.errors import one_line
+
 INSTALL = "pip install 'mmrope[loggers]'"
 
 
@@ -93,7 +95,7 @@ def mlflow_logger(uri: str, experiment: str):
                 client.create_experiment(experiment)
         logger = MLFlowLogger(experiment_name=experiment, tracking_uri=uri)
     except Exception as e:  # noqa: BLE001 - MlflowException, SQLAlchemy's errors, no sqlalchemy, a bad folder: one line
-        raise ValueError(f"logging.mlflow={uri}: cannot open the store ({' '.join(str(e).split())[:300]})") from None
+        raise ValueError(f"logging.mlflow={uri}: cannot open the store ({one_line(e, 300)})") from None
     if found is not None and found.lifecycle_stage == "deleted":
         raise ValueError(f"logging.mlflow={uri}: the experiment {experiment!r} was deleted there: restore it "
                          "(mlflow experiments restore) or choose another logging.experiment")

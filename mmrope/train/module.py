@@ -22,15 +22,13 @@ from mmrope.data.collate import SkippedBatch
 from mmrope.data.tokenizer import Tokenizer, load_tokenizer
 from mmrope.eval.scoring import score_generated
 from mmrope.model.captioner import Captioner
-from mmrope.model.config import CaptionerConfig, RotaryApply, TextConfig, VisionConfig, as_config
+from mmrope.model.config import CaptionerConfig, RotaryApplyName, TextConfig, VisionConfig, as_config
 from mmrope.model.decoder_schemes import SCHEMES
 from mmrope.model.flops import num_parameters
 from mmrope.model.vision import clip_mask
 from mmrope.train.optim import OptimConfig, cosine_with_warmup, parameter_groups
 
 log = logging.getLogger("mmrope")
-# on_before_batch_transfer belongs here, where the model that lays out the batch is, whatever the data module
-warnings.filterwarnings("ignore", message="You have overridden `on_before_batch_transfer` in `LightningModule`")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -39,7 +37,7 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class VisionInit:
-    """Start the ViT from a timm checkpoint on disk (:mod:`mmrope.model.pretrained`; nothing is downloaded)."""
+    """Start the ViT from a timm checkpoint on disk (:mod:`mmrope.train.pretrained`; nothing is downloaded)."""
     path: str  # a .safetensors / .pth file in timm's names, or the weights file of `timm_model`
     timm_model: str | None = None  # a timm model name: timm builds it and loads `path` with its own converters
     freeze_steps: int = 0  # the loaded tensors get no update for this many optimizer steps (the new parts settle)
@@ -61,7 +59,7 @@ class CaptionModule(L.LightningModule):
 
     def __init__(self, vision: VisionConfig = VisionConfig(), text: TextConfig = TextConfig(),  # noqa: B008
                  position_scheme: str = "mrope_interleaved",
-                 tokens_per_second: float | None = None, rotary_apply: RotaryApply = "auto",
+                 tokens_per_second: float | None = None, rotary_apply: RotaryApplyName = "auto",
                  optim: OptimConfig = OptimConfig(), max_new_tokens: int = 24,  # noqa: B008
                  on_nonfinite: Literal["raise", "skip"] = "raise", compile: bool = False,
                  log_samples: int = 8, vision_init: VisionInit | None = None, tokenizer: dict | None = None):
@@ -114,7 +112,7 @@ class CaptionModule(L.LightningModule):
         restores after ``setup``, which would overwrite the loaded tensors) and before the first step."""
         if self.vision_init is None or self.trainer.ckpt_path is not None:
             return
-        from mmrope.model.pretrained import load_timm_vision
+        from mmrope.train.pretrained import load_timm_vision
 
         init = self.vision_init
         loaded, notes = load_timm_vision(self.model.vision, init.path, init.timm_model)

@@ -8,6 +8,12 @@ from pathlib import Path
 import torch
 
 
+def format_id(value: float) -> str:
+    """An id as it reads: 7, or 0.67 for a fractional one (two decimals)."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else f"{value:.2f}"
+
+
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
@@ -59,9 +65,9 @@ def plot_position_ids(labels: list[str], position_ids: torch.Tensor, path: str |
     ax.imshow(ids.float().numpy(), cmap="viridis", aspect="auto")
     for row in range(3):
         for col in range(n):
-            value = int(ids[row, col])
+            value = float(ids[row, col])
             colour = "black" if value > ids.float().mean() else "white"
-            ax.text(col, row, str(value), ha="center", va="center", fontsize=7, color=colour)
+            ax.text(col, row, format_id(value), ha="center", va="center", fontsize=7, color=colour)
     ax.set_yticks(range(3), ["t", "h", "w"])
     ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
     if title:

@@ -12,7 +12,7 @@ import torch
 
 from mmrope.model.config import VisionConfig
 from mmrope.model.pos_encodings import ENCODERS, PosEncoding
-from mmrope.model.positions import patch_positions
+from mmrope.model.position_ids import patch_positions
 from mmrope.model.rope import apply_rotary
 from mmrope.viz.figures import pyplot, save
 

@@ -4,7 +4,7 @@
     mrope.py          mrope, mrope_interleaved: M-RoPE's grid, chunked or interleaved pairs (Qwen2-VL, Qwen3-VL)
     flat.py           flat, v2pe, pixtral: one id per token on all three rows (1D RoPE)
     circle.py         circle_rope: media ids on a ring orthogonal to the text direction
-    diagonal.py       videorope, hope, lumos_mmrope: media ids off M-RoPE's grid, other pair allocations
+    videorope.py      videorope, hope, lumos_mmrope: media ids off M-RoPE's grid, other pair allocations
     spatial_reset.py  mrope_i, mhrope, il_rope, omni_rope: media h, w counted from 0 in each block
     blind.py          blind_causal, blind: controls whose decoder cannot tell where a media token came from
 
@@ -14,7 +14,7 @@ them. A scheme in a user's own file subclasses :class:`DecoderScheme` and regist
 """
 
 # the families in the order README "Model" lists their schemes, which the registry keeps
-from mmrope.model.decoder_schemes import mrope, flat, circle, diagonal, spatial_reset, blind  # noqa: F401  # isort: skip
+from mmrope.model.decoder_schemes import mrope, flat, circle, videorope, spatial_reset, blind  # noqa: F401  # isort: skip
 from mmrope.model.decoder_schemes.base import (
     ALMOST_STILL,
     AXIS_NAMES,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from mmrope.model.positions import MediaTokens, decode_position_ids, media_tokens, placed_position_ids
+from mmrope.model.position_ids import MediaTokens, decode_position_ids, media_tokens, placed_position_ids
 from mmrope.model.registry import Registry
 from mmrope.model.rope import MultimodalRotaryEmbedding, default_mrope_section, mrope_axis_of_pair
 from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, media_blocks, vision_block
@@ -172,9 +172,9 @@ class PlacedMedia(DecoderScheme):
     """The base of the schemes that place each media token's ids themselves (not registered itself): a media block
     starts at s, the id its first token would get if it were text; :meth:`place` gives each of its tokens its ids
     relative to s and the block its advance, where the text after it continues relative to s
-    (:func:`mmrope.model.positions.placed_position_ids`). Ids are float32 and rope deltas float64, so that a layout
+    (:func:`mmrope.model.position_ids.placed_position_ids`). Ids are float32 and rope deltas float64, so that a layout
     may use fractional ids; decoding continues each row's running index with the base class's
-    ``cache_index + rope_delta``. The centred (diagonal.py), ring (circle.py), fractional (flat.py: v2pe) and
+    ``cache_index + rope_delta``. The centred (videorope.py), ring (circle.py), fractional (flat.py: v2pe) and
     one-id (blind.py) layouts are such schemes."""
 
     def position_ids(self, input_ids, grid_thw, attention_mask=None, clip=None, second_per_grid_t=None):

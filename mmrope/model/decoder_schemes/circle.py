@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 
 from mmrope.model.decoder_schemes.base import PlacedMedia, register_scheme
-from mmrope.model.positions import MediaTokens
+from mmrope.model.position_ids import MediaTokens
 
 
 @register_scheme("circle_rope")

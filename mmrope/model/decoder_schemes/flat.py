@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from mmrope.model.decoder_schemes.base import DecoderScheme, PlacedMedia, register_scheme
-from mmrope.model.positions import flat_position_ids
+from mmrope.model.position_ids import flat_position_ids
 from mmrope.model.tokens import IMAGE_BREAK_ID
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from mmrope.model.decoder_schemes.base import DecoderScheme, register_scheme
-from mmrope.model.positions import get_rope_index
+from mmrope.model.position_ids import get_rope_index
 from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
 
 

@@ -31,7 +31,7 @@ import torch
 
 from mmrope.model.decoder_schemes.base import register_scheme
 from mmrope.model.decoder_schemes.mrope import MRoPE
-from mmrope.model.positions import media_tokens, real_token_mask
+from mmrope.model.position_ids import media_tokens, real_token_mask
 from mmrope.model.rope import rotary_dtype
 from mmrope.model.tokens import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from mmrope.model.pos_encodings.axial import AxialRoPE2D
 from mmrope.model.pos_encodings.base import Grid, PosEncoding, register_encoder
-from mmrope.model.positions import raster_positions
+from mmrope.model.position_ids import raster_positions
 
 if TYPE_CHECKING:
     from mmrope.model.config import VisionConfig
@@ -81,7 +81,7 @@ class LearnedTable(PosEncoding):
     def __init__(self, config: VisionConfig):
         super().__init__(config)
         self.merge = config.spatial_merge_size
-        self.pos_embed = LearnedPosEmbed(config.dim, config.image_size // config.patch_size)
+        self.pos_embed = LearnedPosEmbed(config.dim, config.patch_grid_side)
 
     def embed(self, x: torch.Tensor, positions: torch.Tensor, grid: Grid) -> torch.Tensor:
         t, h, w = grid

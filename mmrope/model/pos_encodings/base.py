@@ -4,7 +4,7 @@ are the other modules of this package, one per family; this module imports none 
 
 An encoding either adds a table to the patch embeddings (:meth:`PosEncoding.embed`), or rotates every block's
 queries and keys (:meth:`PosEncoding.rotary`, one ``(cos, sin)`` per block), or both. It gets the patches'
-(t, row, col) ids in the encoder's merge-window order (:func:`mmrope.model.positions.patch_positions`) and the grid
+(t, row, col) ids in the encoder's merge-window order (:func:`mmrope.model.position_ids.patch_positions`) and the grid
 they come from, so a new image size needs no change: the ids are recomputed. Adding an arm is one registered class
 (and its tests), in this package or in a user's own file; the config, the encoder, the plots, the README tables and
 the ablation all read :data:`ENCODERS`.

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mmrope.errors import one_line
 from mmrope.train import PROG as TRAIN_PROG
 
 PROG = f"{TRAIN_PROG} stacked"
@@ -61,5 +62,5 @@ def main(argv: list[str] | None = None) -> int:
         trainer = StackedTrainer(runs, train_args, options, resume=args.resume, overwrite=args.overwrite)
         return trainer.train(say)
     except (ValueError, OSError) as err:
-        say(f"error: {' '.join(str(err).split())}")
+        say(f"error: {one_line(err)}")
         return 1

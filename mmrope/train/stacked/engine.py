@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from mmrope.errors import one_line
 from mmrope.train.stacked.checkpoint import read_run_checkpoints, write_run_checkpoint
 from mmrope.train.stacked.data import RENDERERS, RunData, StepBatches, to_device
 from mmrope.train.stacked.optim import AdamWState, FlatParameters
@@ -92,7 +93,7 @@ class StackedTrainer:
                             precision=trainer.get("precision") or "32-true")
         except (RuntimeError, ValueError, MisconfigurationException) as e:  # Lightning's words: no CUDA, a typo
             raise ValueError(f"trainer.accelerator={trainer.get('accelerator')}, trainer.precision="
-                             f"{trainer.get('precision')}: {' '.join(str(e).split())}") from None
+                             f"{trainer.get('precision')}: {one_line(e)}") from None
         if fabric.strategy.precision.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision={trainer.get('precision')}: stacked training supports "
                              f"{' and '.join(PRECISIONS)}")

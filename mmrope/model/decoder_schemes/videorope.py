@@ -1,5 +1,6 @@
-"""Schemes that place media ids off M-RoPE's grid and give the axes other shares of the rotary pairs: VideoRoPE and
-HoPE (the diagonal layout: a frame's h and w ids centred on its t id), Lumos-1's MM-RoPE (M-RoPE's grid, scaled).
+"""VideoRoPE and the schemes that build on it: each places media ids off M-RoPE's grid and gives the axes other shares
+of the rotary pairs. VideoRoPE and HoPE (the diagonal layout: a frame's h and w ids centred on its t id), Lumos-1's
+MM-RoPE (M-RoPE's grid, scaled).
 
 All three number a media block from s, the id its first token would get if it were text, and let the text after it
 continue at s + the block's advance (:class:`~mmrope.model.decoder_schemes.base.PlacedMedia`), so decoding continues
@@ -231,7 +232,7 @@ class LumosMMRoPE(PlacedMedia):
     def __init__(self, config: CaptionerConfig):
         super().__init__(config)
         text, vision = config.text, config.vision
-        pixels = vision.patch_size * vision.spatial_merge_size
+        pixels = vision.merged_patch_size
         frames = 1 if config.tokens_per_second is not None else vision.temporal_patch_size
         self.scale = tuple(self.position_scale or (frames, pixels, pixels))
         self.rope = AllocatedRotaryEmbedding(text.head_dim, text.rope_theta, self.axis_of_pair(config))

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmrope.errors import one_line
+
 LAYERS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")  # a block's, in the order it runs them
 BLOCK_TENSORS = {f"{layer}.{kind}" for layer in LAYERS for kind in ("weight", "bias")}
 DROPPED = ("cls_token", "reg_token", "head.", "head_drop", "fc_norm.", "attn_pool.")
@@ -47,7 +49,7 @@ def read_timm_weights(path: str | Path, timm_model: str | None = None) -> dict[s
             model = timm.create_model(timm_model, pretrained=True, num_classes=0,
                                       pretrained_cfg_overlay={"file": str(path), "source": "file"})
         except Exception as e:  # noqa: BLE001 - timm raises RuntimeError, KeyError, ... for a file it cannot load
-            raise ValueError(f"{path}: timm could not load it into {timm_model} ({' '.join(str(e).split())[:300]})"
+            raise ValueError(f"{path}: timm could not load it into {timm_model} ({one_line(e, 300)})"
                              ) from None
         return model.state_dict()
     if path.suffix == ".safetensors":
@@ -56,11 +58,11 @@ def read_timm_weights(path: str | Path, timm_model: str | None = None) -> dict[s
         try:
             return load_file(str(path))
         except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError
-            raise ValueError(f"{path}: not a safetensors file ({e})") from None
+            raise ValueError(f"{path}: not a safetensors file ({one_line(e, 200)})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a torn or crafted file raises anything from pickle
-        raise ValueError(f"{path}: cannot read it as a torch file of tensors ({' '.join(str(e).split())[:200]})"
+        raise ValueError(f"{path}: cannot read it as a torch file of tensors ({one_line(e, 200)})"
                          ) from None
     for key in ("state_dict", "model", "module"):  # training checkpoints wrap the weights
         if isinstance(state, dict) and isinstance(state.get(key), dict):

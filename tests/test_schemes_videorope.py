@@ -1,4 +1,4 @@
-"""VideoRoPE, HoPE and Lumos-1's MM-RoPE (mmrope.model.decoder_schemes.diagonal): ids against the reference code's
+"""VideoRoPE, HoPE and Lumos-1's MM-RoPE (mmrope.model.decoder_schemes.videorope): ids against the reference code's
 numbers, padding, decoding, the rotary allocations, HoPE's training draws, and the relative-position properties the
 papers claim."""
 
