@@ -263,6 +263,13 @@ def test_shipped_grid_and_bad_grids(tmp_path):
     assert ("anchored", 0.5) not in relation.scored and ("same_pixels", 1.0) not in relation.scored
     places = load_plan(grid, "cpu-places")
     assert places.sizes == [32, 48, 64, 96, 144] and places.metric == "place" and places.threshold == 0.9
+    import yaml
+
+    recipe = ROOT / "configs/ablation/relation_recipe.yaml"  # each attempt at the relation plateau, one seed
+    presets = yaml.safe_load(recipe.read_text())["presets"]
+    attempts = {name: load_plan(recipe, name) for name in presets}
+    assert all(p.metric == "relation" and p.arms == [("rope2d", "mrope_interleaved")] for p in attempts.values())
+    assert attempts["recipe"].seeds == [0, 1, 2] and attempts["random"].seeds == [0]
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(tiny_grid(tmp_path).read_text().replace("factors: [0.5, 1]", "factors: [0.75, 1]"))

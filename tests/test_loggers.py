@@ -127,7 +127,7 @@ def test_a_tracker_that_is_not_installed_is_one_line(tmp_path, capsys):
                                str(ROOT / "configs/loggers/tensorboard.yaml"),
                                f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=1"])
     assert code == 1
-    assert capsys.readouterr().err.endswith("train.py: error: logging.tensorboard: true needs the tensorboard "
+    assert capsys.readouterr().err.endswith("mmrope train: error: logging.tensorboard: true needs the tensorboard "
                                             "package: pip install 'mmrope[loggers]'\n")
 
 

@@ -116,7 +116,7 @@ def test_a_scheme_an_encoder_and_a_benchmark_from_a_users_file_train_from_a_yaml
         """), encoding="utf-8")
     monkeypatch.setattr(sys, "argv", sys.argv[:1])  # LightningCLI warns when it also sees pytest's arguments
     assert train.main(["fit", "--config", str(config)]) == 0, capsys.readouterr().err
-    assert "train.py: validation at step 4" in capsys.readouterr().out  # scored by the benchmark's own accuracy
+    assert "mmrope train: validation at step 4" in capsys.readouterr().out  # scored by the benchmark's own accuracy
     checkpoints = tmp_path / "run" / "checkpoints"
     saved = torch.load(checkpoints / "last.ckpt", weights_only=True)["mmrope"]["config"]
     assert (saved["vision"]["pos_encoding"], saved["position_scheme"]) == ("plugin_rows", "plugin_grid")

@@ -39,6 +39,10 @@ def config_error(message: str, args: list[str], keys: set[str]) -> str:
 
     ``keys`` are the dotted keys the subcommand takes (for an unknown key: the names it may have meant)."""
     text = " ".join(message.split())
+    linked = re.search(r"Call to compute_fn of link '\w+\(([\w.]+)\) --> [\w.]+' with args \(.*?\) failed: "
+                       r"\w+=.*? is unknown: (expected one of .*)", text)
+    if linked:  # a registry name checked by a link (the scheme decides data.row_breaks): the key that set it
+        return f"{_where_set(linked.group(1), args)}: {linked.group(2)}"
     found = re.search(r'Parser key "([^"]+)": (.*)|does not accept option \'([^\']+)\''
                       r"|unrecognized arguments: --([^\s=]+)", text)
     if found is None:
