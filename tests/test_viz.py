@@ -225,3 +225,22 @@ def test_viz_spectrum_names_the_still_axis(tmp_path, capsys):
     assert "| flat | t |" in capsys.readouterr().out
     assert cli.main(["viz", "spectrum", "--grid", "1,4", "--out", str(out)]) == 1
     assert "--grid '1,4': expected three positive whole numbers" in capsys.readouterr().err
+
+
+def test_viz_curves_reads_every_log_version_of_a_resumed_run(tmp_path, capsys):
+    """A resumed run writes a second logs/version_1: its curve is both versions, steps counted as taken (Lightning
+    logs the validation after step 100 at step 99), the later version winning a step both hold."""
+    run = tmp_path / "run"
+    for version, rows in {0: [(99, 0.25), (199, 0.5)], 10: [(199, 0.75), (299, 1.0)]}.items():
+        folder = run / "logs" / f"version_{version}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.csv").write_text("epoch,step,train/loss,val/relation\n0,50,1.5,\n" + "".join(
+            f"0,{step},,{value}\n" for step, value in rows))
+    out = tmp_path / "curves.png"
+    assert cli.main(["viz", "curves", f"resumed={run}", "--metrics", "val/relation", "--out", str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| run | metric | 100 | 200 | 300 |"
+    assert table[2] == "| resumed | relation | 0.25 | 0.75 | 1.00 |"
+    assert_png(out)
+    assert cli.main(["viz", "curves", str(run), "--metrics", "place", "--out", str(out)]) == 1
+    assert f"{run}: no val/place in its logs" in capsys.readouterr().err

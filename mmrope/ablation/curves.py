@@ -10,15 +10,10 @@ from mmrope.ablation.plan import Plan, arm_name
 
 
 def read_curve(run_dir: Path, metric: str) -> list[tuple[int, float]]:
-    """A run's validation ``metric`` against optimizer steps, from its CSV logs (every version, as a resumed run
-    writes a new one); [] when it was never validated."""
-    from mmrope.viz.curves import read_metrics
+    """A run's validation ``metric`` against optimizer steps ([] when it was never validated)."""
+    from mmrope.viz.curves import validation_curves
 
-    points: dict[int, float] = {}
-    for path in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
-        for step, value in read_metrics(path).get(f"val/{metric}", []):
-            points[step + 1] = value  # Lightning logs a validation at the index of the step before it
-    return sorted(points.items())
+    return validation_curves(run_dir, metric)
 
 
 def steps_to(curve: list[tuple[int, float]], threshold: float) -> int | None:

@@ -4,6 +4,7 @@
     mmrope viz ids [--scheme SCHEME]             the (t, h, w) ids a scheme gives an image + caption sequence
     mmrope viz attention --ckpt CKPT IMAGE       where the decoder looked for each word it wrote
     mmrope viz spectrum [--config CONFIG]        how far each decoder rotary pair turns along t, h, w
+    mmrope viz curves RUN [RUN ...]              runs' validation scores against step: a table and a plot
 
 Heavy imports stay inside the ``run_*`` functions so that ``mmrope --help`` answers at once.
 """
@@ -80,6 +81,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cpu)", default="cpu")
     p.add_argument("--out", type=Path, default=Path("viz_attention.png"), help="(default: viz_attention.png)")
     p.set_defaults(func=run_viz_attention)
+
+    p = commands.add_parser(
+        "curves", help="runs' validation scores against step: a markdown table and a plot",
+        description="The learning curves of training runs (each RUN a run folder: its logs/version_*/metrics.csv, "
+                    "every version of a resumed run): val/METRIC at every validated step, printed as a markdown "
+                    "table (one row per run and metric) and drawn in one panel per metric.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (label=folder names the row)")
+    p.add_argument("--metrics", default="relation", help="comma-separated validation metrics without 'val/' "
+                                                         "(default: relation)")
+    p.add_argument("--every", type=int, help="table columns every N steps (default: every validated step)")
+    p.add_argument("--out", type=Path, default=Path("viz_curves.png"), help="(default: viz_curves.png)")
+    p.set_defaults(func=run_viz_curves)
 
 
 def run_viz_similarity(args: argparse.Namespace) -> int:
@@ -171,4 +184,23 @@ def run_viz_spectrum(args: argparse.Namespace) -> int:
           "(t x h x w merged tokens)")
     print(spectrum_table(turns, grid))
     print(f"wrote {plot_spectrum(turns, grid, args.out)}", file=sys.stderr)
+    return 0
+
+
+def run_viz_curves(args: argparse.Namespace) -> int:
+    from mmrope.viz.curves import curves_table, plot_validation_curves, validation_curves
+
+    refuse_nul(args, "out", positional=("runs",))
+    metrics = [m.strip().removeprefix("val/") for m in args.metrics.split(",") if m.strip()]
+    curves = {}
+    for run in args.runs:
+        label, _, folder = run.rpartition("=") if "=" in run else (Path(run).name, "", run)
+        if not Path(folder).is_dir():
+            raise ValueError(f"{folder}: no such run folder")
+        curves[label] = {m: validation_curves(folder, m) for m in metrics}
+        if not any(curves[label].values()):
+            raise ValueError(f"{folder}: no val/{', val/'.join(metrics)} in its logs/version_*/metrics.csv "
+                             "(was it validated during training?)")
+    print(curves_table(curves, args.every))
+    print(f"wrote {plot_validation_curves(curves, args.out)}", file=sys.stderr)
     return 0

@@ -117,3 +117,52 @@ def _metric(name: str) -> str:
 def _prefix(name: str) -> str:
     """``val@96/relation`` -> ``val@96``."""
     return name.rsplit("/", 1)[0]
+
+
+def validation_curves(run_dir: str | Path, metric: str) -> list[tuple[int, float]]:
+    """One run's ``val/<metric>`` against the optimizer steps taken, over every log version (a resumed run writes a
+    new one; a later version wins a step both hold). Lightning logs a validation at the index of the step before it,
+    so a validation after 100 steps is step 100 here."""
+    points: dict[int, float] = {}
+    for path in sorted(Path(run_dir).glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])):
+        for step, value in read_metrics(path).get(f"val/{metric}", []):
+            points[step + 1] = value
+    return sorted(points.items())
+
+
+def curves_table(curves: dict[str, dict[str, list[tuple[int, float]]]], every: int | None = None) -> str:
+    """Markdown: one row per run and metric, one column per validated step (every ``every`` steps when given)."""
+    steps = sorted({s for by_metric in curves.values() for points in by_metric.values() for s, _ in points})
+    if every:
+        steps = [s for s in steps if s % every == 0]
+    lines = ["| run | metric | " + " | ".join(map(str, steps)) + " |", "| --- | --- |" + " ---: |" * len(steps)]
+    for run, by_metric in curves.items():
+        for metric, points in by_metric.items():
+            if not points:
+                continue
+            values = dict(points)
+            cells = [f"{values[s]:.2f}" if s in values else "" for s in steps]
+            lines.append(f"| {run} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_validation_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: str | Path,
+                           title: str | None = None) -> Path:
+    """One panel per metric, one line per run."""
+    metrics = list(dict.fromkeys(m for by_metric in curves.values() for m, points in by_metric.items() if points))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, (run, by_metric) in enumerate(curves.items()):
+            if by_metric.get(metric):
+                steps, values = zip(*by_metric[metric])
+                ax.plot(steps, values, label=run, color=f"C{i % 10}", linestyle=LINESTYLES[i // 10 % 4],
+                        marker="o" if len(steps) < 30 else None, markersize=3, linewidth=1.2)
+        ax.set_title(f"val/{metric}", fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save(fig, path, dpi=90)
