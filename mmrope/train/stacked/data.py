@@ -75,7 +75,7 @@ def draw_samples(data: RunData, indices: list[int]) -> tuple[list[dict], list[di
         captions = scene["captions"]
         sample = {"caption": captions[0], "references": list(captions), "scene": scene,
                   "id": f"{ds.name}/{ds.split}/{ds.seed}/{scene['index']}"}
-        if ds.name == "clips":
+        if hasattr(ds, "clip_args"):  # a generated clip: its frames
             frames = ds.clip_args["frames"]
             sample |= {"video": torch.empty(()).expand(frames, 3, ds.size, ds.size), "fps": scene["fps"]}
         else:
@@ -87,11 +87,14 @@ def draw_samples(data: RunData, indices: list[int]) -> tuple[list[dict], list[di
 def check_renderer(renderer: str, data: RunData) -> None:
     if renderer not in RENDERERS:
         raise ValueError(f"renderer={renderer!r} is unknown: expected one of {', '.join(RENDERERS)}")
+    from mmrope.data.shapes_dataset import GeneratedDataset
+
     name = getattr(data.dataset, "name", None)
-    if renderer == "torch" and (name not in ("shapes", "clips") or data.dataset.transform is not None):
+    generated = isinstance(data.dataset, GeneratedDataset)
+    if renderer == "torch" and (not generated or data.dataset.transform is not None):
         raise ValueError("renderer='torch' draws shapes and clips without augmentation (data.augment: false); "
                          f"this run trains on {name or type(data.dataset).__name__}"
-                         + (" with augmentation" if name in ("shapes", "clips") else "") + ": use renderer='pillow'")
+                         + (" with augmentation" if generated else "") + ": use renderer='pillow'")
 
 
 class StepBatches(Dataset):
