@@ -20,7 +20,8 @@ from mmrope.cli.common import refuse_nul
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     viz = subparsers.add_parser("viz", help="pictures of the position maths and of a model's attention",
-                                description="Write PNGs: q·k similarity maps, (t, h, w) ids, attention overlays.")
+                                description="Write PNGs: q·k similarity maps, (t, h, w) ids, attention overlays, the "
+                                            "decoder spectrum, learning curves.")
     commands = viz.add_subparsers(dest="figure", metavar="FIGURE", required=True)
 
     p = commands.add_parser(
