@@ -7,7 +7,7 @@ a page to read an ablation folder.
     ablation_server.py  the ablation page: GET only, every name checked against the plan
     ablation.py         what the ablation page reads of a folder: the plan, the runs, tables, curves, the tests
     ablation_scenes.py  the ablation page's scenes: every arm's captions, a scene as a PNG, the inspector
-    static/             the pages (index.*, ablation.*, style.css), package data
+    static/             the pages (index.*, ablation.*, common.js, style.css), package data
 
 Why a plain page on Python's standard library (``http.server``) rather than Gradio or Streamlit, the usual tools
 for such demos: the page needs one upload, a few fields and some pictures, which a few hundred lines of HTML and

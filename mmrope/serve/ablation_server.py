@@ -4,7 +4,7 @@ plan there). What keeps it safe to run is :mod:`mmrope.serve.local_server`'s.
 
 The ablation page:
 
-    GET  /                    the page (ablation.html, ablation.js, style.css, ablation.css)
+    GET  /                    the page (ablation.html, common.js, ablation.js, style.css, ablation.css)
     GET  /api/summary         the plan, the runs scored and trained, metrics, curve series, the stated tests
     GET  /api/table?metric=M  every arm x point cell of M: mean and 95% interval
     GET  /api/curves?series=S S (val/place, train/loss, ...) against steps, per run and per arm
@@ -32,6 +32,7 @@ from mmrope.serve.local_server import MAX_QUEUED, LocalServer, PageHandler
 
 ABLATION_ASSETS = {"/": ("ablation.html", "text/html; charset=utf-8"),
                    "/ablation.js": ("ablation.js", "text/javascript; charset=utf-8"),
+                   "/common.js": ("common.js", "text/javascript; charset=utf-8"),
                    "/style.css": ("style.css", "text/css; charset=utf-8"),
                    "/ablation.css": ("ablation.css", "text/css; charset=utf-8")}
 MAX_REQUEST_TARGET = 2048  # characters of path and query: the ablation page's longest is a few hundred

@@ -4,7 +4,7 @@
 
 The caption page:
 
-    GET  /                    the page (index.html, app.js, style.css: package data, read once at start)
+    GET  /                    the page (index.html, common.js, app.js, style.css: package data, read once at start)
     GET  /api/info            the checkpoints under --ckpt-dir and the upload limits, as JSON
     POST /api/caption?ckpt=NAME&strategy=greedy|beam&beams=N&name=FILE
                               the file's bytes as the body -> :func:`mmrope.serve.explain.explain`'s JSON, or
@@ -32,6 +32,7 @@ from mmrope.serve.local_server import MAX_QUEUED, LocalServer, PageHandler, Pipe
 MAX_UPLOAD_BYTES = 32 * 2**20  # a 50-megapixel JPEG fits; a larger body is refused before it is read
 MAX_BEAMS = 8  # beyond this a CPU answers slowly and the alternatives stop differing
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+          "/common.js": ("common.js", "text/javascript; charset=utf-8"),
           "/style.css": ("style.css", "text/css; charset=utf-8")}
 
 

@@ -1,8 +1,8 @@
 // mmrope serve --ablation: draw what the /api/ answers hold. Every text goes in as textContent, never as HTML; the
 // curves are SVG elements made one by one; nothing is fetched from anywhere but this server.
 "use strict";
+// common.js: $, element, showError, tableParts, idsParts
 
-const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 // the colours the report's plots give the arms, in the same order: matplotlib's tab10, or tab20 past 10 arms
 const TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -11,13 +11,6 @@ const TAB20 = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a",
                "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#7f7f7f", "#c7c7c7", "#bcbd22", "#dbdb8d",
                "#17becf", "#9edae5"];
 let summary = null;
-
-function element(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  if (className) node.className = className;
-  return node;
-}
 
 function svg(tag, attributes, text) {
   const node = document.createElementNS(SVG, tag);
@@ -33,12 +26,6 @@ function options(select, values, labels, chosen) {
     return option;
   }));
   if (chosen !== undefined && values.includes(chosen)) select.value = chosen;
-}
-
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = false;
-  $("status").textContent = "";
 }
 
 async function get(path, query) {
@@ -143,11 +130,7 @@ async function drawTable() {
     }
     return row;
   });
-  const thead = element("thead");
-  thead.append(head);
-  const tbody = element("tbody");
-  tbody.append(...rows);
-  $("table").replaceChildren(thead, tbody);
+  $("table").replaceChildren(...tableParts(head, rows));
   $("table-note").textContent = `${metric} accuracy on ${split}` + (protocol === "scaled" ? "" : ` (${protocol})`) +
     ": mean over (seed, scene) and its 95% interval (two-level bootstrap: seeds, then scenes), as results.md. " +
     "Empty: not scored yet.";
@@ -182,11 +165,7 @@ function drawComparisons() {
     row.lastChild.className = r.verdict === "null" ? "muted" : "verdict";
     return row;
   });
-  const thead = element("thead");
-  thead.append(head);
-  const tbody = element("tbody");
-  tbody.append(...rows);
-  $("comparisons").replaceChildren(thead, tbody);
+  $("comparisons").replaceChildren(...tableParts(head, rows));
 }
 
 // --- learning curves -------------------------------------------------------------------------------------------
@@ -304,11 +283,7 @@ async function drawScenes() {
     row.append(action);
     return row;
   });
-  const thead = element("thead");
-  thead.append(head);
-  const tbody = element("tbody");
-  tbody.append(...rows);
-  $("scenes").replaceChildren(thead, tbody);
+  $("scenes").replaceChildren(...tableParts(head, rows));
   Object.assign($("scenes").dataset, { show: answer.show, point: pointKey(answer.point) });
   const counts = arms.map((arm) => `${arm} ${answer.counts[arm].wrong} wrong of ` +
     `${answer.counts[arm].right + answer.counts[arm].wrong}`).join("; ");
@@ -376,38 +351,9 @@ function panel(p, answer) {
   return box;
 }
 
-// viridis, five stops: low ids dark blue, high ids yellow (as the caption page draws them)
-const STOPS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
-function viridis(x) {
-  const at = Math.min(Math.max(x, 0), 1) * (STOPS.length - 1);
-  const i = Math.min(Math.floor(at), STOPS.length - 2);
-  const f = at - i;
-  const rgb = STOPS[i].map((c, k) => Math.round(c + f * (STOPS[i + 1][k] - c)));
-  return [`rgb(${rgb.join(",")})`, x > 0.6 ? "#000" : "#fff"];
-}
-
 function idsTable(ids) {
-  const all = [...ids.t, ...ids.h, ...ids.w];
-  const low = Math.min(...all);
-  const span = Math.max(...all) - low || 1;
-  const head = element("tr");
-  head.append(element("th"), ...ids.tokens.map((token) => element("th", token)));
-  const rows = ["t", "h", "w"].map((axis) => {
-    const row = element("tr");
-    row.append(element("th", axis));
-    for (const value of ids[axis]) {
-      const cell = element("td", value);
-      [cell.style.background, cell.style.color] = viridis((value - low) / span);
-      row.append(cell);
-    }
-    return row;
-  });
-  const thead = element("thead");
-  thead.append(head);
-  const tbody = element("tbody");
-  tbody.append(...rows);
   const table = element("table");
-  table.append(thead, tbody);
+  table.append(...idsParts(ids));
   const wrap = element("div", undefined, "ids");
   wrap.append(table);
   return wrap;

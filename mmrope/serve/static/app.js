@@ -1,22 +1,9 @@
 // mmrope serve: upload one file, draw what /api/caption answers. Every text goes in as textContent, never as HTML.
 "use strict";
+// common.js: $, element, showError, idsParts
 
-const $ = (id) => document.getElementById(id);
 let info = { checkpoints: [], max_bytes: 0, max_pixels: 0, max_beams: 8 };
 let lastFile = null;
-
-function element(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== undefined) node.textContent = String(text);
-  if (className) node.className = className;
-  return node;
-}
-
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = false;
-  $("status").textContent = "";
-}
 
 async function loadInfo() {
   const response = await fetch("/api/info", { cache: "no-store" });
@@ -85,37 +72,8 @@ function draw(answer) {
   drawIds(answer.ids, answer.scheme);
 }
 
-// viridis, five stops: low ids dark blue, high ids yellow
-const STOPS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
-function colour(x) {
-  const at = Math.min(Math.max(x, 0), 1) * (STOPS.length - 1);
-  const i = Math.min(Math.floor(at), STOPS.length - 2);
-  const f = at - i;
-  const rgb = STOPS[i].map((c, k) => Math.round(c + f * (STOPS[i + 1][k] - c)));
-  return [`rgb(${rgb.join(",")})`, x > 0.6 ? "#000" : "#fff"];
-}
-
 function drawIds(ids, scheme) {
-  const all = [...ids.t, ...ids.h, ...ids.w];
-  const low = Math.min(...all);
-  const span = Math.max(...all) - low || 1;
-  const head = element("tr");
-  head.append(element("th"), ...ids.tokens.map((token) => element("th", token)));
-  const rows = ["t", "h", "w"].map((axis) => {
-    const row = element("tr");
-    row.append(element("th", axis));
-    for (const value of ids[axis]) {
-      const cell = element("td", value);
-      [cell.style.background, cell.style.color] = colour((value - low) / span);
-      row.append(cell);
-    }
-    return row;
-  });
-  const thead = element("thead");
-  thead.append(head);
-  const tbody = element("tbody");
-  tbody.append(...rows);
-  $("ids").replaceChildren(thead, tbody);
+  $("ids").replaceChildren(...idsParts(ids));
   $("ids-note").textContent = `${ids.tokens.length} tokens under position_scheme=${scheme}: the prompt ` +
     "(vision start, media tokens, vision end), then the caption";
 }
