@@ -31,13 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_ARMS = ("rope2d-mrope", "rope1d_flat-flat")
 
 
-def tiny_grid(tmp_path: Path) -> Path:
-    """Two arms of the debug model, 4 steps, one seed, 8 scenes per split at 0.5x and 1x (16 and 32 px)."""
+def tiny_grid(tmp_path: Path, seeds: int = 1) -> Path:
+    """Two arms of the debug model, 4 steps, ``seeds`` seeds, 8 scenes per split at 0.5x and 1x (16 and 32 px)."""
     path = tmp_path / "grid.yaml"
     path.write_text(textwrap.dedent(f"""\
         encoders: [rope2d, rope1d_flat]
         schemes: [mrope, flat]
-        seeds: 1
+        seeds: {seeds}
         eval: {{splits: [test, compositional], factors: [0.5, 1], n: 8, batch_size: 8, max_new_tokens: 6}}
         presets:
           tiny:

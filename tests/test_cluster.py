@@ -16,13 +16,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
 from unittest import mock
 
 import pytest
+from test_ablation import TINY_ARMS
+from test_ablation import tiny_grid as ablation_grid
 
 from mmrope import cli
 from mmrope.ablation import plan as plan_module
@@ -31,31 +32,12 @@ from mmrope.ablation.plan import load_plan
 from mmrope.ablation.processes import DIE_WITH_PARENT, run_process
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ("rope2d-mrope", "rope1d_flat-flat")
+ARMS = TINY_ARMS
 
 
 def tiny_grid(folder: Path) -> Path:
-    """Two arms of the debug model, two seeds, 4 steps, 8 scenes per split at 0.5x and 1x (tests/test_ablation.py's
-    grid with a second seed)."""
-    path = folder / "grid.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        encoders: [rope2d, rope1d_flat]
-        schemes: [mrope, flat]
-        seeds: 2
-        eval: {{splits: [test, compositional], factors: [0.5, 1], n: 8, batch_size: 8, max_new_tokens: 6}}
-        presets:
-          tiny:
-            base: {ROOT / "configs/debug.yaml"}
-            arms: [{", ".join(ARMS)}]
-            max_steps: 4
-            train:
-              data.batch_size: 8
-              data.shapes.n_val: 8
-              trainer.limit_val_batches: 0
-              trainer.log_every_n_steps: 1
-              trainer.enable_model_summary: false
-        """))
-    return path
+    """tests/test_ablation.py's grid (two arms of the debug model, 4 steps) with a second seed."""
+    return ablation_grid(folder, seeds=2)
 
 
 def test_task_resources_come_from_the_runs_config(tmp_path):
