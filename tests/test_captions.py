@@ -4,7 +4,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from mmrope.data.captions import (
@@ -15,8 +14,9 @@ from mmrope.data.captions import (
     load_csv,
     load_imagefolder,
 )
-from mmrope.data.collate import CaptionCollator
+from mmrope.data.collate import CaptionCollator, Skipped
 from mmrope.data.images import ImageError, ImageTransform
+from mmrope.data.loader import SkipWarningLoader
 from mmrope.data.tokenizer import ByteTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,16 +92,19 @@ def bad_records(tmp_path):
     return [good, CaptionRecord(text, ["nothing"], "notes")]
 
 
-def test_bad_image_is_warned_once_skipped_and_counted(tmp_path, caplog):
+def test_bad_image_is_skipped_named_once_and_counted(tmp_path, caplog):
     ds = CaptionDataset(bad_records(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="mmrope.data.captions"):
-        assert ds[1] is None and ds[1] is None
-        batch = CaptionCollator(ByteTokenizer())([ds[0], ds[1]])
-    assert ds.num_skipped == 3
-    assert len(caplog.records) == 1
-    msg = caplog.records[0].getMessage()
-    assert "\n" not in msg and "notes.jpg" in msg and "not an image" in msg
-    assert batch["num_skipped"] == 1 and batch["ids"] == ["wide"]
+    assert isinstance(ds[1], Skipped) and ds[1] == ds[1]
+    batch = CaptionCollator(ByteTokenizer())([ds[0], ds[1]])
+    assert ds.num_skipped == 4  # each time it is drawn
+    assert batch["num_skipped"] == 1 and batch["ids"] == ["wide"] and len(batch["skipped"]) == 1
+    reason = batch["skipped"][0]
+    assert "\n" not in reason and "notes.jpg" in reason and "not an image" in reason
+    loader = SkipWarningLoader(ds, batch_size=2, collate_fn=CaptionCollator(ByteTokenizer()))
+    with caplog.at_level(logging.WARNING, logger="mmrope.data"):
+        for _ in range(3):
+            assert [b["num_skipped"] for b in loader] == [1]
+    assert [r.getMessage() for r in caplog.records] == [f"skipping {reason}"]
 
 
 def test_bad_image_can_fail_fast(tmp_path):
@@ -110,11 +113,15 @@ def test_bad_image_can_fail_fast(tmp_path):
         ds[1]
 
 
-def test_bad_images_through_a_dataloader_with_a_worker(tmp_path):
+def test_bad_images_through_a_dataloader_with_workers_are_named_once(tmp_path, caplog):
+    """Workers are forked anew every epoch: the reason travels with the batch, the main process says it once."""
     ds = CaptionDataset(bad_records(tmp_path) * 2)
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, collate_fn=CaptionCollator(ByteTokenizer()))
-    (batch,) = list(loader)
-    assert batch["num_skipped"] == 2 and len(batch["images"]) == 2
+    loader = SkipWarningLoader(ds, batch_size=2, num_workers=2, collate_fn=CaptionCollator(ByteTokenizer()))
+    with caplog.at_level(logging.WARNING, logger="mmrope.data"):
+        for _ in range(2):
+            batches = list(loader)
+            assert [b["num_skipped"] for b in batches] == [1, 1] and sum(len(b["images"]) for b in batches) == 2
+    assert len(caplog.records) == 1 and "notes.jpg: not an image" in caplog.records[0].getMessage()
 
 
 def test_format_errors_name_the_file_and_line(tmp_path):

@@ -19,6 +19,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from mmrope.benchmarks.captions import records_set  # noqa: E402
 from mmrope.data.captions import CaptionDataset, load_caption_records  # noqa: E402
+from mmrope.data.collate import Skipped  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = ["red", "green", "blue", "yellow", "white", "black"]
@@ -160,13 +161,9 @@ def test_bad_rows_are_skipped_with_one_line_each_and_bad_images_when_drawn(tmp_p
         f"skipping bad row {arrow} row 2: no caption in column 'caption'",
         f"skipping bad row {arrow} row 3: no image in column 'image'",
         f"skipping bad row {arrow} row 4: no image in column 'image'"]
-    caplog.clear()
     dataset = CaptionDataset(records, train=False)
-    with caplog.at_level(logging.WARNING):
-        assert dataset[1] is None and dataset[1] is None and dataset[2] is not None
-    assert dataset.num_skipped == 2
-    assert [r.getMessage() for r in caplog.records] == [
-        f"skipping bad image {arrow} row 5: not an image (format not recognised)"]
+    assert dataset[1] == dataset[1] == Skipped(f"bad image {arrow} row 5: not an image (format not recognised)")
+    assert isinstance(dataset[2], dict) and dataset.num_skipped == 2
 
 
 def test_many_bad_rows_are_counted_after_the_first_ten(tmp_path, caplog):
@@ -183,13 +180,12 @@ def test_many_bad_rows_are_counted_after_the_first_ten(tmp_path, caplog):
         load_caption_records(save_to_disk(tmp_path / "set2", table(rows)))
 
 
-def test_the_pixel_limit_applies_to_images_held_in_the_file(tmp_path, caplog):
+def test_the_pixel_limit_applies_to_images_held_in_the_file(tmp_path):
     rows = [{"image": {"bytes": encoded("red", size=(400, 300)), "path": None}, "caption": ["big"]}]
     records = load_caption_records(save_to_disk(tmp_path / "set", table(rows)))
-    with caplog.at_level(logging.WARNING):
-        assert CaptionDataset(records, max_pixels=10_000)[0] is None
-    assert caplog.records[0].getMessage().endswith("row 0: 400x300 = 120000 pixels is over the limit "
-                                                   "max_pixels=10000")
+    skipped = CaptionDataset(records, max_pixels=10_000)[0]
+    assert isinstance(skipped, Skipped)
+    assert skipped.reason.endswith("row 0: 400x300 = 120000 pixels is over the limit max_pixels=10000")
 
 
 def test_image_paths_stay_inside_the_dataset_folder(tmp_path):

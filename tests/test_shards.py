@@ -159,9 +159,8 @@ def bad_sample_shards(folder: Path) -> Path:
 def test_bad_samples_are_skipped_named_and_counted(tmp_path, caplog):
     folder = bad_sample_shards(tmp_path / "bad")
     s = stream(folder, batch_size=4, train=False)
-    collate = CaptionCollator(build_tokenizer("byte"))
-    with caplog.at_level(logging.WARNING, logger="mmrope.data.shards"):
-        batches = [collate(b) for b in s]
+    with caplog.at_level(logging.WARNING, logger="mmrope.data"):
+        batches = list(ShardLoader(s, CaptionCollator(build_tokenizer("byte"))))
     assert [b["num_skipped"] for b in batches] == [3, 1]
     assert [i for b in batches for i in b["ids"]] == [f"{folder / '00000.tar'}/{k}" for k in ("000", "004", "006",
                                                                                               "007")]
@@ -173,8 +172,28 @@ def test_bad_samples_are_skipped_named_and_counted(tmp_path, caplog):
     assert f"{shard} 002: no caption" in warnings[1]
     assert f"{shard} 003.txt: not UTF-8 text (byte 0xe9" in warnings[2]
     assert f"{shard} 005: empty caption" in warnings[3]
-    all_bad = [collate([None, None])]
-    assert isinstance(all_bad[0], SkippedBatch)
+    all_bad = [CaptionCollator(build_tokenizer("byte"))([s._decode(raw) for raw in s._raw(s.plan(0).pieces(1, 3))])]
+    assert isinstance(all_bad[0], SkippedBatch) and all_bad[0].num_skipped == 2
+    assert [r.startswith(f"bad sample {shard} 00{k}") for r, k in zip(all_bad[0].reasons, (1, 2))] == [True, True]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_bad_sample_is_named_once_over_epochs_and_workers(tmp_path, caplog, workers):
+    """DataLoader workers are forked anew every epoch, from a parent that never saw their warnings: the reasons
+    travel with the batches and the loader in the main process says each one once."""
+    folder = bad_sample_shards(tmp_path / "bad")
+    s = stream(folder, batch_size=2, num_workers=workers)
+    loader = ShardLoader(s, CaptionCollator(build_tokenizer("byte")), num_workers=workers)
+    with caplog.at_level(logging.WARNING, logger="mmrope.data"):
+        for epoch in range(3):
+            s.set_epoch(epoch)
+            skipped = sum(b.num_skipped if isinstance(b, SkippedBatch) else b["num_skipped"] for b in loader)
+            assert skipped == 4
+    warnings = sorted(r.getMessage() for r in caplog.records)
+    assert len(warnings) == 4 and all(w.startswith("skipping bad sample ") for w in warnings)
+    shard = str(folder / "00000.tar")
+    assert [w.removeprefix(f"skipping bad sample {shard} ").split(":")[0] for w in warnings] == [
+        "001.jpg", "002", "003.txt", "005"]
 
 
 def test_training_goes_on_past_bad_samples_and_counts_them(tmp_path, capsys):
@@ -406,9 +425,10 @@ def test_a_malformed_scene_in_a_shard_sample_skips_it_with_one_line(tmp_path, ca
                                       ("001.json", b'{"captions": ["red"], "scene": {"objects": 5}}'),
                                       ("002.png", _png()), ("002.json", b'{"captions": ["red"], "scene": "x"}')])
     _index(folder, {"00000.tar": 3})
-    with caplog.at_level(logging.WARNING, logger="mmrope.data.shards"):
-        kept = [x for b in stream(folder, batch_size=3, train=False) for x in b if x is not None]
-    assert len(kept) == 1 and kept[0]["scene"]["level"] == 2
+    loader = ShardLoader(stream(folder, batch_size=3, train=False), CaptionCollator(build_tokenizer("byte")))
+    with caplog.at_level(logging.WARNING, logger="mmrope.data"):
+        (batch,) = list(loader)
+    assert batch["num_skipped"] == 2 and batch["scenes"][0]["level"] == 2
     warnings = [r.getMessage() for r in caplog.records]
     assert f"{folder / '00000.tar'} 001.json: 'scene' is not a shapes scene" in warnings[0]
     assert f"{folder / '00000.tar'} 002.json: 'scene' is not a shapes scene" in warnings[1]

@@ -11,6 +11,7 @@
     shards/            WebDataset shards: index, split over ranks and workers, resume, write
     tokenizer.py       byte and word tokenizers
     collate.py         samples -> the decoder's joint sequences
+    loader.py          the DataLoader that says once, in the main process, why a sample was skipped
 
 The scorers of the benchmarks' captions are in :mod:`mmrope.eval`. The main names are re-exported here lazily, so
 that ``import mmrope.data`` does not pull in torch.

@@ -5,10 +5,11 @@ Every loader returns ``CaptionRecord``s (an image path and all its captions); ``
 samples. All captions of an image stay in ``references`` for evaluation; training draws one per (seed, epoch,
 index), so a resumed run sees the same captions.
 
-A bad image does not stop training: ``__getitem__`` logs a one-line warning naming the file and the reason,
-counts it in ``num_skipped`` and returns None, which ``CaptionCollator`` drops (and counts in the batch's
-``"num_skipped"``, since with DataLoader workers the dataset's own counter lives in another process).
-``on_bad_image="raise"`` raises the ``ImageError`` instead.
+A bad image does not stop training: ``__getitem__`` counts it in ``num_skipped`` and returns a ``Skipped`` naming
+the file and the reason, which ``CaptionCollator`` drops and counts in the batch's ``"num_skipped"`` (with DataLoader
+workers the dataset's own counter lives in another process), and the loader
+(:class:`mmrope.data.loader.SkipWarningLoader`) says once in the main process. ``on_bad_image="raise"`` raises the
+``ImageError`` instead.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +24,12 @@ from typing import TYPE_CHECKING, Literal
 
 from torch.utils.data import Dataset
 
+from mmrope.data.collate import Skipped
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, ImageTransform, load_image, sample_rng
 from mmrope.data.shapes import check_scene
 
 if TYPE_CHECKING:
     from mmrope.data.hf_datasets import ArrowImage
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class CaptionRecord:
@@ -214,7 +212,7 @@ def _read_json(path: Path):
 
 class CaptionDataset(Dataset):
     """Samples ``{"image": (3, H, W) float, "caption": str, "references": list[str], "scene": dict | None,
-    "id": str}`` from caption records, or None for a bad image (see the module docstring).
+    "id": str}`` from caption records, or a ``Skipped`` for a bad image (see the module docstring).
 
     ``train=True`` picks one caption per (seed, epoch, index); otherwise the first. Call ``set_epoch`` each epoch.
     """
@@ -237,7 +235,6 @@ class CaptionDataset(Dataset):
         self.train, self.seed, self.on_bad_image, self.max_pixels = train, seed, on_bad_image, max_pixels
         self.epoch = 0
         self.num_skipped = 0  # bad images met in this process
-        self.bad_files: dict[str, str] = {}  # path -> reason, each warned about once
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -245,7 +242,7 @@ class CaptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict | None:
+    def __getitem__(self, index: int) -> dict | Skipped:
         rec = self.records[index]
         rng = sample_rng(self.seed, self.epoch, index, "captions")
         try:
@@ -254,10 +251,7 @@ class CaptionDataset(Dataset):
             if self.on_bad_image == "raise":
                 raise
             self.num_skipped += 1
-            if e.path not in self.bad_files:
-                self.bad_files[e.path] = e.reason
-                log.warning("skipping bad image %s", e)
-            return None
+            return Skipped(f"bad image {e}")
         caption = rng.choice(rec.captions) if self.train else rec.captions[0]
         image = self.transform(img, rng if self.transform.augment else None)
         return {"image": image, "caption": caption, "references": list(rec.captions), "scene": rec.scene,

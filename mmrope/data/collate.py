@@ -27,11 +27,20 @@ from mmrope.model.tokens import (
 CLIP_MODES = ("block", "frames")
 
 
+class Skipped(NamedTuple):
+    """What a dataset gives in place of a sample it cannot read: why, in one line naming the file. The collator
+    drops it and the batch carries the reason to the main process (:class:`mmrope.data.loader.SkipWarningLoader`),
+    which says it once; a DataLoader worker, forked anew every epoch, would say it again every epoch."""
+
+    reason: str
+
+
 class SkippedBatch(NamedTuple):
     """What a batch whose every sample was unreadable collates to: nothing to train on, but counted, so that a run
     whose data cannot be read stops instead of cycling through empty epochs."""
 
     num_skipped: int
+    reasons: tuple[str, ...] = ()  # why each sample was skipped (a :class:`Skipped`'s reason)
 
 
 def image_token_count(height: int, width: int, patch_size: int, merge_size: int) -> int:
@@ -43,8 +52,8 @@ def image_token_count(height: int, width: int, patch_size: int, merge_size: int)
 
 
 class CaptionCollator:
-    """List of samples (``ShapesDataset``, ``ClipsDataset``, ``CaptionDataset``; None for a skipped bad image) ->
-    batch dict:
+    """List of samples (``ShapesDataset``, ``ClipsDataset``, ``CaptionDataset``; a :class:`Skipped` or None for a bad
+    one) -> batch dict:
 
     ``images``             the media of every sample in order: images (3, H, W) and clips (T, 3, H, W)
     ``prompts``            B lists: each sample's media (what generation reads)
@@ -55,7 +64,8 @@ class CaptionCollator:
     ``labels``             (B, L) long, caption ids and EOS; IGNORE_INDEX on the vision blocks and padding (and
                            on every caption word not in a sample's ``loss_words``, when it has them)
     ``captions``, ``references``, ``scenes`` (None entries for real data), ``ids``: lists of B
-    ``num_skipped``        int, None samples dropped from this batch
+    ``num_skipped``        int, samples dropped from this batch (Skipped or None)
+    ``skipped``            the reasons of its Skipped samples, for the main process to say once
 
     A sample holds an ``"image"`` or a ``"video"`` (with its ``"fps"``). Returns a :class:`SkippedBatch` when every
     sample was None (skip the step). Captions longer than ``max_caption_tokens - 1`` tokens are cut so that caption
@@ -82,10 +92,11 @@ class CaptionCollator:
             return list(video), []
         return [video], [self.temporal_patch_size / sample["fps"]]
 
-    def __call__(self, samples: list[dict | None]) -> dict | SkippedBatch:
-        kept = [s for s in samples if s is not None]
+    def __call__(self, samples: list[dict | Skipped | None]) -> dict | SkippedBatch:
+        kept = [s for s in samples if isinstance(s, dict)]
+        reasons = tuple(s.reason for s in samples if isinstance(s, Skipped))
         if not kept:
-            return SkippedBatch(len(samples))
+            return SkippedBatch(len(samples), reasons)
         rows, label_rows, grids, prompts, timing = [], [], [], [], []
         for s in kept:
             media, seconds = self.media(s)
@@ -131,4 +142,5 @@ class CaptionCollator:
             "scenes": [s.get("scene") for s in kept],
             "ids": [s["id"] for s in kept],
             "num_skipped": len(samples) - len(kept),
+            "skipped": list(reasons),
         }

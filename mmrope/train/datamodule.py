@@ -159,15 +159,16 @@ class CaptionDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
         from mmrope.data.collate import CaptionCollator
+        from mmrope.data.loader import SkipWarningLoader
         from mmrope.data.shards import ShardLoader, ShardStream
 
         collate = CaptionCollator(self.tokenizer, self.patch_size, self.merge_size, self.max_caption_tokens,
                                   self.temporal_patch_size, self.benchmark.clip_mode, self.row_breaks)
         if isinstance(dataset, ShardStream):  # it makes its own batches, split over ranks and workers
             return ShardLoader(dataset, collate, self.num_workers, pin_memory=torch.cuda.is_available())
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None,
-                          sampler=sampler, num_workers=self.num_workers, collate_fn=collate,
-                          persistent_workers=False, pin_memory=torch.cuda.is_available())
+        return SkipWarningLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else None,
+                                 sampler=sampler, num_workers=self.num_workers, collate_fn=collate,
+                                 persistent_workers=False, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

@@ -1,30 +1,31 @@
 """A shard set as a stream of batches, split over ranks and DataLoader workers by the epoch's plan
-(:mod:`mmrope.data.shards.plan`), resumable mid-epoch, a bad sample skipped with one line; and the DataLoader
-that runs it.
+(:mod:`mmrope.data.shards.plan`), resumable mid-epoch, a bad sample skipped and named; and the DataLoader that
+runs it.
 
 Within a worker's stretch, training samples are shuffled in windows of ``shuffle_window``: a permutation drawn from
 the seed, the epoch and the window's place, a shuffle buffer's mixing but one a resume can replay. A resumed worker
 skips the shards before its used samples without decoding, reads the window it stopped in, permutes it as before,
-and goes on after them; the worker that starts is the one that owes the next batch. A bad sample becomes None in its
-batch, which the collator drops and counts, as :class:`mmrope.data.captions.CaptionDataset` does for a bad image.
+and goes on after them; the worker that starts is the one that owes the next batch. A bad sample becomes a
+:class:`Skipped` in its batch, which the collator drops and counts and the loader names once (its reason travels with
+the batch, so that workers forked anew every epoch do not repeat it), as for a bad image of a
+:class:`mmrope.data.captions.CaptionDataset`.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import random
 from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
+from mmrope.data.collate import Skipped
 from mmrope.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, ImageTransform, sample_rng
+from mmrope.data.loader import SkipWarningLoader
 from mmrope.data.shards.index import ShardError, ShardSet
 from mmrope.data.shards.plan import Piece, RankPlan, plan_epoch
 from mmrope.data.shards.reader import BadSample, parse_sample, read_shard
-
-log = logging.getLogger(__name__)
 
 
 class ShardFailure(NamedTuple):
@@ -34,8 +35,8 @@ class ShardFailure(NamedTuple):
 
 
 class ShardStream(IterableDataset):
-    """Batches (lists of samples, None for a skipped one) from a :class:`ShardSet`, split over ranks and workers
-    (:mod:`mmrope.data.shards.plan`). A sample is ``{"image", "caption", "references", "scene", "id"}`` as
+    """Batches (lists of samples, a :class:`Skipped` for a bad one) from a :class:`ShardSet`, split over ranks and
+    workers (:mod:`mmrope.data.shards.plan`). A sample is ``{"image", "caption", "references", "scene", "id"}`` as
     :class:`mmrope.data.captions.CaptionDataset` gives; caption choice and augmentation are seeded by (seed, epoch,
     the sample's place in the index). ``len()`` is the number of batches every rank makes per epoch.
     """
@@ -56,8 +57,7 @@ class ShardStream(IterableDataset):
         self.offsets = [sum(self.counts[:i]) for i in range(len(self.counts))]  # first sample number of each shard
         self.epoch = 0
         self.resume_at: tuple[int, int] | None = None  # (epoch, batches of it already taken)
-        self.num_skipped = 0
-        self._warned: set[str] = set()
+        self.num_skipped = 0  # bad samples met in this process
         self.plan(0)  # refuse a split that cannot work now, not in a worker
 
     @property
@@ -91,7 +91,7 @@ class ShardStream(IterableDataset):
                                  f"{state.get(key)}, this run has {value} (the ranks, data.num_workers and "
                                  "data.batch_size must match, and the shards be the same)")
 
-    def __iter__(self) -> Iterator[list[dict | None] | ShardFailure]:
+    def __iter__(self) -> Iterator[list[dict | Skipped] | ShardFailure]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         if workers != self.workers:
@@ -106,7 +106,7 @@ class ShardStream(IterableDataset):
                 raise
             yield ShardFailure(str(e))
 
-    def _batches(self, plan: RankPlan, k: int, resume: int) -> Iterator[list[dict | None]]:
+    def _batches(self, plan: RankPlan, k: int, resume: int) -> Iterator[list[dict | Skipped]]:
         sizes = plan.worker_batches(k)
         done = len(range(k, resume, plan.workers))  # worker k's batches among the first `resume`
         used, total, start = sum(sizes[:done]), sum(sizes), plan.worker_starts[k]
@@ -138,7 +138,7 @@ class ShardStream(IterableDataset):
                 sample["__number__"] = self.offsets[piece.shard] + i
                 yield sample
 
-    def _decode(self, raw: dict) -> dict | None:
+    def _decode(self, raw: dict) -> dict | Skipped:
         number = raw["__number__"]
         rng = sample_rng(self.seed, self.epoch, number, "shards")
         try:
@@ -147,10 +147,7 @@ class ShardStream(IterableDataset):
             if self.on_bad_image == "raise":
                 raise
             self.num_skipped += 1
-            if str(e) not in self._warned:
-                self._warned.add(str(e))
-                log.warning("skipping bad sample %s", e)
-            return None
+            return Skipped(f"bad sample {e}")
         caption = rng.choice(captions) if self.train else captions[0]
         pixels = self.transform(image, rng if self.transform.augment else None)
         sample_id = meta.get("id")
@@ -168,10 +165,10 @@ class _CollateBatches:
         return item if isinstance(item, ShardFailure) else self.collate(item)
 
 
-class ShardLoader(DataLoader):
+class ShardLoader(SkipWarningLoader):
     """A DataLoader over a :class:`ShardStream` (which makes the batches itself): passes Lightning's per-epoch
-    ``set_epoch`` on to the stream, and turns a worker's :class:`ShardFailure` into a one-line :class:`ShardError`
-    in the main process."""
+    ``set_epoch`` on to the stream, names each skipped sample once, and turns a worker's :class:`ShardFailure` into a
+    one-line :class:`ShardError` in the main process."""
 
     def __init__(self, stream: ShardStream, collate, num_workers: int = 0, pin_memory: bool = False):
         super().__init__(stream, batch_size=None, collate_fn=_CollateBatches(collate), num_workers=num_workers,
