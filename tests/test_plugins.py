@@ -273,6 +273,36 @@ def test_normalised_rope_sees_the_same_image_distance_at_every_size():
     assert cos.shape == (64, 8) and cos.dtype == torch.float32
 
 
+def test_rescaled_normalised_rope_is_rope2d_norm_in_evaluation_and_rescaled_in_training():
+    """DINOv3's training rescale: one factor in [1/2, 2] per forward on both axes, drawn from the module's own
+    generator (the global stream untouched), resumed with the checkpoint; evaluation is rope2d_norm exactly."""
+    from mmrope.model.config import VisionConfig
+
+    config = VisionConfig(dim=32, num_heads=2, depth=2, image_size=32)
+    torch.manual_seed(3)
+    aug, norm = ENCODERS["rope2d_norm_aug"](config), ENCODERS["rope2d_norm"](config)
+    ids, grid = patch_positions(1, 4, 6), (1, 4, 6)
+    plain = norm.ids(ids, grid)
+    aug.eval()
+    torch.testing.assert_close(aug.ids(ids, grid), plain)
+    assert aug.draws == 0
+    aug.train()
+    before = torch.get_rng_state()
+    factors = []
+    for _ in range(40):
+        ratio = aug.ids(ids, grid) / plain  # (n, 2): one factor everywhere
+        torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0, 0])))
+        factors.append(float(ratio[0, 0]))
+    assert torch.equal(torch.get_rng_state(), before) and aug.draws == 40
+    assert 0.5 <= min(factors) < 0.8 and 1.25 < max(factors) <= 2.0  # log-uniform over [1/2, 2]
+    assert sum(f < 1 for f in factors) not in (0, 40)
+    torch.manual_seed(3)
+    resumed = ENCODERS["rope2d_norm_aug"](config)
+    resumed.load_state_dict({"_extra_state": torch.tensor([aug.seed, 20])})  # a checkpoint taken after 20 draws
+    resumed.train()
+    assert [float((resumed.ids(ids, grid) / plain)[0, 0]) for _ in range(20)] == factors[20:]
+
+
 def test_hybrid_adds_the_learned_table_and_rotates_as_rope2d():
     from mmrope.model.config import VisionConfig
 

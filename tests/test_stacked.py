@@ -227,6 +227,9 @@ def test_options_and_bad_arguments(tmp_path, capsys):
     code = stacked.main(["--run=0=a", "--run=1=b", "--", *train_args("--model.vision.dim=66")])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("mmrope train stacked: error: ") and "vision.head_dim=33" in err
+    code = stacked.main(["--run=0=a", "--run=1=b", "--", *train_args("--model.vision.pos_encoding=rope2d_norm_aug")])
+    err = capsys.readouterr().err
+    assert code == 1 and "pos_encoding='rope2d_norm_aug' draws in training from its own generator" in err
     assert cli.main(["train", "stacked", "--run=0=x", "fit"]) == 1  # the same engine through `mmrope train`
     assert capsys.readouterr().err.startswith("mmrope train stacked: error: usage: mmrope train stacked")
 

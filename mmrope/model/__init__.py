@@ -4,6 +4,7 @@
     rope.py                every rotary variant and the one apply function (the subject of the project)
     position_ids.py        (t, h, w) ids of the joint sequence and (t, row, col) ids of encoder patches
     registry.py            Registry: the name -> class table of every plug-in, checked live
+    draws.py               TrainingDraws: a module's random draws in training, reproducible and resumable
     pos_encodings/         the encoder's ``pos_encoding`` plug-ins: base.py (ENCODERS), one module per family
     decoder_schemes/       the decoder's ``position_scheme`` plug-ins: base.py (SCHEMES), one module per family
     layers.py              RMSNorm, MLPs, attention with rotary q/k, GQA and a KV cache

@@ -15,13 +15,13 @@ Einstein legend: b batch, n tokens, m media tokens, k rotary pairs.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from mmrope.model.decoder_schemes.base import PlacedMedia, register_scheme
+from mmrope.model.draws import TrainingDraws
 from mmrope.model.rope import MultimodalRotaryEmbedding
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class VideoRoPE(PlacedMedia):
 
 
 @register_scheme("hope")
-class HoPE(VideoRoPE):
+class HoPE(TrainingDraws, VideoRoPE):
     """HoPE: VideoRoPE's diagonal layout with dynamic temporal scaling (DTS) in place of the fixed spacing, and the
     hybrid frequency allocation (HFA) that leaves the slowest pairs unrotated, as the official code
     (hrlics/HoPE, ``get_dynamic_rope_index``, ``apply_hybrid_multimodal_rotary_pos_emb``) does it.
@@ -148,12 +148,9 @@ class HoPE(VideoRoPE):
         h       0  1   2  2  3  3   2.75 2.75 3.75 3.75      3.5 3.5 4.5 4.5      4.5  5.5  6.5
         w       0  1   2  3  2  3   2.75 3.75 2.75 3.75      3.5 4.5 3.5 4.5      4.5  5.5  6.5
 
-    Reproducible and resumable draws: they come from the scheme's own generator, never from torch's global stream
-    (so dropout and initialisation are those of any other scheme at the same seed). Draw number c of a run seeded
-    with S (``torch.initial_seed()`` at build: the run's seed) picks the scales of all the batch's media, in order of
-    appearance, with a generator seeded by sha512("S:c") (``random.Random``'s string seed); c counts the training
-    batches whose ids were computed. (S, c) is the module's extra state, saved in ``state_dict`` and so in every
-    checkpoint: a resumed run restores c and draws exactly the scales the uninterrupted run would. Reading the
+    Reproducible and resumable draws (:class:`mmrope.model.draws.TrainingDraws`): draw number c picks the scales of
+    all the batch's media, in order of appearance; c counts the training batches whose ids were computed and is
+    saved in every checkpoint, so a resumed run draws exactly the scales the uninterrupted run would. Reading the
     spectrum (:meth:`grid_turns`) uses the evaluation form and draws nothing.
 
     Allocation: VideoRoPE's (h, w alternating on the fastest s_h + s_w pairs), with the s_t slowest pairs, t's,
@@ -173,22 +170,13 @@ class HoPE(VideoRoPE):
         text = config.text
         self.rope = AllocatedRotaryEmbedding(text.head_dim, text.rope_theta, self.axis_of_pair(config),
                                              unrotated=(T_AXIS,))
-        self.seed = torch.initial_seed() % 2**63  # fits the int64 extra state
-        self.draws = 0
+        self.init_draws()
 
     def temporal_strides(self, num_media: int) -> torch.Tensor:
         if not self.training:
             return torch.full((num_media,), float(self.eval_scale), dtype=torch.float64)
-        generator = torch.Generator().manual_seed(random.Random(f"{self.seed}:{self.draws}").getrandbits(63))
-        self.draws += 1
-        pick = torch.randint(len(self.train_scales), (num_media,), generator=generator)
+        pick = torch.randint(len(self.train_scales), (num_media,), generator=self.next_generator())
         return torch.tensor(self.train_scales, dtype=torch.float64)[pick]
-
-    def get_extra_state(self) -> torch.Tensor:
-        return torch.tensor([self.seed, self.draws])
-
-    def set_extra_state(self, state: torch.Tensor) -> None:
-        self.seed, self.draws = (int(v) for v in state)
 
     @torch.no_grad()
     def grid_turns(self, grid: Sequence[int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

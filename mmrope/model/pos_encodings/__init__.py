@@ -1,7 +1,8 @@
 """The encoder's position encodings, one small registered class per value of ``model.vision.pos_encoding``.
 
     base.py        ENCODERS (the registry), PosEncoding, RotaryPosEncoding; none (no positions)
-    axial.py       rope2d, rope3d, rope1d_flat, rope2d_norm: every rotary pair turns with one coordinate
+    axial.py       rope2d, rope3d, rope1d_flat, rope2d_norm, rope2d_norm_aug: every rotary pair turns with one
+                   coordinate
     mixed_axes.py  rope2d_mixed, rope2d_golden, comrope_ld: pairs turn with row and column at once
     absolute.py    sincos2d, learned, rope2d_learned: a table added to the patch embeddings
 

@@ -1,5 +1,6 @@
 """Rotary encodings whose every pair turns with one coordinate of the patch: axial RoPE on (row, col) and on
-(t, row, col), 1D RoPE on the raster index, and axial RoPE on normalised coordinates (DINOv3).
+(t, row, col), 1D RoPE on the raster index, and axial RoPE on normalised coordinates (DINOv3), plain and with
+DINOv3's training-time rescale.
 
 Einstein legend: n patches (t * h * w).
 """
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from mmrope.model.draws import TrainingDraws
 from mmrope.model.pos_encodings.base import Grid, RotaryPosEncoding, register_encoder
 from mmrope.model.rope import AxialRotaryEmbedding, RotaryEmbedding
 
@@ -71,7 +73,7 @@ class NormalizedRoPE2D(AxialRoPE2D):
     (i + 0.5) / h * 2 - 1, each axis by its own side, and pair j turning 2π · rope_theta^(-4j/d) rad per unit
     (DINOv3, ``normalize_coords="separate"``, base 100). The same place in the image gets the same angle at every
     resolution, where ``rope2d`` counts patches: the encoding built for images of sizes never seen in training.
-    (DINOv3 also jitters and rescales the coordinates in training; not here.)"""
+    (DINOv3 also rescales the coordinates in training: ``rope2d_norm_aug``.)"""
 
     summary = "2D axial RoPE on patch centres scaled to [-1, 1] per axis, pair j at 2π·theta^(-4j/d) rad per unit"
     source = "DINOv3 (Siméoni et al. 2025)"
@@ -80,3 +82,28 @@ class NormalizedRoPE2D(AxialRoPE2D):
         _, h, w = grid
         sides = torch.tensor([h, w], device=positions.device, dtype=torch.float32)
         return 2 * math.pi * ((positions[:, 1:] + 0.5) / sides * 2 - 1)  # (n, 2) in radians before the frequency
+
+
+@register_encoder("rope2d_norm_aug")
+class RescaledNormalizedRoPE2D(TrainingDraws, NormalizedRoPE2D):
+    """``rope2d_norm`` as DINOv3 trains it: in training every forward multiplies the normalised coordinates by one
+    factor drawn log-uniformly from [1/2, 2] (DINOv3's ``rescale_coords=2``, its ViT-7B setting; its shift and
+    per-axis jitter are off there too), so the encoder meets coordinate spacings other than its training grid's
+    before it is scored at other sizes. Evaluation is exactly ``rope2d_norm``. The draws are the module's own
+    (:class:`mmrope.model.draws.TrainingDraws`): reproducible, and restored with a checkpoint."""
+
+    summary = "rope2d_norm with DINOv3's training rescale: coordinates x one factor log-uniform in [1/2, 2] per step"
+    source = "DINOv3 (Siméoni et al. 2025), rescale_coords=2"
+    rescale: float = 2.0
+
+    def __init__(self, config: VisionConfig):
+        super().__init__(config)
+        self.init_draws()
+
+    def ids(self, positions: torch.Tensor, grid: Grid) -> torch.Tensor:
+        coords = super().ids(positions, grid)  # (n, 2)
+        if not self.training:
+            return coords
+        log_rescale = math.log(self.rescale)
+        u = torch.empty(1, dtype=torch.float64).uniform_(-log_rescale, log_rescale, generator=self.next_generator())
+        return coords * math.exp(u.item())

@@ -159,6 +159,11 @@ class StackedTrainer:
         template = self.runs[0].module.model
         if any(not p.requires_grad for p in template.parameters()):
             raise ValueError("stacked training trains every parameter; this model has frozen ones")
+        from mmrope.model.draws import TrainingDraws
+
+        if isinstance(template.vision.positions, TrainingDraws):  # it would draw for every run from run 0's stream
+            raise ValueError(f"model.vision.pos_encoding={template.vision.positions.name!r} draws in training from "
+                             "its own generator, which stacked runs would share: train it with `mmrope train fit`")
         for run in self.runs[1:]:  # one template's buffers serve every run: they must not depend on the seed
             for (name, mine), (_, theirs) in zip(template.named_buffers(), run.module.model.named_buffers()):
                 if not torch.equal(mine, theirs):
