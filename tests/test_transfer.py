@@ -44,3 +44,31 @@ def test_the_id_transfer_rule_predicts_the_old_benchmarks_flat_decoder():
 def test_unknown_rule_is_one_line():
     with pytest.raises(ValueError, match="transfer rule 'diagonal' is unknown"):
         predicted_place(scene(0.5, 0.5, "centre"), 48, "scaled", "diagonal", 16, 48)
+
+
+def test_each_arm_stands_beside_its_decoders_rule():
+    """results.md's "what training adds to id geometry": measured minus the rule of the arm's decoder (corner for
+    M-RoPE's ids, centre for VideoRoPE's), off the training size only; an arm whose decoder follows no rule (blind)
+    has no row."""
+    from types import SimpleNamespace
+
+    from mmrope.ablation.report import format_rule_gaps
+
+    plan = SimpleNamespace(metric="place", splits=["test"], train_size=48,
+                           arms=[("rope2d", "mrope_interleaved"), ("rope2d", "videorope"), ("none", "blind")],
+                           scored=[("scaled", 1.0), ("scaled", 2.0), ("anchored", 2.0)])
+    measured = {("rope2d-mrope_interleaved", "scaled", 2.0): (0.40, 0.30, 0.50),
+                ("rope2d-videorope", "scaled", 2.0): (0.70, 0.60, 0.80),
+                ("rope2d-mrope_interleaved", "anchored", 2.0): (0.90, 0.85, 0.95)}
+    summary = [{"arm": arm, "split": "test", "protocol": p, "factor": f, "place": cell}
+               for (arm, p, f), cell in measured.items()]
+    transfer = [{"split": "test", "protocol": "scaled", "factor": 2.0, "corner": 0.28, "centre": 0.67, "raster": 0.16,
+                 "normalised": 1.0},
+                {"split": "test", "protocol": "anchored", "factor": 2.0, "corner": 1.0, "centre": 0.14,
+                 "raster": 0.68, "normalised": 0.14}]
+    lines = format_rule_gaps(summary, plan, transfer).splitlines()
+    assert "| arm (rule) | scaled 96 px | anchored 96 px |" in lines
+    assert "| rope2d-mrope_interleaved (corner) | +0.120 [+0.02, +0.22] | -0.100 [-0.15, -0.05] |" in lines
+    assert "| rope2d-videorope (centre) | +0.030 [-0.07, +0.13] |  |" in lines
+    assert not any("blind" in line for line in lines)
+    assert format_rule_gaps(summary, plan, []) == ""

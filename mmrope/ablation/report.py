@@ -15,7 +15,7 @@ import csv
 from pathlib import Path
 
 from mmrope.ablation.curves import curve_table
-from mmrope.ablation.plan import Plan
+from mmrope.ablation.plan import Plan, arm_name
 from mmrope.ablation.plots import plot_curves, plot_metric_bars, plot_metric_vs_resolution
 from mmrope.ablation.scenes import compare, read_scenes, summarize_scenes
 from mmrope.ablation.stats import METRICS
@@ -119,6 +119,38 @@ def format_results(summary: list[dict], plan: Plan, metrics: tuple[str, ...] | N
     return "\n".join(lines) + "\n"
 
 
+def format_rule_gaps(summary: list[dict], plan: Plan, transfer: list[dict]) -> str:
+    """For a place grid: each arm whose decoder's media ids follow a transfer rule
+    (:attr:`mmrope.model.decoder_schemes.base.DecoderScheme.transfer_rule`), off the training size, as measured minus
+    what the rule predicts on the same scenes, with the measured cell's interval shifted alike: what training added
+    to (or took from) id geometry."""
+    from mmrope.model.decoder_schemes import SCHEMES
+
+    rules = {arm_name(e, s): SCHEMES[s].transfer_rule for e, s in plan.arms if SCHEMES[s].transfer_rule}
+    if not transfer or not rules:
+        return ""
+    predicted = {(t["split"], t["protocol"], t["factor"]): t for t in transfer}
+    cells = {(c["arm"], c["split"], c["protocol"], c["factor"]): c.get(plan.metric) for c in summary}
+    points = [(p, f) for p, f in plan.scored if f != 1]
+    lines = ["## What training adds to id geometry", "",
+             f"{plan.metric} accuracy minus what the arm's decoder's transfer rule predicts on the same scenes "
+             "(`mmrope.eval.transfer`: the decoder answers for the patch under the object the place that patch's "
+             "id had in training), [95% interval of the measured cell, shifted alike]. 0: the arm does what its "
+             "ids' geometry says; above: it learned more than its ids carry; below: less."]
+    for split in plan.splits:
+        lines += ["", f"### {split}", "",
+                  "| arm (rule) | " + " | ".join(f"{p} {round(f * plan.train_size)} px" for p, f in points) + " |",
+                  "| --- |" + " ---: |" * len(points)]
+        for arm, rule in rules.items():
+            row = []
+            for p, f in points:
+                cell, rule_row = cells.get((arm, split, p, f)), predicted.get((split, p, f))
+                gap = None if cell is None or rule_row is None else [v - rule_row[rule] for v in cell]
+                row.append("" if gap is None else f"{gap[0]:+.3f} [{gap[1]:+.2f}, {gap[2]:+.2f}]")
+            lines.append(f"| {arm} ({rule}) | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_csv(rows: list[dict], path: Path) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
@@ -141,7 +173,8 @@ def write_results(rows: list[dict], plan: Plan, out: str | Path) -> list[Path]:
     curves_md, curves = curve_table(plan, out)
     comparisons = compare(plan, runs)
     text = format_results(summary, plan, transfer=transfer)
-    text += "".join("\n" + part for part in (format_comparisons(comparisons), curves_md) if part)
+    gaps = format_rule_gaps(summary, plan, transfer)
+    text += "".join("\n" + part for part in (gaps, format_comparisons(comparisons), curves_md) if part)
     paths = [write_csv(rows, out / "results.csv")]
     (out / "results.md").write_text(text, encoding="utf-8")
     paths.append(out / "results.md")

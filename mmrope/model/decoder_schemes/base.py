@@ -54,6 +54,10 @@ class DecoderScheme(nn.Module):
     # one id repeated on the three rows, so that every rotary pair reads it (1D RoPE): the rows' sections do not
     # matter, and :meth:`pair_frequencies` says so
     one_index: ClassVar[bool] = False
+    # how an id learned at the training size points at another size (a rule of :mod:`mmrope.eval.transfer`: ids
+    # counted from the grid's corner, its centre, or in raster order), for the ablation's "what training adds to id
+    # geometry"; None where the media ids follow none of them
+    transfer_rule: ClassVar[str | None] = None
 
     def __init__(self, config: CaptionerConfig):
         super().__init__()

@@ -27,6 +27,7 @@ class FlatPositions(DecoderScheme):
     allocation = "1D: every pair on the one index"
     source = "1D RoPE (Su et al. 2021) over the flattened sequence"
     one_index = True
+    transfer_rule = "raster"
 
     def position_ids(self, input_ids, grid_thw, attention_mask=None, clip=None, second_per_grid_t=None):
         return flat_position_ids(input_ids, attention_mask=attention_mask)
@@ -85,6 +86,7 @@ class Pixtral(FlatPositions):
     allocation = "1D: every pair on the one index"
     source = "Pixtral 12B (Mistral AI 2024, arXiv 2410.07073)"
     row_breaks = True
+    transfer_rule = None  # rows are W + 1 ids apart: raster order with a stride that changes with the width
 
     def position_ids(self, input_ids, grid_thw, attention_mask=None, clip=None, second_per_grid_t=None):
         breaks = input_ids == IMAGE_BREAK_ID

@@ -23,6 +23,7 @@ class MRoPE(DecoderScheme):
     design = "(s+t, s+i, s+j) per media token; text continues after the block's largest id"
     allocation = "chunked: t, h, w sections, fastest first"
     source = "Qwen2-VL (arXiv 2409.12191); Qwen2.5-VL's absolute time"
+    transfer_rule = "corner"
 
     def position_ids(self, input_ids, grid_thw, attention_mask=None, clip=None, second_per_grid_t=None):
         clip = torch.zeros(len(grid_thw), dtype=torch.bool) if clip is None else clip.to(grid_thw.device)

@@ -99,6 +99,7 @@ class VideoRoPE(PlacedMedia):
     design = "diagonal: t = s + delta tau, h = t + i - (H-1)//2, w = t + j - (W-1)//2; text after at t_max + 1"
     allocation = "LTA: h, w alternating on the fastest pairs, t on the slowest"
     source = "VideoRoPE, Wei et al. (arXiv 2502.05173), official code Wiselnn570/VideoRoPE"
+    transfer_rule = "centre"
     temporal_stride: ClassVar[float] = 2.0  # delta: the paper's best and the official code's value
 
     def __init__(self, config: CaptionerConfig):
