@@ -7,7 +7,9 @@
 A rule answers, for the patch under the object's centre, the place that patch's position code had in training:
 corner (ids counted from the top-left corner: M-RoPE, a sin-cos table in patches), centre (VideoRoPE, HoPE), raster
 (a flat 1D decoder, a flattened encoder), normalised (coordinates as fractions of the canvas: rope2d_norm, a learned
-table resampled to the new grid). A trained arm's accuracy beside these rows says what training added to geometry.
+table resampled to the new grid), caption (ids counted back from the caption, as a rotary decoder reads M-RoPE's ids:
+the text starts max(H, W) ids after the block). A trained arm's accuracy beside these rows says what training added
+to geometry.
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ def test_rules_by_hand_at_twice_the_size():
     assert predicted_place(s, 96, "anchored", "normalised", 16, 48) == "top"  # (2.5 / 6, 0.5 / 6)
     assert predicted_place(s, 96, "anchored", "centre", 16, 48) == "top"  # (0, 2) - (2, 2) + (1, 1) -> (0, 1)
     assert predicted_place(s, 96, "anchored", "raster", 16, 48) == "top right"  # index 2 -> (0, 2)
+    # counted back from the caption: (1, 4) + (3 - 6) = (-2, 1) -> (0, 1); anchored (0, 2) - 3 -> (0, 0)
+    assert predicted_place(s, 96, "scaled", "caption", 16, 48) == "top"
+    assert predicted_place(s, 96, "anchored", "caption", 16, 48) == "top left"
 
 
 def test_the_id_transfer_rule_predicts_the_old_benchmarks_flat_decoder():
@@ -63,9 +66,9 @@ def test_each_arm_stands_beside_its_decoders_rule():
     summary = [{"arm": arm, "split": "test", "protocol": p, "factor": f, "place": cell}
                for (arm, p, f), cell in measured.items()]
     transfer = [{"split": "test", "protocol": "scaled", "factor": 2.0, "corner": 0.28, "centre": 0.67, "raster": 0.16,
-                 "normalised": 1.0},
+                 "normalised": 1.0, "caption": 0.2},
                 {"split": "test", "protocol": "anchored", "factor": 2.0, "corner": 1.0, "centre": 0.14,
-                 "raster": 0.68, "normalised": 0.14}]
+                 "raster": 0.68, "normalised": 0.14, "caption": 0.1}]
     lines = format_rule_gaps(summary, plan, transfer).splitlines()
     assert "| arm (rule) | scaled 96 px | anchored 96 px |" in lines
     assert "| rope2d-mrope_interleaved (corner) | +0.120 [+0.02, +0.22] | -0.100 [-0.15, -0.05] |" in lines

@@ -13,6 +13,11 @@ evaluation scenes is what the geometry predicts; a trained arm's accuracy minus 
                 index n answers the training place of patch (n // training width, n % training width), clamped
     normalised  the patch's centre as a fraction of the canvas (``rope2d_norm``, a learned table resampled to the
                 new grid): it answers the third of the canvas that fraction falls in
+    caption     patches counted back from the caption: M-RoPE's text starts max(H, W) ids after the block's
+                start, so what a rotary decoder reads is a patch's offset to the caption, (max side - row, max side -
+                col) on a square grid; the offset answers the training place of the patch it named there, (row, col)
+                shifted by (training side - side), clamped. (The corner rule is this rule for a decoder that read
+                its ids absolutely; the time offset, which grows with the side too, is left out.)
 
 A training patch's place is the place of its centre on the training canvas (with ``inside_cells`` on a canvas of 3
 patches a side, each patch is one place's cell).
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 from mmrope.data.shapes import COLS, ROWS, place_name
 
-RULES = ("corner", "centre", "raster", "normalised")
+RULES = ("corner", "centre", "raster", "normalised", "caption")
 
 
 def _third(fraction: float) -> int:
@@ -46,6 +51,9 @@ def predicted_place(scene: dict, size: int, protocol: str, rule: str, patch: int
         col, row = _clamp(col, train_grid), _clamp(row, train_grid)
     elif rule == "centre":  # offsets from the centre patch, (n - 1) // 2, as VideoRoPE centres h and w
         shift = (train_grid - 1) // 2 - (grid - 1) // 2
+        col, row = _clamp(col + shift, train_grid), _clamp(row + shift, train_grid)
+    elif rule == "caption":
+        shift = train_grid - grid
         col, row = _clamp(col + shift, train_grid), _clamp(row + shift, train_grid)
     elif rule == "raster":
         index = row * grid + col
