@@ -236,6 +236,15 @@ def test_results_come_from_per_scene_predictions_with_paired_tests(tmp_path):
                       if line.startswith(f"| {a} | {b} |"))
     assert "no difference detected" in comparison and "could be missed" in comparison
 
+    # one seed all one way, two seeds alike: McNemar separates these runs (8 / 0, p = 0.008), the interval over seeds
+    # does not exclude 0 (a third of the resamples leave that seed out): not read as separated
+    one_seed = tmp_path / "one_seed"
+    a_right, b_right = [[1] * 8, [1, 0] * 4, [0, 1] * 4], [[0] * 8, [1, 0] * 4, [0, 1] * 4]
+    write_results(fake_predictions(plan, one_seed, {a: a_right, b: b_right}), plan, one_seed)
+    comparison = next(line for line in (one_seed / "results.md").read_text().splitlines()
+                      if line.startswith(f"| {a} | {b} |"))
+    assert "8 / 0" in comparison and "these runs differ; the interval over seeds includes 0" in comparison
+
 
 def test_shipped_grid_and_bad_grids(tmp_path):
     grid = ROOT / "configs/ablation/shapes.yaml"

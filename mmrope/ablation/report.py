@@ -35,7 +35,8 @@ def format_comparisons(results: list[dict], alpha: float = 0.05) -> str:
              f"Stated in the grid before the runs; each on the paired (seed, scene) outcomes of its two arms. p: exact "
              f"McNemar on the discordant pairs; Holm: adjusted over these {m} comparisons (significant below "
              f"{alpha}); interval: two-level bootstrap of the difference (seeds, then scenes); MDD: the difference "
-             f"the comparison had an 80% chance to detect at the strictest Holm level ({alpha}/{m}).", "",
+             f"the comparison had an 80% chance to detect at the strictest Holm level ({alpha}/{m}). Read as "
+             "separated when both the Holm-adjusted test and the interval say so.", "",
              "| A | B | at | A | B | A - B [95% CI] | only A / only B right | p | Holm p | MDD | reading |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
@@ -43,8 +44,8 @@ def format_comparisons(results: list[dict], alpha: float = 0.05) -> str:
         if r.get("missing"):
             lines.append(f"| {c.a} | {c.b} | {c.where} | | | | | | | | not scored yet |")
             continue
-        reading = {"a": "A > B", "b": "B > A"}.get(
-            r["verdict"], f"no difference detected (one below {r['mdd']:.2f} could be missed)")
+        readings = {"a": "A > B", "b": "B > A", "runs_only": "these runs differ; the interval over seeds includes 0"}
+        reading = readings.get(r["verdict"], f"no difference detected (one below {r['mdd']:.2f} could be missed)")
         lines.append(f"| {c.a} | {c.b} | {c.where}: {r['metric']} | {r['a']:.3f} | {r['b']:.3f} | "
                      f"{r['diff']:+.3f} [{r['lo']:+.2f}, {r['hi']:+.2f}] | {r['only_a']} / {r['only_b']} | "
                      f"{_p(r['p'])} | {_p(r['holm'])} | {r['mdd']:.3f} | {reading} |")

@@ -121,5 +121,9 @@ def compare(plan: Plan, runs: dict, alpha: float = 0.05) -> list[dict]:
     for r, adjusted in zip(tested, holm([r["p"] for r in tested])):
         r["holm"] = adjusted
         r["mdd"] = minimum_detectable_difference(r["se"], alpha / max(1, len(tested)))
-        r["verdict"] = (("a" if r["diff"] > 0 else "b") if adjusted < alpha else "null")
+        # separated only when the test on these runs' scenes and the interval over seeds agree: McNemar alone
+        # speaks of these trained models, not of the training procedure
+        apart = r["lo"] > 0 or r["hi"] < 0
+        r["verdict"] = ("a" if r["diff"] > 0 else "b") if adjusted < alpha and apart else (
+            "runs_only" if adjusted < alpha else "null")
     return results

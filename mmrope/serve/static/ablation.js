@@ -158,7 +158,8 @@ function drawComparisons() {
       row.lastChild.colSpan = 8;
       return row;
     }
-    const reading = { a: "A > B", b: "B > A" }[r.verdict] ?? "no difference detected (MDD)";
+    const reading = { a: "A > B", b: "B > A", runs_only: "these runs differ; the seeds' interval includes 0" }[r.verdict]
+      ?? "no difference detected (MDD)";
     row.append(...[r.a, r.b, `${r.where}: ${r.metric}`, fixed(r.mean_a, 3), fixed(r.mean_b, 3),
                    `${signed(r.diff, 3)} [${signed(r.low, 2)}, ${signed(r.high, 2)}]`, `${r.only_a} / ${r.only_b}`,
                    pValue(r.p), pValue(r.holm), fixed(r.mdd, 3), reading].map((t) => element("td", t)));
