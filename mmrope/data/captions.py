@@ -31,6 +31,7 @@ from mmrope.data.shapes import check_scene
 if TYPE_CHECKING:
     from mmrope.data.hf_datasets import ArrowImage
 
+
 @dataclass
 class CaptionRecord:
     image: Path | ArrowImage  # a file, or an image held in a dataset's Arrow / parquet file

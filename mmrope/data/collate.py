@@ -68,7 +68,7 @@ class CaptionCollator:
     ``skipped``            the reasons of its Skipped samples, for the main process to say once
 
     A sample holds an ``"image"`` or a ``"video"`` (with its ``"fps"``). Returns a :class:`SkippedBatch` when every
-    sample was None (skip the step). Captions longer than ``max_caption_tokens - 1`` tokens are cut so that caption
+    sample was skipped (skip the step). Captions longer than ``max_caption_tokens - 1`` tokens are cut so that caption
     plus EOS fits in ``max_caption_tokens``. ``row_breaks``: the model's scheme reads break tokens after media rows
     (``DecoderScheme.row_breaks``).
     """
