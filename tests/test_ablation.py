@@ -246,6 +246,42 @@ def test_results_come_from_per_scene_predictions_with_paired_tests(tmp_path):
     assert "8 / 0" in comparison and "these runs differ; the interval over seeds includes 0" in comparison
 
 
+def test_an_interaction_is_tested_on_the_contrast_of_two_differences(tmp_path):
+    """``minus``: does what arm a adds over b differ from what c adds over d? Four arms with known outcomes: a beats b
+    on every scene, c and d are alike -> the contrast (a - b) - (c - d) is +1 on all 24 pairs (p = 2 * 0.5^24);
+    the same difference under both pairs -> contrast 0 everywhere, a null."""
+    grid = tiny_grid(tmp_path)
+    grid.write_text(grid.read_text().replace("encoders: [rope2d, rope1d_flat]", "encoders: [rope2d, rope1d_flat, none]")
+                    .replace(f"arms: [{', '.join(TINY_ARMS)}]",
+                             "arms: [rope2d-mrope, none-mrope, rope2d-flat, none-flat]\n    compare:\n"
+                             "      - {arms: [rope2d-mrope, none-mrope], minus: [rope2d-flat, none-flat]}"))
+    plan = load_plan(grid, "tiny", seeds=3)
+    [c] = plan.comparisons
+    assert c.sides == ("rope2d-mrope - none-mrope", "rope2d-flat - none-flat") and len(c.arms) == 4
+    ones, zeros = [[1] * 8] * 3, [[0] * 8] * 3
+    out = tmp_path / "apart"
+    write_results(fake_predictions(plan, out, {"rope2d-mrope": ones, "none-mrope": zeros, "rope2d-flat": ones,
+                                               "none-flat": ones}), plan, out)
+    table = (out / "results.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| rope2d-mrope - none-mrope |"))
+    assert "| +1.000 | +0.000 | +1.000 [+1.00, +1.00] | 24 / 0 | < 1e-4 |" in row and "A > B" in row
+    assert "sign test on the per-pair contrast" in table
+    out = tmp_path / "alike"
+    write_results(fake_predictions(plan, out, {"rope2d-mrope": ones, "none-mrope": zeros, "rope2d-flat": ones,
+                                               "none-flat": zeros}), plan, out)
+    row = next(line for line in (out / "results.md").read_text().splitlines()
+               if line.startswith("| rope2d-mrope - none-mrope |"))
+    assert "| +1.000 | +1.000 | +0.000 [+0.00, +0.00] | 0 / 0 | 1 |" in row and "no difference detected" in row
+
+    for minus, words in ((["rope2d-flat"], r"\['rope2d-flat'\]: expected two different arms"),
+                         (["none-mrope", "rope2d-mrope"], "an interaction needs another pair of arms"),
+                         (["rope2d-flat", "none-xyz"], "expected two different arms of the preset")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(grid.read_text().replace("minus: [rope2d-flat, none-flat]", f"minus: [{', '.join(minus)}]"))
+        with pytest.raises(ValueError, match=r"presets\.tiny\.compare\[0\]: minus=.*" + words):
+            load_plan(bad, "tiny")
+
+
 def test_shipped_grid_and_bad_grids(tmp_path):
     grid = ROOT / "configs/ablation/shapes.yaml"
     gpu = load_plan(grid, "gpu")  # every registered encoder, and every registered scheme, each on one axis
@@ -270,6 +306,8 @@ def test_shipped_grid_and_bad_grids(tmp_path):
     assert (relation.metric, relation.base.name) == ("relation", "shapes_relation_cpu.yaml")
     assert {s for _, s in relation.arms} == {"blind"} and relation.seeds == [0, 1, 2, 3, 4]
     assert relation.protocols == ["scaled", "same_pixels", "anchored"] and len(relation.comparisons) == 7
+    crossed = load_plan(grid, "cpu-relations-crossed")  # 4 encoders x 3 decoders, two interactions at 1x, one at 2x
+    assert len(crossed.arms) == 12 and [c.minus is not None for c in crossed.comparisons] == [0, 0, 1, 1, 1]
     assert ("anchored", 0.5) not in relation.scored and ("same_pixels", 1.0) not in relation.scored
     places = load_plan(grid, "cpu-places")
     assert places.sizes == [32, 48, 64, 96, 144] and places.metric == "place" and places.threshold == 0.9

@@ -10,6 +10,7 @@ from mmrope.ablation.paired import (
     holm,
     mcnemar,
     minimum_detectable_difference,
+    sign_test,
     wilson_interval,
 )
 
@@ -30,6 +31,16 @@ def test_mcnemar_is_the_exact_binomial_test_on_discordant_pairs():
     assert (only_a, only_b) == (12, 3) and p == pytest.approx(0.03515625)
     assert mcnemar([[1, 0], [1, 1]], [[1, 0], [1, 1]]) == (0, 0, 1.0)  # no discordant pair: nothing to test
     assert mcnemar([[1] * 7], [[0] * 7])[2] == pytest.approx(0.015625)  # binomtest(0, 7).pvalue
+
+
+def test_sign_test_counts_every_nonzero_contrast_once():
+    # an interaction's per-pair contrasts (a - b) - (c - d) lie in -2..2: 9 above 0, 2 below, zeros left out;
+    # scipy.stats.binomtest(2, 11, 0.5).pvalue
+    contrast = [[2, 1, 1, 0, -1, 0, 1, 2], [1, 1, 0, 0, -2, 1, 1, 0]]
+    assert sign_test(contrast) == pytest.approx((9, 2, 0.0654296875))
+    assert sign_test([[0, 0], [0, 0]]) == (0, 0, 1.0)
+    a, b = np.array([[1, 1, 0, 1]]), np.array([[0, 1, 1, 0]])  # McNemar is the sign test of a - b
+    assert mcnemar(a, b) == sign_test(a - b) == (2, 1, 1.0)
 
 
 def test_holm_by_hand():

@@ -135,6 +135,7 @@ def test_the_page_answers_from_the_folder_and_the_report(server, ablation):
     assert (shown["a"], shown["b"], shown["only_a"], shown["only_b"]) == (ARMS[0], ARMS[1], stated["only_a"],
                                                                          stated["only_b"])
     assert shown["p"] == stated["p"] and shown["diff"] == stated["diff"] and shown["verdict"] == stated["verdict"]
+    assert shown["arms"] == list(ARMS) and shown["interaction"] is False  # the page's scene view starts on them
 
     _, table = get(server, "/api/table", metric="relation")
     cells = {(c["arm"], c["factor"]): c for c in table["cells"]}

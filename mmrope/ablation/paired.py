@@ -6,7 +6,8 @@ order, so two arms' outcomes pair up by (seed, scene). An arm's outcomes are an 
 scores in [0, 1] (1 or 0 for place accuracy).
 
 - :func:`mcnemar` is the exact McNemar test on the discordant (seed, scene) pairs: the stated comparisons' test. It
-  treats the pairs as independent, so it speaks of these trained models on these scenes;
+  treats the pairs as independent, so it speaks of these trained models on these scenes; :func:`sign_test` is the
+  same test on any per-pair contrast, an interaction's (two arms' difference minus two others') included;
 - :func:`bootstrap_difference` resamples seeds, then scenes within them (the same scenes for both arms), so its
   interval also carries the variation between training runs: the interval a reader should quote, and the standard
   error the minimum detectable difference is computed from;
@@ -40,18 +41,23 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
 def mcnemar(a: list[list[float]], b: list[list[float]]) -> tuple[int, int, float]:
     """Exact two-sided McNemar test of paired 0/1 outcomes ``a`` and ``b`` (seeds, scenes) -> (pairs only ``a`` got
     right, pairs only ``b`` got right, p). Scores that are not 0 or 1 count as right when >= 0.5."""
-    only_a = only_b = 0
-    for row_a, row_b in zip(a, b, strict=True):
-        for x, y in zip(row_a, row_b, strict=True):
-            x, y = x >= 0.5, y >= 0.5
-            only_a += x and not y
-            only_b += y and not x
-    n = only_a + only_b
+    a, b = np.asarray(a, dtype=np.float64) >= 0.5, np.asarray(b, dtype=np.float64) >= 0.5
+    if a.shape != b.shape:
+        raise ValueError(f"mcnemar needs two arrays of one (seeds, scenes) shape, got {a.shape} and {b.shape}")
+    return sign_test(a.astype(np.int64) - b.astype(np.int64))
+
+
+def sign_test(contrast) -> tuple[int, int, float]:
+    """Exact two-sided sign test of per-pair contrasts -> (pairs above 0, pairs below 0, p): McNemar's test when the
+    contrast is one 0/1 outcome minus another, and the test of an interaction when it is a difference of two such
+    differences ((a - b) - (c - d) per (seed, scene)). Zeros say nothing either way and are left out."""
+    contrast = np.asarray(contrast, dtype=np.float64)
+    above, below = int((contrast > 0).sum()), int((contrast < 0).sum())
+    n = above + below
     if n == 0:
         return 0, 0, 1.0
-    k = min(only_a, only_b)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return only_a, only_b, min(1.0, 2 * tail)
+    tail = sum(math.comb(n, i) for i in range(min(above, below) + 1)) / 2**n
+    return above, below, min(1.0, 2 * tail)
 
 
 def holm(pvalues: list[float]) -> list[float]:

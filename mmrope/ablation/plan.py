@@ -25,14 +25,18 @@ PRESET_KEYS = ("base", "arms", "encoders", "schemes", "seeds", "max_steps", "eva
 ENGINES = ("lightning", "stacked")  # one train.py process per run, or each arm's seeds in one mmrope.train.stacked
 ENGINE_OPTIONS = ("stack", "renderer", "compile", "save_steps")  # mmrope.train.stacked's options
 EVAL_KEYS = ("splits", "factors", "sizes", "frames", "n", "batch_size", "max_new_tokens", "protocols")
-COMPARE_KEYS = ("arms", "split", "factor", "size", "protocol", "frames", "metric")
+COMPARE_KEYS = ("arms", "minus", "split", "factor", "size", "protocol", "frames", "metric")
 SPLITS = ("val", "test", "compositional")
 
 
 @dataclass(frozen=True)
 class Comparison:
     """A comparison stated in advance: arm ``a`` against arm ``b`` on ``metric`` (None: the headline), at one split,
-    factor of the training size and size protocol, tested on the (seed, scene) pairs both arms were scored on."""
+    factor of the training size and size protocol, tested on the (seed, scene) pairs both arms were scored on.
+
+    With ``minus`` (two more arms ``c, d``) it is an interaction: does ``a - b`` differ from ``c - d``? (e.g. what 2D
+    RoPE adds over no positions under one decoder against what it adds under another), tested on the per-pair
+    contrast ``(a - b) - (c - d)``."""
 
     a: str
     b: str
@@ -41,6 +45,16 @@ class Comparison:
     protocol: str = "scaled"
     frames: int | None = None  # clip grids: the frame count (None: the training count)
     metric: str | None = None
+    minus: tuple[str, str] | None = None
+
+    @property
+    def sides(self) -> tuple[str, str]:
+        """What is compared, as the tables name it: two arms, or an interaction's two differences."""
+        return (self.a, self.b) if self.minus is None else (f"{self.a} - {self.b}", " - ".join(self.minus))
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        return (self.a, self.b) + (self.minus or ())
 
     @property
     def where(self) -> str:
@@ -134,6 +148,7 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
     encoders = _names(spec.get("encoders"), ENCODERS, f"{grid}: encoders")
     schemes = _names(spec.get("schemes"), SCHEMES, f"{grid}: schemes")
 
+    chosen = arms is not None  # on the command line: comparisons of arms left out are dropped, not refused
     if isinstance(p.get("arms"), dict):  # a star: every registered encoder and every registered scheme
         star = _star(p["arms"], ENCODERS, SCHEMES, f"{grid}: presets.{preset}.arms")
         encoders += [e for e, _ in star if e not in encoders]
@@ -208,7 +223,7 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
                 max_new_tokens, size, frames, benchmark.clip_mode, benchmark.frames, benchmark.metric, data, engine,
                 engine_options, parallel, protocols)
     plan.comparisons = _comparisons(p.get("compare") or [], plan, f"{grid}: presets.{preset}.compare",
-                                    chosen=arms is not None and not isinstance(p.get("arms"), dict))
+                                    chosen=chosen)
     threshold = p.get("threshold")
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
         raise ValueError(f"{grid}: presets.{preset}.threshold={threshold!r}: expected an accuracy in (0, 1]")
@@ -218,8 +233,9 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
 
 def _comparisons(specs: Any, plan: Plan, where: str, chosen: bool = False) -> list[Comparison]:
     """A preset's ``compare`` list: each ``[arm, arm]`` (at the first split, 1x, scaled) or ``{arms: [arm, arm],
-    split, factor | size, protocol, frames, metric}``; both arms must be in the plan and the point scored. With
-    arms ``chosen`` on the command line, comparisons of arms left out are dropped."""
+    minus: [arm, arm], split, factor | size, protocol, frames, metric}`` (``minus``: an interaction, the first
+    pair's difference against the second's); every arm must be in the plan and the point scored. With arms
+    ``chosen`` on the command line, comparisons of arms left out are dropped."""
     if not isinstance(specs, list):
         raise ValueError(f"{where} must be a list of comparisons, [arm, arm] or {{arms: [arm, arm], factor: ...}}")
     names = [arm_name(e, s) for e, s in plan.arms]
@@ -227,17 +243,23 @@ def _comparisons(specs: Any, plan: Plan, where: str, chosen: bool = False) -> li
     for i, spec in enumerate(specs):
         spec = {"arms": spec} if isinstance(spec, list) else spec
         _check_keys(spec, COMPARE_KEYS, f"{where}[{i}]")
-        arms = spec.get("arms")
-        if chosen and isinstance(arms, list) and not all(a in names for a in arms):
+        pairs = [("arms", spec.get("arms"))] + ([("minus", spec["minus"])] if "minus" in spec else [])
+        if chosen and any(isinstance(v, list) and not all(a in names for a in v) for _, v in pairs):
             continue
-        if not (isinstance(arms, list) and len(arms) == 2 and all(a in names for a in arms) and arms[0] != arms[1]):
-            raise ValueError(f"{where}[{i}]: arms={arms!r}: expected two different arms of the preset "
-                             f"({', '.join(names)})")
+        for key, arms in pairs:
+            if not (isinstance(arms, list) and len(arms) == 2 and all(a in names for a in arms)
+                    and arms[0] != arms[1]):
+                raise ValueError(f"{where}[{i}]: {key}={arms!r}: expected two different arms of the preset "
+                                 f"({', '.join(names)})")
+        arms, minus = pairs[0][1], tuple(pairs[1][1]) if len(pairs) > 1 else None
+        if minus is not None and set(minus) == set(arms):
+            raise ValueError(f"{where}[{i}]: minus={list(minus)!r}: an interaction needs another pair of arms than "
+                             f"arms={arms!r}")
         frames = spec.get("frames", plan.train_frames)
         factor = spec["size"] / plan.train_size if "size" in spec else float(spec.get("factor", 1))
         factor = next((f for f in plan.factors if abs(f - factor) < 1e-9), factor)  # the plan's own float
         c = Comparison(arms[0], arms[1], spec.get("split", plan.splits[0]), factor,
-                       spec.get("protocol", "scaled"), frames, spec.get("metric"))
+                       spec.get("protocol", "scaled"), frames, spec.get("metric"), minus)
         if c.split not in plan.splits or (c.protocol, c.factor) not in plan.scored or (
                 c.frames not in (plan.frames or [None])):
             raise ValueError(f"{where}[{i}]: {c.where} is not scored by the preset (splits {plan.splits}, "

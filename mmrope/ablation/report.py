@@ -36,17 +36,23 @@ def format_comparisons(results: list[dict], alpha: float = 0.05) -> str:
              f"McNemar on the discordant pairs; Holm: adjusted over these {m} comparisons (significant below "
              f"{alpha}); interval: two-level bootstrap of the difference (seeds, then scenes); MDD: the difference "
              f"the comparison had an 80% chance to detect at the strictest Holm level ({alpha}/{m}). Read as "
-             "separated when both the Holm-adjusted test and the interval say so.", "",
+             "separated when both the Holm-adjusted test and the interval say so." + (
+                 " An interaction row (A and B each a difference of two arms) asks whether what one arm adds over "
+                 "another depends on the decoder or size: p is the exact sign test on the per-pair contrast (A - B), "
+                 "the counts the pairs where it favours A / B." if any(r["comparison"].minus for r in results)
+                 else ""), "",
              "| A | B | at | A | B | A - B [95% CI] | only A / only B right | p | Holm p | MDD | reading |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
         c = r["comparison"]
+        name_a, name_b = c.sides
         if r.get("missing"):
-            lines.append(f"| {c.a} | {c.b} | {c.where} | | | | | | | | not scored yet |")
+            lines.append(f"| {name_a} | {name_b} | {c.where} | | | | | | | | not scored yet |")
             continue
         readings = {"a": "A > B", "b": "B > A", "runs_only": "these runs differ; the interval over seeds includes 0"}
         reading = readings.get(r["verdict"], f"no difference detected (one below {r['mdd']:.2f} could be missed)")
-        lines.append(f"| {c.a} | {c.b} | {c.where}: {r['metric']} | {r['a']:.3f} | {r['b']:.3f} | "
+        sign = "+" if c.minus else ""  # an interaction's sides are differences
+        lines.append(f"| {name_a} | {name_b} | {c.where}: {r['metric']} | {r['a']:{sign}.3f} | {r['b']:{sign}.3f} | "
                      f"{r['diff']:+.3f} [{r['lo']:+.2f}, {r['hi']:+.2f}] | {r['only_a']} / {r['only_b']} | "
                      f"{_p(r['p'])} | {_p(r['holm'])} | {r['mdd']:.3f} | {reading} |")
     return "\n".join(lines) + "\n"

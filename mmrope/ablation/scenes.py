@@ -21,6 +21,7 @@ from mmrope.ablation.paired import (
     holm,
     mcnemar,
     minimum_detectable_difference,
+    sign_test,
 )
 from mmrope.ablation.plan import Plan, arm_name
 
@@ -68,11 +69,11 @@ def _number(cell) -> float:
         return math.nan
 
 
-def _defined(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The scene columns where every seed (of both arms) has a score: a conditional score (``relation_named``) is
-    compared on the scenes where it is defined for all."""
-    keep = ~np.isnan(a).any(0) if b is None else ~(np.isnan(a).any(0) | np.isnan(b).any(0))
-    return a[:, keep], None if b is None else b[:, keep]
+def _defined(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The scene columns where every seed of every array (a comparison's arms) has a score: a conditional score
+    (``relation_named``) is compared on the scenes where it is defined for all."""
+    keep = ~np.any([np.isnan(x).any(0) for x in arrays], axis=0)
+    return [x[:, keep] for x in arrays]
 
 
 def summarize_scenes(plan: Plan, runs: dict, metrics: tuple[str, ...]) -> list[dict]:
@@ -90,7 +91,7 @@ def summarize_scenes(plan: Plan, runs: dict, metrics: tuple[str, ...]) -> list[d
                 a = outcomes(plan, runs, arm, point, metric)
                 if a is None:
                     continue
-                a, _ = _defined(a)
+                a, = _defined([a])
                 if a.size:
                     cell[metric] = bootstrap_mean(a, rounds=ROUNDS)
                     cell["seeds"] = a.shape[0]
@@ -102,17 +103,23 @@ def summarize_scenes(plan: Plan, runs: dict, metrics: tuple[str, ...]) -> list[d
 def compare(plan: Plan, runs: dict, alpha: float = 0.05) -> list[dict]:
     """Each stated comparison: the two arms' means, their difference with its bootstrap interval, McNemar's exact
     test on the paired (seed, scene) outcomes, the Holm-adjusted p over all of them and the minimum detectable
-    difference at the strictest Holm level (alpha / m, power 0.8)."""
+    difference at the strictest Holm level (alpha / m, power 0.8). An interaction's sides are the two differences
+    (means in [-1, 1]), its test the sign test on the per-pair contrast (a - b) - (c - d)."""
     results = []
     for c in plan.comparisons:
         metric = c.metric or plan.metric
         point = (c.split, c.protocol, c.factor, c.frames)
-        a, b = outcomes(plan, runs, c.a, point, metric), outcomes(plan, runs, c.b, point, metric)
-        if a is None or b is None or a.shape[0] != b.shape[0]:
+        arrays = [outcomes(plan, runs, arm, point, metric) for arm in c.arms]
+        if any(x is None for x in arrays) or len({x.shape[0] for x in arrays}) > 1:
             results.append({"comparison": c, "metric": metric, "missing": True})
             continue
-        a, b = _defined(a, b)
-        only_a, only_b, p = mcnemar(a.tolist(), b.tolist())
+        arrays = _defined(arrays)
+        if c.minus is None:
+            a, b = arrays
+            only_a, only_b, p = mcnemar(a, b)
+        else:
+            a, b = arrays[0] - arrays[1], arrays[2] - arrays[3]
+            only_a, only_b, p = sign_test(a - b)
         diff, lo, hi, se = bootstrap_difference(a, b, rounds=4000)
         results.append({"comparison": c, "metric": metric, "a": float(a.mean()), "b": float(b.mean()),
                         "diff": diff, "lo": lo, "hi": hi, "se": se, "only_a": only_a, "only_b": only_b, "p": p,

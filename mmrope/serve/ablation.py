@@ -269,7 +269,8 @@ class AblationFolder:
                 rows = []
                 for r in compare(self.plan, runs):
                     c = r["comparison"]
-                    row = {"a": c.a, "b": c.b, "where": c.where, "metric": r["metric"],
+                    row = {"a": c.sides[0], "b": c.sides[1], "arms": list(c.arms), "where": c.where,
+                           "metric": r["metric"], "interaction": c.minus is not None,
                            "missing": bool(r.get("missing"))}
                     if not row["missing"]:
                         row |= {"mean_a": r["a"], "mean_b": r["b"], "diff": r["diff"], "low": r["lo"],

@@ -77,7 +77,7 @@ async function start() {
   options($("scene-seed"), s.seeds.map(String));
   const shows = ["all", "disagree", ...s.arms.flatMap((a) => [`wrong:${a}`, `right:${a}`])];
   options($("show"), shows, shows.map((v) => v.replace(":", " by ")), s.arms.length ? `wrong:${s.arms[0]}` : "all");
-  const pair = s.comparisons.length ? [s.comparisons[0].a, s.comparisons[0].b] : s.arms.slice(0, 2);
+  const pair = s.comparisons.length ? s.comparisons[0].arms : s.arms.slice(0, 2);
   options($("arm-a"), s.arms, undefined, pair[0]);
   options($("arm-b"), s.arms, undefined, pair[1] ?? pair[0]);
   options($("inspect-seed"), s.seeds.map(String));
@@ -147,7 +147,8 @@ function drawComparisons() {
   $("compare-note").textContent = "Stated in the grid before the runs; each on the paired (seed, scene) outcomes of " +
     `its two arms. p: exact McNemar on the discordant pairs; Holm: adjusted over these ${m}; interval: two-level ` +
     "bootstrap of the difference; MDD: the difference the test had an 80% chance to detect (a null can miss a " +
-    "smaller one).";
+    "smaller one)." + (results.some((r) => r.interaction) ? " An interaction row compares two arms' difference " +
+    "with two others': p is the exact sign test on the per-pair contrast, the counts the pairs it favours A / B." : "");
   const head = element("tr");
   head.append(...["A", "B", "at", "A", "B", "A - B [95% CI]", "only A / only B right", "p", "Holm p", "MDD",
                   "reading"].map((t) => element("th", t)));
