@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import math
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -382,6 +383,9 @@ def test_damaged_run_files_fail_their_run_and_the_grid_goes_on(tmp_path, monkeyp
         assert line.startswith(f"  {run}: ") and words in line, line
     assert (out / "results.csv").exists()
     assert "delete it to score the run again" in lines[1] and f"delete {out / TINY_ARMS[1] / 'seed1'}" in lines[2]
+    kept = (out / "ablate.log").read_text().splitlines()  # what stderr said, each line with its time, in OUT
+    assert [line[20:] for line in kept] == captured.err.splitlines()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d tiny: 2 arms x 2 seeds = 4 runs .*", kept[0])
 
     stacked = dataclasses.replace(plan, engine="stacked")  # the same damage, an arm's seeds at a time
     expected = damage_runs(stacked, tmp_path / "stacked", damage)
@@ -389,3 +393,21 @@ def test_damaged_run_files_fail_their_run_and_the_grid_goes_on(tmp_path, monkeyp
     assert {(r["encoder"], r["seed"]) for r in rows} == {("rope1d_flat", 0)} and len(failures) == 3
     for line, (run, words) in zip(failures, expected.items()):
         assert line.startswith(f"{run}: ") and words in line, line
+
+
+def test_a_run_folder_keeps_its_settings_however_the_base_is_spelled(tmp_path, monkeypatch):
+    """A folder trained from the repository with ``configs/x.yaml`` is the same run when the grid is later named by
+    its absolute path (it was refused as 'other settings'); other steps are still refused, in one line."""
+    import json
+
+    monkeypatch.chdir(ROOT)
+    plan = load_plan("configs/ablation/shapes.yaml", "cpu-relations")
+    run_dir = tmp_path / "rope2d-blind" / "seed0"
+    runner._check_signature(run_dir, runner.run_signature(plan, "rope2d", "blind", 0))
+    assert json.loads((run_dir / "arm.json").read_text())["base"] == "configs/shapes_relation_cpu.yaml"
+    absolute = load_plan(ROOT / "configs/ablation/shapes.yaml", "cpu-relations")
+    assert str(absolute.base) != str(plan.base)
+    runner._check_signature(run_dir, runner.run_signature(absolute, "rope2d", "blind", 0))  # accepted
+    longer = load_plan(ROOT / "configs/ablation/shapes.yaml", "cpu-relations", max_steps=3000)
+    with pytest.raises(ValueError, match=r"seed0 was trained with other settings \(max_steps 1500 -> 3000\)"):
+        runner._check_signature(run_dir, runner.run_signature(longer, "rope2d", "blind", 0))

@@ -1,10 +1,14 @@
 """The transfer rules: what id geometry alone predicts off the training size, checked on scenes whose answer is known
 by hand."""
 
+from pathlib import Path
+
 import pytest
 
 from mmrope.data.shapes import sample_scene
 from mmrope.eval.transfer import RULES, predicted_place, rule_accuracy
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def scene(x: float, y: float, place: str, canvas: int = 48) -> dict:
@@ -57,7 +61,7 @@ def test_each_arm_stands_beside_its_decoders_rule():
 
     from mmrope.ablation.report import format_rule_gaps
 
-    plan = SimpleNamespace(metric="place", splits=["test"], train_size=48,
+    plan = SimpleNamespace(metric="place", splits=["test"], train_size=48, trained_sizes=[48],
                            arms=[("rope2d", "mrope_interleaved"), ("rope2d", "videorope"), ("none", "blind")],
                            scored=[("scaled", 1.0), ("scaled", 2.0), ("anchored", 2.0)])
     measured = {("rope2d-mrope_interleaved", "scaled", 2.0): (0.40, 0.30, 0.50),
@@ -75,3 +79,21 @@ def test_each_arm_stands_beside_its_decoders_rule():
     assert "| rope2d-videorope (centre) | +0.030 [-0.07, +0.13] |  |" in lines
     assert not any("blind" in line for line in lines)
     assert format_rule_gaps(summary, plan, []) == ""
+    assert "The rules know one training size" not in "\n".join(lines)
+    plan.trained_sizes = [32, 48, 64]  # several training sizes: the gap is not transfer alone, and it says so
+    assert "these runs trained at 32, 48, 64 px" in format_rule_gaps(summary, plan, transfer)
+
+
+def test_a_grid_trained_on_several_sizes_says_so_and_marks_each(tmp_path):
+    """cpu-sizes-mixed trains at 32, 48 and 64 px: results.md names all three and marks each scaled column a
+    training size (the anchored and same-pixel pictures at 64 px are not training pictures)."""
+    from mmrope.ablation.plan import load_plan
+    from mmrope.ablation.report import format_results
+
+    plan = load_plan(ROOT / "configs/ablation/shapes.yaml", "cpu-sizes-mixed")
+    assert plan.trained_sizes == [32, 48, 64] and load_plan(ROOT / "configs/ablation/shapes.yaml",
+                                                             "cpu-sizes").trained_sizes == [48]
+    text = format_results([], plan, ("place",))
+    assert "Trained at 32, 48 and 64 px (each training scene at one of them; 1x is the model's image size" in text
+    assert "| arm | 32 px (0.667x) train | 48 px (1x) train | 64 px (1.33x) train | 96 px (2x) | 144 px (3x) |" in text
+    assert "| arm | 32 px (0.667x) | 64 px (1.33x) | 96 px (2x) | 144 px (3x) |" in text  # same_pixels

@@ -108,6 +108,13 @@ class Plan:
         return [round(f * self.train_size) for f in self.factors]
 
     @property
+    def trained_sizes(self) -> list[int]:
+        """The canvases training scenes are drawn at: ``data.shapes.train_sizes`` where a run trains on several
+        (each scene at one), else the one training size (1x)."""
+        shapes = (self.data or {}).get("shapes") or {}
+        return sorted(shapes.get("train_sizes") or [self.train_size])
+
+    @property
     def label(self) -> str:
         """What the headline metric is called in tables, plots and file names."""
         return self.metric

@@ -93,19 +93,26 @@ def format_results(summary: list[dict], plan: Plan, metrics: tuple[str, ...] | N
     seeds = f"{'-'.join(map(str, counts))} {'seed' if counts == [1] else 'seeds'}"
     read_as = "one (t, h, w) block" if plan.clip_mode == "block" else "separate images"
     clips = "" if plan.frames is None else f" Clips of {plan.train_frames} frames in training, read as {read_as}."
+    trained = plan.trained_sizes
+    trained_at = f"at {plan.train_size} px" if len(trained) == 1 else (
+        f"at {', '.join(map(str, trained[:-1]))} and {trained[-1]} px (each training scene at one of them; 1x is "
+        f"the model's image size, {plan.train_size} px)")
     lines = [f"# Ablation results: preset {plan.preset}", "",
              f"Base `{plan.base}`, {plan.max_steps} training steps per run, {seeds} per arm; `last.ckpt` of each "
              f"run, greedy decoding, {plan.n} {'clips' if plan.frames else 'scenes'} per split (the same for every "
              "run). Cells: mean over (seed, scene) [95% interval: two-level bootstrap, seeds then scenes]. Trained "
-             f"at {plan.train_size} px.{clips}"]
+             f"{trained_at}.{clips}"]
     from mmrope.data.shapes import SIZE_PROTOCOLS
 
     for split in plan.splits:
         for protocol in plan.protocols:
             factors = [f for p, f in plan.scored if p == protocol]
             points = [(f, n) for f in factors for n in (plan.frames or [None])]
+            trained_here = [f for f in factors if round(f * plan.train_size) in trained and (
+                f == 1 or protocol == "scaled")]  # a training picture: off 1x, only scaled ones are
             columns = [f"{round(f * plan.train_size)} px ({f:.3g}x)" + (f", {n} frames" if n else "")
-                       + (" train" if f == 1 and (n is None or n == plan.train_frames) else "") for f, n in points]
+                       + (" train" if f in trained_here and (n is None or n == plan.train_frames) else "")
+                       for f, n in points]
             shown = "" if plan.protocols == ["scaled"] else f", {protocol}"
             for metric in metrics:
                 lines += ["", f"## {split}{shown}: {metric} accuracy", ""]
@@ -144,6 +151,10 @@ def format_rule_gaps(summary: list[dict], plan: Plan, transfer: list[dict]) -> s
              "(`mmrope.eval.transfer`: the decoder answers for the patch under the object the place that patch's "
              "id had in training), [95% interval of the measured cell, shifted alike]. 0: the arm does what its "
              "ids' geometry says; above: it learned more than its ids carry; below: less."]
+    if len(plan.trained_sizes) > 1:
+        lines[-1] += (f" The rules know one training size ({plan.train_size} px); these runs trained at "
+                      f"{', '.join(map(str, plan.trained_sizes))} px, so a gap here also holds what training on "
+                      "those sizes taught, and at a trained size it is no transfer at all.")
     for split in plan.splits:
         lines += ["", f"### {split}", "",
                   "| arm (rule) | " + " | ".join(f"{p} {round(f * plan.train_size)} px" for p, f in points) + " |",

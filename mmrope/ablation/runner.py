@@ -110,10 +110,18 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _same_base(old: Any, new: Any) -> bool:
+    """One base config, however it was spelled: ``configs/x.yaml`` from the repository and its absolute path are the
+    same file (a relative path is read from the current folder, as the runner reads it)."""
+    return old == new or (isinstance(old, str) and Path(old).resolve() == Path(new).resolve())
+
+
 def _check_signature(run_dir: Path, signature: dict) -> None:
     path = run_dir / "arm.json"
     if path.exists():
         old = _read_json(path, f"delete {run_dir} to train the run again")
+        if _same_base(old.get("base"), signature["base"]):
+            old = old | {"base": signature["base"]}
         if old != signature:
             diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in signature.items() if old.get(k) != v)
             raise ValueError(f"{run_dir} was trained with other settings ({diff}): use another --out, or delete "

@@ -4,7 +4,8 @@
     mmrope ablate --preset cpu --dry-run          the command of every run, nothing trained
     mmrope ablate --preset gpu --cluster ray --address HEAD:6379 --out /shared/runs/ablation-gpu
 
-Progress goes to stderr; the results table to stdout. Heavy imports stay inside ``run_ablate``.
+Progress goes to stderr (and to OUT/ablate.log, each line with its time); the results table to stdout. Heavy
+imports stay inside ``run_ablate``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "same number of steps, score each last.ckpt on every split at every factor of the training "
                     "size, and write results.csv, results.md (mean ± 95% CI across seeds) and PNG plots to OUT. "
                     "Finished runs are not trained again; an interrupted one resumes from its last checkpoint: "
-                    "rerun the same command.")
+                    "rerun the same command. What it says on stderr is also appended to OUT/ablate.log, each line "
+                    "with its time.")
     p.add_argument("--config", type=Path, default=Path("configs/ablation/shapes.yaml"),
                    help="the grid file (default: configs/ablation/shapes.yaml)")
     p.add_argument("--preset", default="cpu", help="a preset of the grid file; shapes.yaml has cpu (places: encoders "
@@ -55,19 +57,20 @@ def run_ablate(args: argparse.Namespace) -> int:
     import shlex
 
     from mmrope.ablation.plan import arm_name, load_plan
-    from mmrope.ablation.report import results_text, write_results
-    from mmrope.ablation.runner import RunInterrupted, run_ablation, stacked_command, train_command
+    from mmrope.ablation.progress import progress_kept_in
+    from mmrope.ablation.runner import stacked_command, train_command
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
     cluster = ray_cluster(args)
     plan = load_plan(args.config, args.preset, seeds=args.seeds, max_steps=args.max_steps, arms=arms)
     runs = len(plan.arms) * len(plan.seeds)
-    print(f"{args.preset}: {plural(len(plan.arms), 'arm')} x {plural(len(plan.seeds), 'seed')} = "
-          f"{plural(runs, 'run')} of {plan.max_steps} steps "
-          f"on {plan.base}; scored on {', '.join(plan.splits)} at {', '.join(map(str, plan.sizes))} px"
-          + (f" x {', '.join(map(str, plan.frames))} frames ({plan.clip_mode})" if plan.frames else "")
-          + f", {plan.n} {'clips' if plan.frames else 'scenes'} each", file=sys.stderr)
+    header = (f"{args.preset}: {plural(len(plan.arms), 'arm')} x {plural(len(plan.seeds), 'seed')} = "
+              f"{plural(runs, 'run')} of {plan.max_steps} steps "
+              f"on {plan.base}; scored on {', '.join(plan.splits)} at {', '.join(map(str, plan.sizes))} px"
+              + (f" x {', '.join(map(str, plan.frames))} frames ({plan.clip_mode})" if plan.frames else "")
+              + f", {plan.n} {'clips' if plan.frames else 'scenes'} each")
     if args.dry_run:
+        print(header, file=sys.stderr)
         if cluster is not None:
             from mmrope.ablation.cluster import task_resources
 
@@ -83,6 +86,16 @@ def run_ablate(args: argparse.Namespace) -> int:
                 print(shlex.join(train_command(plan, encoder, scheme, seed, run_dir)))
         return 0
     write_plan(plan, args.out)
+    with progress_kept_in(args.out):
+        print(header, file=sys.stderr)
+        return _run(plan, args, cluster, runs)
+
+
+def _run(plan, args: argparse.Namespace, cluster, runs: int) -> int:
+    """Train what is missing, score, write the tables; progress on stderr (and in OUT/ablate.log)."""
+    from mmrope.ablation.report import results_text, write_results
+    from mmrope.ablation.runner import RunInterrupted, run_ablation
+
     try:
         rows, failures = run_ablation(plan, args.out, args.device, cluster)
     except RunInterrupted as e:
