@@ -7,6 +7,7 @@
     parallel.py   several runs at once (``parallel: N``), each in a worker process
     worker.py     a private entry that trains and scores one run, or one arm's seeds stacked
     cluster.py    the same runs as tasks of a Ray cluster (``--cluster ray``)
+    progress.py   OUT/ablate.log: what the command said on stderr, each line with its time
     stats.py      mean and Student-t 95% interval across seeds
     paired.py     per-scene paired tests across arms, Holm's correction, the smallest detectable difference
     scenes.py     a grid's per-scene outcomes, and the statistics read from them
