@@ -161,7 +161,8 @@ function drawComparisons() {
     }
     const reading = { a: "A > B", b: "B > A", runs_only: "these runs differ; the seeds' interval includes 0" }[r.verdict]
       ?? "no difference detected (MDD)";
-    row.append(...[r.a, r.b, `${r.where}: ${r.metric}`, fixed(r.mean_a, 3), fixed(r.mean_b, 3),
+    const mean = r.interaction ? signed : fixed; // an interaction's sides are differences
+    row.append(...[r.a, r.b, `${r.where}: ${r.metric}`, mean(r.mean_a, 3), mean(r.mean_b, 3),
                    `${signed(r.diff, 3)} [${signed(r.low, 2)}, ${signed(r.high, 2)}]`, `${r.only_a} / ${r.only_b}`,
                    pValue(r.p), pValue(r.holm), fixed(r.mdd, 3), reading].map((t) => element("td", t)));
     row.lastChild.className = r.verdict === "null" ? "muted" : "verdict";
