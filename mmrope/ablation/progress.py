@@ -14,6 +14,10 @@ from typing import TextIO
 LOG_FILE = "ablate.log"
 
 
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+
+
 class _Tee:
     """A text stream that writes through to ``stream`` and appends each complete line to ``log``, stamped (UTC)."""
 
@@ -23,7 +27,7 @@ class _Tee:
     def write(self, text: str) -> int:
         self.stream.write(text)
         *lines, self.partial = (self.partial + text).split("\n")
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        stamp = _stamp()
         for line in lines:
             self.log.write(f"{stamp} {line}\n")
         if lines:
@@ -47,4 +51,4 @@ def progress_kept_in(out: Path) -> Iterator[None]:
         finally:
             tee, sys.stderr = sys.stderr, stream
             if tee.partial:
-                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} {tee.partial}\n")
+                log.write(f"{_stamp()} {tee.partial}\n")

@@ -49,8 +49,9 @@ def predicted_place(scene: dict, size: int, protocol: str, rule: str, patch: int
     grid, train_grid = size // patch, train_size // patch
     if rule == "corner":
         col, row = _clamp(col, train_grid), _clamp(row, train_grid)
-    elif rule in ("centre", "caption"):  # offsets from the centre patch, (n - 1) // 2, as VideoRoPE centres h and
-        # w; or from the caption, which M-RoPE puts max(H, W) = n ids after the block's first
+    elif rule in ("centre", "caption"):
+        # centre: offsets from the centre patch, (n - 1) // 2, as VideoRoPE centres h and w; caption: offsets from
+        # the caption, which M-RoPE puts max(H, W) = n ids after the block's first
         shift = (train_grid - 1) // 2 - (grid - 1) // 2 if rule == "centre" else train_grid - grid
         col, row = _clamp(col + shift, train_grid), _clamp(row + shift, train_grid)
     elif rule == "raster":
