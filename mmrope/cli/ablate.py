@@ -20,16 +20,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ablate", help="train and score the ablation grid; write results.csv, results.md and plots",
         description="Train every arm (encoder pos_encoding x decoder position_scheme) and seed of a preset for the "
                     "same number of steps, score each last.ckpt on every split at every factor of the training "
-                    "size, and write results.csv, results.md (mean ± 95% CI across seeds) and PNG plots to OUT. "
+                    "size, and write results.csv, results.md (means with 95% bootstrap intervals over seeds and "
+                    "scenes, and the preset's stated comparisons) and PNG plots to OUT. "
                     "Finished runs are not trained again; an interrupted one resumes from its last checkpoint: "
                     "rerun the same command. What it says on stderr is also appended to OUT/ablate.log, each line "
                     "with its time.")
     p.add_argument("--config", type=Path, default=Path("configs/ablation/shapes.yaml"),
                    help="the grid file (default: configs/ablation/shapes.yaml)")
-    p.add_argument("--preset", default="cpu", help="a preset of the grid file; shapes.yaml has cpu (places: encoders "
-                                                   "and the first three schemes, 2 CPU cores), cpu-schemes (places: "
-                                                   "every decoder scheme), cpu-relation (relations, 2 cores) and gpu "
-                                                   "(relations, one GPU) (default: cpu)")
+    p.add_argument("--preset", default="cpu", help="a preset of the grid file; shapes.yaml has cpu-relations (B: "
+                                                   "relations under the blind decoder), cpu-places (A), cpu-sizes and "
+                                                   "cpu-sizes-mixed (C: off the training size), "
+                                                   "cpu-relations-crossed (encoders x decoders), the -more presets, "
+                                                   "the earlier cpu and cpu-schemes (places), and gpu, "
+                                                   "gpu-relations (one GPU); docs/ablation.md says what each "
+                                                   "measures (default: cpu)")
     p.add_argument("--seeds", type=int, help="seeds per arm, 0..N-1 (default: the grid file's)")
     p.add_argument("--out", type=Path, default=Path("runs/ablation"), help="output folder (default: runs/ablation)")
     p.add_argument("--max-steps", type=int, help="training steps of every run (default: the preset's max_steps)")
