@@ -8,6 +8,7 @@ import dataclasses
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import textwrap
@@ -411,3 +412,53 @@ def test_a_run_folder_keeps_its_settings_however_the_base_is_spelled(tmp_path, m
     longer = load_plan(ROOT / "configs/ablation/shapes.yaml", "cpu-relations", max_steps=3000)
     with pytest.raises(ValueError, match=r"seed0 was trained with other settings \(max_steps 1500 -> 3000\)"):
         runner._check_signature(run_dir, runner.run_signature(longer, "rope2d", "blind", 0))
+
+
+def test_reuse_copies_finished_runs_of_another_folder_and_leaves_it_alone(tmp_path, monkeypatch, capsys):
+    """``--reuse DIR``: a run DIR holds trained to this budget with these settings is copied and only scored here;
+    one DIR holds unfinished, or with a link in it, is passed over in one line and trains here; DIR is not touched,
+    nothing in --out is overwritten, and a DIR that is no folder or is --out itself is refused before anything."""
+    from mmrope.train import cli as train
+
+    grid, source, out = tiny_grid(tmp_path), tmp_path / "source", tmp_path / "out"
+    plan = load_plan(grid, "tiny")
+    finished, unfinished = (source / arm / "seed0" for arm in TINY_ARMS)
+    with mock.patch.object(sys, "argv", sys.argv[:1]):
+        assert train.main(plan_module.train_args(plan, "rope2d", "mrope", 0, finished)) == 0
+        assert train.main(plan_module.train_args(load_plan(grid, "tiny", max_steps=2), "rope1d_flat", "flat", 0,
+                                                 unfinished)) == 0
+    for (encoder, scheme), run_dir in zip((("rope2d", "mrope"), ("rope1d_flat", "flat")), (finished, unfinished)):
+        runner._check_signature(run_dir, runner.run_signature(plan, encoder, scheme, 0))  # as the runner writes it
+    before = {p: p.stat().st_mtime_ns for p in source.rglob("*")}
+    trained = []
+    monkeypatch.setattr(runner, "train_command", lambda plan, encoder, *a, **k: trained.append(encoder) or
+                        [sys.executable, "-c", "print('mmrope train: error: not here'); exit(1)"])
+
+    args = ["ablate", "--config", str(grid), "--preset", "tiny", "--out", str(out), "--reuse", str(source)]
+    assert cli.main(args) == 1  # the unfinished run trains here, and the stand-in trainer fails it
+    err = capsys.readouterr().err
+    assert f"rope2d-mrope: seed 0 copied from {source} (trained there with the same settings)" in err
+    assert (f"rope1d_flat-flat seed 0: not taken from {source} (its last.ckpt is at step 2, not 4); it trains here"
+            in err)
+    assert trained == ["rope1d_flat"]
+    assert (out / "rope2d-mrope/seed0/eval.json").is_file() and "| rope2d-mrope |" in (out / "results.md").read_text()
+    assert {p: p.stat().st_mtime_ns for p in source.rglob("*")} == before
+    assert not list(out.glob("*/.seed0.*"))  # no half copy left behind
+
+    # a run --out has is never replaced; a run with a link in it is not copied
+    (unfinished / "checkpoints/elsewhere.ckpt").symlink_to("/etc/hostname")
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert "copied from" not in err and "rope2d-mrope seed 0: done before" in err
+    assert "(its last.ckpt is at step 2, not 4)" not in err and "elsewhere.ckpt is a link" not in err  # --out has it
+    shutil.rmtree(out / "rope1d_flat-flat")
+    assert cli.main(args) == 1
+    assert "elsewhere.ckpt is a link); it trains here" in capsys.readouterr().err
+
+    fresh = tmp_path / "fresh"
+    for into, bad, words in ((fresh, tmp_path / "nowhere", "no such folder (expected the --out of an earlier "
+                                                            "mmrope ablate)"),
+                             (out, out, "that is the --out folder itself, whose finished runs are kept anyway")):
+        assert cli.main(args[:-3] + [str(into), "--reuse", str(bad)]) == 1
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"mmrope ablate: error: --reuse {bad}: {words}"
+    assert not fresh.exists()

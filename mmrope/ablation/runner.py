@@ -116,14 +116,21 @@ def _same_base(old: Any, new: Any) -> bool:
     return old == new or (isinstance(old, str) and Path(old).resolve() == Path(new).resolve())
 
 
+def settings_changed(old: dict, signature: dict) -> str:
+    """How a run folder's arm.json differs from ``signature`` ("max_steps 1500 -> 3000"), or "" when it is the
+    same run."""
+    if _same_base(old.get("base"), signature["base"]):
+        old = old | {"base": signature["base"]}
+    if old == signature:
+        return ""
+    return ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in signature.items() if old.get(k) != v) or "other keys"
+
+
 def _check_signature(run_dir: Path, signature: dict) -> None:
     path = run_dir / "arm.json"
     if path.exists():
-        old = _read_json(path, f"delete {run_dir} to train the run again")
-        if _same_base(old.get("base"), signature["base"]):
-            old = old | {"base": signature["base"]}
-        if old != signature:
-            diff = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in signature.items() if old.get(k) != v)
+        diff = settings_changed(_read_json(path, f"delete {run_dir} to train the run again"), signature)
+        if diff:
             raise ValueError(f"{run_dir} was trained with other settings ({diff}): use another --out, or delete "
                              "the folder to train it again")
     else:

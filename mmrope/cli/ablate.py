@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="cpu", help="a preset of the grid file; shapes.yaml has cpu-relations (B: "
                                                    "relations under the blind decoder), cpu-places (A), cpu-sizes and "
                                                    "cpu-sizes-mixed (C: off the training size), "
-                                                   "cpu-relations-crossed (encoders x decoders), the -more presets, "
+                                                   "cpu-relations-crossed (encoders x decoders) and "
+                                                   "cpu-relations-crossed-long (two of its comparisons at 3000 "
+                                                   "steps), the -more presets, "
                                                    "the earlier cpu and cpu-schemes (places), and gpu, "
                                                    "gpu-relations (one GPU); docs/ablation.md says what each "
                                                    "measures (default: cpu)")
@@ -41,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   "rope2d-mrope,rope1d_flat-mrope (any <encoder>-<scheme> of the grid)")
     p.add_argument("--device", help="device for scoring: cpu, cuda, cuda:N or mps (default: the fastest there is); "
                                     "training uses the base config's trainer settings")
+    p.add_argument("--reuse", type=Path, metavar="DIR",
+                   help="the --out of another preset: each run of this one that --out lacks and DIR holds trained "
+                        "to the same budget with the same settings (arm.json) is copied from DIR rather than "
+                        "trained again (the crossed block's blind column is cpu-relations' runs); DIR is only read")
     p.add_argument("--dry-run", action="store_true", help="print the training command of every run and stop")
     cluster = p.add_argument_group("on a Ray cluster", "every run (stacked engine: every arm) as a Ray task; --out "
                                    "must be on storage every node sees (pip install -e \".[cluster]\")")
@@ -62,6 +68,7 @@ def run_ablate(args: argparse.Namespace) -> int:
 
     from mmrope.ablation.plan import arm_name, load_plan
     from mmrope.ablation.progress import progress_kept_in
+    from mmrope.ablation.reuse import check_source, reuse_runs
     from mmrope.ablation.runner import stacked_command, train_command
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
@@ -89,9 +96,13 @@ def run_ablate(args: argparse.Namespace) -> int:
             for seed, run_dir in run_dirs:
                 print(shlex.join(train_command(plan, encoder, scheme, seed, run_dir)))
         return 0
+    if args.reuse is not None:
+        check_source(args.reuse, args.out)
     write_plan(plan, args.out)
     with progress_kept_in(args.out):
         print(header, file=sys.stderr)
+        if args.reuse is not None:
+            reuse_runs(plan, args.out, args.reuse, say=lambda line: print(line, file=sys.stderr))
         return _run(plan, args, cluster, runs)
 
 
