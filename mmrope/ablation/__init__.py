@@ -2,6 +2,7 @@
 
     plan.py       a grid file and preset resolved into runs: which arms, seeds, steps, and how they are scored
     runner.py     each run as a train subprocess, resumable, scored from its last checkpoint
+    reuse.py      finished runs copied from another preset's folder (``--reuse DIR``) instead of trained again
     scoring.py    a run's last checkpoint scored at every split, size and protocol; predictions.csv
     processes.py  the child processes (runs, workers), with Ctrl-C and SIGTERM passed on to them
     parallel.py   several runs at once (``parallel: N``), each in a worker process
