@@ -248,6 +248,37 @@ def test_results_come_from_per_scene_predictions_with_paired_tests(tmp_path):
     assert "8 / 0" in comparison and "these runs differ; the interval over seeds includes 0" in comparison
 
 
+def test_a_preset_read_in_two_looks_is_tested_at_half_the_level(tmp_path):
+    """``looks: 2`` (seeds added after a first look left a comparison open): Holm, the interval and the MDD at 0.025.
+    Six discordant pairs all one way (McNemar p = 2 * 0.5^6 = 0.031) separate at 0.05 and not at 0.025."""
+    from mmrope.ablation.plan import Comparison
+
+    grid = tiny_grid(tmp_path)
+    grid.write_text(grid.read_text().replace("max_steps: 4", "max_steps: 4\n    looks: 2"))
+    plan = load_plan(grid, "tiny", seeds=3)
+    assert plan.looks == 2
+    a, b = TINY_ARMS
+    plan.comparisons = [Comparison(a, b, "test")]
+    # two scenes per seed where only a is right, at other scenes in each seed
+    a_right = [[1, 1, 0, 0, 0, 0, 1, 0], [0, 0, 1, 1, 0, 0, 1, 0], [0, 0, 0, 0, 1, 1, 1, 0]]
+    b_right = [[0, 0, 0, 0, 0, 0, 1, 0]] * 3
+    tables = {}
+    for looks in (1, 2):
+        plan.looks, out = looks, tmp_path / f"looks{looks}"
+        write_results(fake_predictions(plan, out, {a: a_right, b: b_right}), plan, out)
+        tables[looks] = (out / "results.md").read_text()
+    once, twice = ([line for line in tables[k].splitlines() if line.startswith(f"| {a} | {b} |")][-1] for k in (1, 2))
+    assert "6 / 0 | 0.031 | 0.031 |" in once and "A > B" in once and "A - B [95% CI]" in tables[1]
+    assert "6 / 0 | 0.031 | 0.031 |" in twice and "no difference detected" in twice
+    assert "A - B [97.5% CI]" in tables[2] and "Read at 0.025 = 0.05 / 2" in tables[2]
+    width = [float(x) for line in (once, twice) for x in line.split("[")[1].split("]")[0].split(",")]
+    assert width[3] - width[2] > width[1] - width[0]  # the 97.5% interval is the wider
+
+    grid.write_text(grid.read_text().replace("looks: 2", "looks: 0"))
+    with pytest.raises(ValueError, match=r"presets\.tiny\.looks=0: expected a positive whole number"):
+        load_plan(grid, "tiny")
+
+
 def test_an_interaction_is_tested_on_the_contrast_of_two_differences(tmp_path):
     """``minus``: does what arm a adds over b differ from what c adds over d? Four arms with known outcomes: a beats b
     on every scene, c and d are alike -> the contrast (a - b) - (c - d) is +1 on all 24 pairs (p = 2 * 0.5^24);

@@ -136,6 +136,7 @@ def test_the_page_answers_from_the_folder_and_the_report(server, ablation):
                                                                          stated["only_b"])
     assert shown["p"] == stated["p"] and shown["diff"] == stated["diff"] and shown["verdict"] == stated["verdict"]
     assert shown["arms"] == list(ARMS) and shown["interaction"] is False  # the page's scene view starts on them
+    assert summary["looks"] == plan.looks == 1  # the level the page reads them at: 0.05 / looks
 
     _, table = get(server, "/api/table", metric="relation")
     cells = {(c["arm"], c["factor"]): c for c in table["cells"]}
@@ -287,6 +288,7 @@ def drive(page, url: str, screenshot: Path | None = None, point: str | None = No
              "columns": page.eval_on_selector_all("#table thead th", "cells => cells.map(c => c.textContent)"),
              "cells": page.eval_on_selector_all("#table tbody td", "cells => cells.map(c => c.textContent)"),
              "comparisons": page.locator("#comparisons tbody tr").count(),
+             "compare_head": page.locator("#comparisons thead").inner_text(),
              "means": page.locator("#curves path.mean").count(), "seeds": page.locator("#curves path.seed").count()}
     page.select_option("#show", "all")
     page.wait_for_selector('#scenes[data-show="all"]', state="attached")
@@ -372,6 +374,7 @@ def test_page_in_a_headless_browser(ablation, tmp_path):
     mean, low, high = cells[ARMS[1], 2.0]["relation"]
     assert shown["cells"][5] == f"{mean:.3f} [{low:.2f}, {high:.2f}]"  # as results.md writes the cell
     assert shown["comparisons"] == 1 and shown["means"] == 2 and shown["seeds"] == 2
+    assert "A - B [95% CI]" in shown["compare_head"]
     written = predictions(ablation, ARMS[0])
     assert shown["all"] == 8
     assert shown["wrong"] == [i for i, r in sorted(written.items()) if float(r["relation"]) < 0.5]

@@ -21,7 +21,7 @@ from mmrope.errors import one_line
 from mmrope.model.registry import PLUGINS_HINT
 
 PRESET_KEYS = ("base", "arms", "encoders", "schemes", "seeds", "max_steps", "eval", "train", "engine", "engine_options",
-               "parallel", "compare", "threshold")
+               "parallel", "compare", "threshold", "looks")
 ENGINES = ("lightning", "stacked")  # one train.py process per run, or each arm's seeds in one mmrope.train.stacked
 ENGINE_OPTIONS = ("stack", "renderer", "compile", "save_steps")  # mmrope.train.stacked's options
 EVAL_KEYS = ("splits", "factors", "sizes", "frames", "n", "batch_size", "max_new_tokens", "protocols")
@@ -90,6 +90,7 @@ class Plan:
     protocols: list[str] = field(default_factory=lambda: ["scaled"])  # shapes: how scenes are shown off-size
     comparisons: list[Comparison] = field(default_factory=list)  # stated in advance, tested together (Holm)
     threshold: float | None = None  # learning curves: the headline accuracy whose first crossing is reported
+    looks: int = 1  # times the comparisons were read, seeds added after every look but the last (each at alpha/looks)
 
     @property
     def scored(self) -> list[tuple[str, float]]:
@@ -235,6 +236,9 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
         raise ValueError(f"{grid}: presets.{preset}.threshold={threshold!r}: expected an accuracy in (0, 1]")
     plan.threshold = threshold
+    # Seeds added because a look at the results left a comparison open make every look a chance to declare a
+    # difference: reading each at alpha / looks (Bonferroni over the looks) keeps the family-wise error at alpha
+    plan.looks = _positive(p.get("looks", 1), f"presets.{preset}.looks", grid)
     return plan
 
 

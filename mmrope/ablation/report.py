@@ -27,21 +27,26 @@ def format_cell(value: tuple[float, float, float] | None) -> str:
     return "" if value is None else f"{value[0]:.3f} [{value[1]:.2f}, {value[2]:.2f}]"
 
 
-def format_comparisons(results: list[dict], alpha: float = 0.05) -> str:
+def format_comparisons(results: list[dict], alpha: float = 0.05, looks: int = 1) -> str:
     if not results:
         return ""
     m = sum(not r.get("missing") for r in results)
+    level = alpha / looks
+    confidence = f"{100 * (1 - level):.4g}%"
+    looked = (f" Read at {level:g} = {alpha:g} / {looks}: seeds were added after an earlier look at these "
+              f"comparisons left one open, so each of the {looks} looks gets {level:g} (Bonferroni over the looks "
+              f"keeps the chance of a false difference at {alpha:g})." if looks > 1 else "")
     lines = ["## Stated comparisons", "",
              f"Stated in the grid before the runs; each on the paired (seed, scene) outcomes of its two arms. p: exact "
              f"McNemar on the discordant pairs; Holm: adjusted over these {m} comparisons (significant below "
-             f"{alpha}); interval: two-level bootstrap of the difference (seeds, then scenes); MDD: the difference "
-             f"the comparison had an 80% chance to detect at the strictest Holm level ({alpha}/{m}). Read as "
-             "separated when both the Holm-adjusted test and the interval say so." + (
+             f"{level:g}); interval: two-level bootstrap of the difference (seeds, then scenes), {confidence}; MDD: "
+             f"the difference the comparison had an 80% chance to detect at the strictest Holm level ({level:g}/{m})."
+             f"{looked} Read as separated when both the Holm-adjusted test and the interval say so." + (
                  " An interaction row (A and B each a difference of two arms) asks whether what one arm adds over "
                  "another depends on the decoder or size: p is the exact sign test on the per-pair contrast (A - B), "
                  "the counts the pairs where it favours A / B." if any(r["comparison"].minus for r in results)
                  else ""), "",
-             "| A | B | at | A | B | A - B [95% CI] | only A / only B right | p | Holm p | MDD | reading |",
+             f"| A | B | at | A | B | A - B [{confidence} CI] | only A / only B right | p | Holm p | MDD | reading |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
         c = r["comparison"]
@@ -192,7 +197,8 @@ def write_results(rows: list[dict], plan: Plan, out: str | Path) -> list[Path]:
     comparisons = compare(plan, runs)
     text = format_results(summary, plan, transfer=transfer)
     gaps = format_rule_gaps(summary, plan, transfer)
-    text += "".join("\n" + part for part in (gaps, format_comparisons(comparisons), curves_md) if part)
+    stated = format_comparisons(comparisons, looks=plan.looks)
+    text += "".join("\n" + part for part in (gaps, stated, curves_md) if part)
     paths = [write_csv(rows, out / "results.csv")]
     (out / "results.md").write_text(text, encoding="utf-8")
     paths.append(out / "results.md")

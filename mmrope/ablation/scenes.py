@@ -104,7 +104,9 @@ def compare(plan: Plan, runs: dict, alpha: float = 0.05) -> list[dict]:
     """Each stated comparison: the two arms' means, their difference with its bootstrap interval, McNemar's exact
     test on the paired (seed, scene) outcomes, the Holm-adjusted p over all of them and the minimum detectable
     difference at the strictest Holm level (alpha / m, power 0.8). An interaction's sides are the two differences
-    (means in [-1, 1]), its test the sign test on the per-pair contrast (a - b) - (c - d)."""
+    (means in [-1, 1]), its test the sign test on the per-pair contrast (a - b) - (c - d). A preset read in
+    ``plan.looks`` looks is tested at alpha / looks throughout: Holm, the interval's confidence and the MDD."""
+    alpha = alpha / plan.looks
     results = []
     for c in plan.comparisons:
         metric = c.metric or plan.metric
@@ -120,7 +122,7 @@ def compare(plan: Plan, runs: dict, alpha: float = 0.05) -> list[dict]:
         else:
             a, b = arrays[0] - arrays[1], arrays[2] - arrays[3]
             only_a, only_b, p = sign_test(a - b)
-        diff, lo, hi, se = bootstrap_difference(a, b, rounds=4000)
+        diff, lo, hi, se = bootstrap_difference(a, b, rounds=4000, confidence=1 - alpha)
         results.append({"comparison": c, "metric": metric, "a": float(a.mean()), "b": float(b.mean()),
                         "diff": diff, "lo": lo, "hi": hi, "se": se, "only_a": only_a, "only_b": only_b, "p": p,
                         "pairs": a.size, "seeds": a.shape[0]})
