@@ -31,16 +31,16 @@ def format_comparisons(results: list[dict], alpha: float = 0.05, looks: int = 1)
     if not results:
         return ""
     m = sum(not r.get("missing") for r in results)
-    level = alpha / looks
-    confidence = f"{100 * (1 - level):.4g}%"
-    looked = (f" Read at {level:g} = {alpha:g} / {looks}: seeds were added after an earlier look at these "
-              f"comparisons left one open, so each of the {looks} looks gets {level:g} (Bonferroni over the looks "
-              f"keeps the chance of a false difference at {alpha:g})." if looks > 1 else "")
+    level = f"{alpha / looks:.3g}"
+    confidence = f"{100 * (1 - alpha / looks):.4g}%"
+    looked = (f" Read at {level} = {alpha:g} / {looks}: these comparisons were read {looks} times, runs or seeds "
+              f"added after a look left one open, so each look gets {level} (Bonferroni over the looks keeps the "
+              f"chance of a false difference at {alpha:g})." if looks > 1 else "")
     lines = ["## Stated comparisons", "",
              f"Stated in the grid before the runs; each on the paired (seed, scene) outcomes of its two arms. p: exact "
              f"McNemar on the discordant pairs; Holm: adjusted over these {m} comparisons (significant below "
-             f"{level:g}); interval: two-level bootstrap of the difference (seeds, then scenes), {confidence}; MDD: "
-             f"the difference the comparison had an 80% chance to detect at the strictest Holm level ({level:g}/{m})."
+             f"{level}); interval: two-level bootstrap of the difference (seeds, then scenes), {confidence}; MDD: "
+             f"the difference the comparison had an 80% chance to detect at the strictest Holm level ({level}/{m})."
              f"{looked} Read as separated when both the Holm-adjusted test and the interval say so." + (
                  " An interaction row (A and B each a difference of two arms) asks whether what one arm adds over "
                  "another depends on the decoder or size: p is the exact sign test on the per-pair contrast (A - B), "
