@@ -297,14 +297,14 @@ def test_an_interaction_is_tested_on_the_contrast_of_two_differences(tmp_path):
                                                "none-flat": ones}), plan, out)
     table = (out / "results.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| rope2d-mrope - none-mrope |"))
-    assert "| +1.000 | +0.000 | +1.000 [+1.00, +1.00] | 24 / 0 | < 1e-4 |" in row and "A > B" in row
+    assert "| +1.000 | +0.000 | +1.000 [+1.000, +1.000] | 24 / 0 | < 1e-4 |" in row and "A > B" in row
     assert "sign test on the per-pair contrast" in table
     out = tmp_path / "alike"
     write_results(fake_predictions(plan, out, {"rope2d-mrope": ones, "none-mrope": zeros, "rope2d-flat": ones,
                                                "none-flat": zeros}), plan, out)
     row = next(line for line in (out / "results.md").read_text().splitlines()
                if line.startswith("| rope2d-mrope - none-mrope |"))
-    assert "| +1.000 | +1.000 | +0.000 [+0.00, +0.00] | 0 / 0 | 1 |" in row and "no difference detected" in row
+    assert "| +1.000 | +1.000 | +0.000 [+0.000, +0.000] | 0 / 0 | 1 |" in row and "no difference detected" in row
 
     for minus, words in ((["rope2d-flat"], r"\['rope2d-flat'\]: expected two different arms"),
                          (["none-mrope", "rope2d-mrope"], "an interaction needs another pair of arms"),

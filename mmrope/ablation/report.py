@@ -48,7 +48,7 @@ def format_comparisons(results: list[dict], alpha: float = 0.05, looks: int = 1)
                  else ""), "",
              f"| A | B | at | A | B | A - B [{confidence} CI] | only A / only B right | p | Holm p | MDD | reading |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for r in results:
+    for r in results:  # the interval to 3 digits: whether it is off 0 is the verdict, and +0.00 hides it
         c = r["comparison"]
         name_a, name_b = c.sides
         if r.get("missing"):
@@ -58,7 +58,7 @@ def format_comparisons(results: list[dict], alpha: float = 0.05, looks: int = 1)
         reading = readings.get(r["verdict"], f"no difference detected (one below {r['mdd']:.2f} could be missed)")
         sign = "+" if c.minus else ""  # an interaction's sides are differences
         lines.append(f"| {name_a} | {name_b} | {c.where}: {r['metric']} | {r['a']:{sign}.3f} | {r['b']:{sign}.3f} | "
-                     f"{r['diff']:+.3f} [{r['lo']:+.2f}, {r['hi']:+.2f}] | {r['only_a']} / {r['only_b']} | "
+                     f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] | {r['only_a']} / {r['only_b']} | "
                      f"{_p(r['p'])} | {_p(r['holm'])} | {r['mdd']:.3f} | {reading} |")
     return "\n".join(lines) + "\n"
 

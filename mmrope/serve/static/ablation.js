@@ -168,7 +168,7 @@ function drawComparisons() {
       ?? "no difference detected (MDD)";
     const mean = r.interaction ? signed : fixed; // an interaction's sides are differences
     row.append(...[r.a, r.b, `${r.where}: ${r.metric}`, mean(r.mean_a, 3), mean(r.mean_b, 3),
-                   `${signed(r.diff, 3)} [${signed(r.low, 2)}, ${signed(r.high, 2)}]`, `${r.only_a} / ${r.only_b}`,
+                   `${signed(r.diff, 3)} [${signed(r.low, 3)}, ${signed(r.high, 3)}]`, `${r.only_a} / ${r.only_b}`,
                    pValue(r.p), pValue(r.holm), fixed(r.mdd, 3), reading].map((t) => element("td", t)));
     row.lastChild.className = r.verdict === "null" ? "muted" : "verdict";
     return row;
