@@ -136,7 +136,7 @@ def test_the_page_answers_from_the_folder_and_the_report(server, ablation):
                                                                          stated["only_b"])
     assert shown["p"] == stated["p"] and shown["diff"] == stated["diff"] and shown["verdict"] == stated["verdict"]
     assert shown["arms"] == list(ARMS) and shown["interaction"] is False  # the page's scene view starts on them
-    assert summary["looks"] == plan.looks == 1  # the level the page reads them at: 0.05 / looks
+    assert summary["looks"] == plan.looks == 1 and summary["level"] == 0.05  # what the page reads them at
 
     _, table = get(server, "/api/table", metric="relation")
     cells = {(c["arm"], c["factor"]): c for c in table["cells"]}

@@ -27,6 +27,7 @@ ENGINE_OPTIONS = ("stack", "renderer", "compile", "save_steps")  # mmrope.train.
 EVAL_KEYS = ("splits", "factors", "sizes", "frames", "n", "batch_size", "max_new_tokens", "protocols")
 COMPARE_KEYS = ("arms", "minus", "split", "factor", "size", "protocol", "frames", "metric")
 SPLITS = ("val", "test", "compositional")
+ALPHA = 0.05  # the chance of a false difference every preset's stated comparisons, all looks together, are held to
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,13 @@ class Plan:
     protocols: list[str] = field(default_factory=lambda: ["scaled"])  # shapes: how scenes are shown off-size
     comparisons: list[Comparison] = field(default_factory=list)  # stated in advance, tested together (Holm)
     threshold: float | None = None  # learning curves: the headline accuracy whose first crossing is reported
-    looks: int = 1  # times the comparisons were read, seeds added after every look but the last (each at alpha/looks)
+    looks: int = 1  # times the comparisons were read, seeds added after every look but the last
+
+    @property
+    def level(self) -> float:
+        """The level each stated comparison is tested at: ALPHA over the looks (Bonferroni), so that seeds added
+        after a look that left a comparison open do not raise the chance of a false difference."""
+        return ALPHA / self.looks
 
     @property
     def scored(self) -> list[tuple[str, float]]:
@@ -236,8 +243,6 @@ def load_plan(grid: str | Path, preset: str = "cpu", seeds: int | None = None, m
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
         raise ValueError(f"{grid}: presets.{preset}.threshold={threshold!r}: expected an accuracy in (0, 1]")
     plan.threshold = threshold
-    # Seeds added because a look at the results left a comparison open make every look a chance to declare a
-    # difference: reading each at alpha / looks (Bonferroni over the looks) keeps the family-wise error at alpha
     plan.looks = _positive(p.get("looks", 1), f"presets.{preset}.looks", grid)
     return plan
 

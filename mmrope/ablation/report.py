@@ -15,7 +15,7 @@ import csv
 from pathlib import Path
 
 from mmrope.ablation.curves import curve_table
-from mmrope.ablation.plan import Plan, arm_name
+from mmrope.ablation.plan import ALPHA, Plan, arm_name
 from mmrope.ablation.plots import plot_curves, plot_metric_bars, plot_metric_vs_resolution
 from mmrope.ablation.scenes import compare, read_scenes, summarize_scenes
 from mmrope.ablation.stats import METRICS
@@ -27,15 +27,15 @@ def format_cell(value: tuple[float, float, float] | None) -> str:
     return "" if value is None else f"{value[0]:.3f} [{value[1]:.2f}, {value[2]:.2f}]"
 
 
-def format_comparisons(results: list[dict], alpha: float = 0.05, looks: int = 1) -> str:
+def format_comparisons(results: list[dict], plan: Plan) -> str:
     if not results:
         return ""
     m = sum(not r.get("missing") for r in results)
-    level = f"{alpha / looks:.3g}"
-    confidence = f"{100 * (1 - alpha / looks):.4g}%"
-    looked = (f" Read at {level} = {alpha:g} / {looks}: these comparisons were read {looks} times, runs or seeds "
+    level, looks = f"{plan.level:.3g}", plan.looks
+    confidence = f"{100 * (1 - plan.level):.4g}%"
+    looked = (f" Read at {level} = {ALPHA:g} / {looks}: these comparisons were read {looks} times, runs or seeds "
               f"added after a look left one open, so each look gets {level} (Bonferroni over the looks keeps the "
-              f"chance of a false difference at {alpha:g})." if looks > 1 else "")
+              f"chance of a false difference at {ALPHA:g})." if looks > 1 else "")
     lines = ["## Stated comparisons", "",
              f"Stated in the grid before the runs; each on the paired (seed, scene) outcomes of its two arms. p: exact "
              f"McNemar on the discordant pairs; Holm: adjusted over these {m} comparisons (significant below "
@@ -197,8 +197,7 @@ def write_results(rows: list[dict], plan: Plan, out: str | Path) -> list[Path]:
     comparisons = compare(plan, runs)
     text = format_results(summary, plan, transfer=transfer)
     gaps = format_rule_gaps(summary, plan, transfer)
-    stated = format_comparisons(comparisons, looks=plan.looks)
-    text += "".join("\n" + part for part in (gaps, stated, curves_md) if part)
+    text += "".join("\n" + part for part in (gaps, format_comparisons(comparisons, plan), curves_md) if part)
     paths = [write_csv(rows, out / "results.csv")]
     (out / "results.md").write_text(text, encoding="utf-8")
     paths.append(out / "results.md")

@@ -100,13 +100,13 @@ def summarize_scenes(plan: Plan, runs: dict, metrics: tuple[str, ...]) -> list[d
     return cells
 
 
-def compare(plan: Plan, runs: dict, alpha: float = 0.05) -> list[dict]:
+def compare(plan: Plan, runs: dict) -> list[dict]:
     """Each stated comparison: the two arms' means, their difference with its bootstrap interval, McNemar's exact
     test on the paired (seed, scene) outcomes, the Holm-adjusted p over all of them and the minimum detectable
-    difference at the strictest Holm level (alpha / m, power 0.8). An interaction's sides are the two differences
-    (means in [-1, 1]), its test the sign test on the per-pair contrast (a - b) - (c - d). A preset read in
-    ``plan.looks`` looks is tested at alpha / looks throughout: Holm, the interval's confidence and the MDD."""
-    alpha = alpha / plan.looks
+    difference at the strictest Holm level (level / m, power 0.8). An interaction's sides are the two differences
+    (means in [-1, 1]), its test the sign test on the per-pair contrast (a - b) - (c - d). Everything is at
+    ``plan.level`` (0.05 over the preset's looks): Holm's threshold, the interval's confidence and the MDD."""
+    level = plan.level
     results = []
     for c in plan.comparisons:
         metric = c.metric or plan.metric
@@ -122,17 +122,17 @@ def compare(plan: Plan, runs: dict, alpha: float = 0.05) -> list[dict]:
         else:
             a, b = arrays[0] - arrays[1], arrays[2] - arrays[3]
             only_a, only_b, p = sign_test(a - b)
-        diff, lo, hi, se = bootstrap_difference(a, b, rounds=4000, confidence=1 - alpha)
+        diff, lo, hi, se = bootstrap_difference(a, b, rounds=4000, confidence=1 - level)
         results.append({"comparison": c, "metric": metric, "a": float(a.mean()), "b": float(b.mean()),
                         "diff": diff, "lo": lo, "hi": hi, "se": se, "only_a": only_a, "only_b": only_b, "p": p,
                         "pairs": a.size, "seeds": a.shape[0]})
     tested = [r for r in results if not r.get("missing")]
     for r, adjusted in zip(tested, holm([r["p"] for r in tested])):
         r["holm"] = adjusted
-        r["mdd"] = minimum_detectable_difference(r["se"], alpha / max(1, len(tested)))
+        r["mdd"] = minimum_detectable_difference(r["se"], level / max(1, len(tested)))
         # separated only when the test on these runs' scenes and the interval over seeds agree: McNemar alone
         # speaks of these trained models, not of the training procedure
         apart = r["lo"] > 0 or r["hi"] < 0
-        r["verdict"] = ("a" if r["diff"] > 0 else "b") if adjusted < alpha and apart else (
-            "runs_only" if adjusted < alpha else "null")
+        r["verdict"] = ("a" if r["diff"] > 0 else "b") if adjusted < level and apart else (
+            "runs_only" if adjusted < level else "null")
     return results

@@ -232,6 +232,7 @@ class AblationFolder:
             "arms": self.arms, "seeds": plan.seeds, "metrics": metrics, "series": series[:40],
             "scored": {arm: [k for k in plan.seeds if (arm, k) in runs] for arm in self.arms},
             "trained": trained, "refused": self.refused, "comparisons": self.comparisons(), "looks": plan.looks,
+            "level": plan.level,
         }
 
     def point_json(self, protocol: str, factor: float, frames: int | None) -> dict:

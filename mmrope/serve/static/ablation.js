@@ -144,14 +144,14 @@ function drawComparisons() {
     return;
   }
   const m = results.filter((r) => !r.missing).length;
-  const looks = summary.looks ?? 1;
-  const level = +(0.05 / looks).toPrecision(3);
-  const confidence = `${+(100 * (1 - 0.05 / looks)).toPrecision(4)}%`;
+  const looks = summary.looks;
+  const level = +summary.level.toPrecision(3); // the server's: 0.05 over the looks
+  const confidence = `${+(100 * (1 - summary.level)).toPrecision(4)}%`;
   $("compare-note").textContent = "Stated in the grid before the runs; each on the paired (seed, scene) outcomes of " +
     `its two arms. p: exact McNemar on the discordant pairs; Holm: adjusted over these ${m}, significant below ` +
     `${level}; interval: two-level bootstrap of the difference, ${confidence}; MDD: the difference the test had an ` +
-    "80% chance to detect (a null can miss a smaller one)." + (looks > 1 ? ` Read at 0.05 / ${looks}: these were read ` +
-    `${looks} times, runs or seeds added after a look left one open, so each look gets ${level}.` : "") +
+    "80% chance to detect (a null can miss a smaller one)." + (looks > 1 ? ` These were read ${looks} times, runs ` +
+    `or seeds added after a look left one open, so each look gets ${level} (Bonferroni over the looks).` : "") +
     (results.some((r) => r.interaction) ? " An interaction row compares two arms' difference " +
     "with two others': p is the exact sign test on the per-pair contrast, the counts the pairs it favours A / B." : "");
   const head = element("tr");
